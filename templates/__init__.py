@@ -1,0 +1,1 @@
+"""Templates of the page and of the Google emulator (shipped as package data)."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real services of this machine, and the CI rule for them.
+
+A test that needs PostgreSQL, MariaDB or Redis skips with a clear reason when
+the service is down outside CI, and fails when ``CI=true``: CI must never pass
+by skipping what it was meant to check.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, port: int) -> None:
+    """Skip (outside CI) or fail (in CI) unless ``name`` listens on 127.0.0.1:``port``."""
+    if _port_open("127.0.0.1", port):
+        return
+    message = f"{name} is not listening on 127.0.0.1:{port}"
+    if IN_CI:
+        pytest.fail(f"{message}; CI must start it (.ci/run)")
+    pytest.skip(f"{message} (start it to run this test)")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A SQLAlchemy URL of the machine's PostgreSQL ``test`` database."""
+    require_service("PostgreSQL", 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    """A SQLAlchemy URL of the machine's MariaDB ``test`` database."""
+    require_service("MariaDB", 3306)
+    return MARIADB_URL
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A URL of the machine's Redis."""
+    require_service("Redis", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A name no other test uses (tables, channels, keys), so tests can share servers."""
+    return "t" + uuid.uuid4().hex[:12]

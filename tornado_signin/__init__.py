@@ -1,0 +1,1 @@
+"""tornado-signin: Google Sign-In server-side flow for Tornado."""

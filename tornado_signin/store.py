@@ -1,0 +1,247 @@
+"""The token store: the plugin interface every storage backend implements.
+
+A backend is a class registered in the ``tornado_signin.backends`` entry-point
+group (the built-in ``memory``, ``sql``, ``dynamodb`` and ``file`` backends use
+the same group as third-party plugins). It is built with the keyword-only
+options of its ``store`` config section, so a misspelt option fails at startup.
+
+The contract, checked for every backend by :mod:`tornado_signin.testing`:
+
+* Methods are synchronous and thread-safe; the core calls them off the IOLoop
+  through :func:`tornado_signin.workers.run_blocking`, one way everywhere.
+* Records are keyed by the Google ``sub``.
+* Token fields arrive already encrypted by the core (see
+  :mod:`tornado_signin.crypto`): a backend stores them as opaque strings.
+* :meth:`TokenStore.save` is an atomic merge following :func:`merge_records`,
+  whatever the interleaving of concurrent saves in threads or processes.
+* Every backend failure is raised as :class:`~tornado_signin.errors.StorageError`
+  chained to its cause.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from .errors import ConfigError, StorageError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TokenRecord",
+    "TokenStore",
+    "merge_records",
+    "installed_backends",
+    "load_store",
+    "BackendInfo",
+]
+
+ENTRY_POINT_GROUP = "tornado_signin.backends"
+
+#: Longest ``sub`` accepted anywhere. Google documents at most 255 ASCII characters.
+MAX_SUB_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What is stored for one user.
+
+    ``refresh_token`` and ``access_token`` hold ciphertext at the backend
+    boundary and plaintext above it. Times are POSIX seconds (floats).
+    ``refresh_token_issued_at`` and ``access_token_issued_at`` order competing
+    saves: the newer token wins. ``revoked_at`` marks the grant revoked; a
+    refresh token issued after it is usable again.
+    """
+
+    sub: str
+    email: str | None = None
+    refresh_token: str | None = None
+    refresh_token_issued_at: float | None = None
+    access_token: str | None = None
+    access_token_expiry: float | None = None
+    access_token_issued_at: float | None = None
+    scopes: tuple[str, ...] = ()
+    created_at: float | None = None
+    updated_at: float | None = None
+    revoked_at: float | None = None
+
+    @property
+    def has_usable_refresh_token(self) -> bool:
+        """Return True when a refresh token is stored and was issued after any revocation."""
+        if not self.refresh_token:
+            return False
+        if self.revoked_at is None:
+            return True
+        return (self.refresh_token_issued_at or 0.0) > self.revoked_at
+
+    @property
+    def state(self) -> str:
+        """Return ``active``, ``revoked`` or ``no_refresh_token`` (for listings)."""
+        if self.has_usable_refresh_token:
+            return "active"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "no_refresh_token"
+
+    def replace(self, **changes: Any) -> "TokenRecord":
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _newer(incoming: float | None, stored: float | None) -> bool:
+    # Ties go to the incoming record so that a re-encryption (same issue time,
+    # new ciphertext) replaces the stored value.
+    return stored is None or (incoming is not None and incoming >= stored)
+
+
+def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float | None = None) -> TokenRecord:
+    """Return the record a save of ``incoming`` over ``stored`` must leave.
+
+    This function is the reference semantics of :meth:`TokenStore.save`;
+    backends that merge inside a database implement the same rules:
+
+    * refresh token: replaced (with its issue time) only when ``incoming`` has
+      one whose ``refresh_token_issued_at`` is >= the stored one; a missing
+      refresh token never replaces a stored one;
+    * access token, expiry, issue time and ``scopes``: replaced together only
+      when ``incoming`` has an access token whose ``access_token_issued_at``
+      is >= the stored one;
+    * ``email``: replaced when ``incoming`` has one;
+    * ``revoked_at``: the later of the two;
+    * ``created_at``: the stored one (or ``now``); ``updated_at``: ``now``.
+    """
+    now = time.time() if now is None else now
+    if stored is None:
+        stored = TokenRecord(sub=incoming.sub, created_at=now)
+    merged = stored
+    if incoming.refresh_token and _newer(incoming.refresh_token_issued_at, stored.refresh_token_issued_at):
+        merged = merged.replace(
+            refresh_token=incoming.refresh_token,
+            refresh_token_issued_at=incoming.refresh_token_issued_at,
+        )
+    if incoming.access_token and _newer(incoming.access_token_issued_at, stored.access_token_issued_at):
+        merged = merged.replace(
+            access_token=incoming.access_token,
+            access_token_expiry=incoming.access_token_expiry,
+            access_token_issued_at=incoming.access_token_issued_at,
+            scopes=tuple(incoming.scopes) or stored.scopes,
+        )
+    if incoming.email:
+        merged = merged.replace(email=incoming.email)
+    revoked = [t for t in (stored.revoked_at, incoming.revoked_at) if t is not None]
+    return merged.replace(
+        revoked_at=max(revoked) if revoked else None,
+        created_at=stored.created_at or now,
+        updated_at=now,
+    )
+
+
+class TokenStore(abc.ABC):
+    """A storage backend for :class:`TokenRecord` objects.
+
+    Subclasses take their options as keyword-only constructor arguments. All
+    methods must be thread-safe, and must raise
+    :class:`~tornado_signin.errors.StorageError` (chained to the cause) on any
+    backend failure.
+    """
+
+    @abc.abstractmethod
+    def get(self, sub: str) -> TokenRecord | None:
+        """Return the record stored for ``sub``, or None when there is none."""
+
+    @abc.abstractmethod
+    def save(self, record: TokenRecord) -> TokenRecord:
+        """Merge ``record`` into the stored one atomically and return the result.
+
+        The merge follows :func:`merge_records` exactly, under any interleaving
+        of concurrent saves (threads and, for shared backends, processes).
+        """
+
+    @abc.abstractmethod
+    def delete(self, sub: str) -> bool:
+        """Forget ``sub``; return True if a record was deleted, False if there was none."""
+
+    @abc.abstractmethod
+    def records(self) -> Iterator[TokenRecord]:
+        """Yield every stored record (order unspecified). Used by the CLI and migrations."""
+
+    def check(self) -> None:
+        """Raise StorageError unless the backend is reachable and usable.
+
+        The default implementation performs a ``get`` of an id that cannot exist.
+        """
+        self.get("tornado-signin-health-check")
+
+    def close(self) -> None:
+        """Release connections and files. The store is unusable afterwards. Idempotent."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One installed backend, as ``tornado-signin backends`` lists it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    loadable: bool
+    problem: str | None = None
+    install_hint: str | None = None
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def installed_backends() -> list[BackendInfo]:
+    """Return every backend registered in the entry-point group, tried for import."""
+    infos = []
+    for name, ep in sorted(_entry_points().items()):
+        dist = ep.dist.name if ep.dist is not None else None
+        try:
+            ep.load()
+        except ImportError as exc:
+            hint = f"pip install 'tornado-signin[{name}]'" if dist == "tornado-signin" else None
+            infos.append(BackendInfo(name, ep.module, dist, False, f"missing dependency: {exc.name or exc}", hint))
+        except Exception as exc:  # a broken plugin must not hide the others
+            infos.append(BackendInfo(name, ep.module, dist, False, f"{type(exc).__name__}: {exc}"))
+        else:
+            infos.append(BackendInfo(name, ep.module, dist, True))
+    return infos
+
+
+def load_store(name: str, options: dict[str, Any] | None = None, *, key_prefix: str = "store") -> TokenStore:
+    """Build the backend registered as ``name`` with ``options``.
+
+    Raise ConfigError naming ``store.backend`` when no such backend is
+    installed (the message lists the installed names) or its dependencies are
+    missing (the message gives the pip command), and naming the option when
+    the backend rejects it.
+    """
+    eps = _entry_points()
+    if name not in eps:
+        installed = ", ".join(sorted(eps)) or "none"
+        raise ConfigError(
+            f"{key_prefix}.backend",
+            f"no token store {name!r} in entry-point group {ENTRY_POINT_GROUP!r} (installed: {installed})",
+        )
+    ep = eps[name]
+    try:
+        factory = ep.load()
+    except ImportError as exc:
+        raise ConfigError(
+            f"{key_prefix}.backend",
+            f"backend {name!r} needs a missing dependency ({exc.name or exc}): pip install 'tornado-signin[{name}]'",
+        ) from exc
+    try:
+        store = factory(**(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"{key_prefix}", f"backend {name!r} rejected its options: {exc}") from exc
+    except StorageError:
+        raise
+    if not isinstance(store, TokenStore):
+        raise ConfigError(f"{key_prefix}.backend", f"{ep.value} does not build a TokenStore")
+    return store
