@@ -1,0 +1,454 @@
+"""``sql``: a token store in one SQL table, through SQLAlchemy 2.x Core.
+
+Supported databases: SQLite (the demo default), PostgreSQL and MySQL/MariaDB.
+Config (``store:`` section)::
+
+    store:
+      backend: sql
+      url: postgresql+psycopg://app@db.internal/signin    # any SQLAlchemy URL
+      table: tornado_signin_tokens                       # optional
+      create_table: true                                 # optional
+      engine_options: {pool_size: 5}                     # optional, passed to create_engine
+
+The table (one row per ``sub``; times as DOUBLE, scopes as space-joined text,
+tokens as TEXT holding the core's ciphertext) is created on first use when
+``create_table`` is true, or explicitly with :meth:`SQLTokenStore.create_schema`
+(what a deployment without DDL rights at runtime runs once, e.g. from a
+migration job)::
+
+    SQLTokenStore(url=..., create_table=False).create_schema()
+
+The merge of :meth:`SQLTokenStore.save` is done by the database in one
+statement: ``INSERT … ON CONFLICT (sub) DO UPDATE SET col = CASE … END`` on
+SQLite and PostgreSQL, ``INSERT … ON DUPLICATE KEY UPDATE col = CASE … END`` on
+MySQL/MariaDB, whose CASEs implement :func:`tornado_signin.store.merge_records`.
+MySQL applies those assignments left to right, so a later CASE reading a
+column already assigned would see the new value: the issue-time columns that
+the conditions read are therefore assigned last. The merged row is read back
+in the same transaction, while the row lock is still held. Deadlocks and lock
+timeouts (possible on MySQL under concurrent upserts) and SQLite "database is
+locked" are retried a few times; the statement is idempotent per transaction.
+
+Concurrency: one engine per store, shared by all threads (``pool_pre_ping``
+on). SQLite files run in WAL mode with a 30 s busy timeout, so threads and
+processes can write the same file. An in-memory SQLite URL uses one shared
+connection guarded by a lock (one process only, lost at exit).
+
+On MySQL/MariaDB the ``sub`` column is ``VARBINARY`` (UTF-8 bytes): the usual
+text collations are case-insensitive or pad spaces, which would make two
+distinct subs collide.
+
+Every SQLAlchemy or OS error is raised as
+:class:`~tornado_signin.errors.StorageError` chained to it; statement
+parameters are hidden from SQLAlchemy's messages (``hide_parameters``) and no
+message carries a token value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Column,
+    Double,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.mysql import VARBINARY
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from tornado_signin.errors import ConfigError, StorageError
+from tornado_signin.store import MAX_SUB_LENGTH, TokenRecord, TokenStore
+
+from ._common import check_sub, is_valid_sub
+
+__all__ = ["SQLTokenStore", "DEFAULT_TABLE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TABLE = "tornado_signin_tokens"
+
+_SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
+_MYSQL_DIALECTS = ("mysql", "mariadb")
+_SQLITE_BUSY_TIMEOUT = 30.0
+_MAX_ATTEMPTS = 6
+_PAGE_SIZE = 500
+
+T = TypeVar("T")
+
+
+class _Sub(TypeDecorator):
+    """``sub`` as VARCHAR(255), or as UTF-8 VARBINARY on MySQL/MariaDB (exact, case- and space-sensitive)."""
+
+    impl = String(MAX_SUB_LENGTH)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in _MYSQL_DIALECTS:
+            return dialect.type_descriptor(VARBINARY(4 * MAX_SUB_LENGTH))
+        return dialect.type_descriptor(String(MAX_SUB_LENGTH))
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and dialect.name in _MYSQL_DIALECTS:
+            return value.encode("utf-8")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value).decode("utf-8")
+        return value
+
+
+def _define_table(name: str) -> Table:
+    return Table(
+        name,
+        MetaData(),
+        Column("sub", _Sub(), primary_key=True),
+        Column("email", Text),
+        Column("refresh_token", Text),
+        Column("refresh_token_issued_at", Double),
+        Column("access_token", Text),
+        Column("access_token_expiry", Double),
+        Column("access_token_issued_at", Double),
+        Column("scopes", Text),
+        Column("created_at", Double),
+        Column("updated_at", Double),
+        Column("revoked_at", Double),
+        mysql_charset="utf8mb4",
+        mysql_engine="InnoDB",
+    )
+
+
+def _incoming_row(record: TokenRecord, now: float) -> dict[str, Any]:
+    """Return the row to insert for ``record``: what a save over nothing leaves (see merge_records)."""
+    has_refresh = bool(record.refresh_token)
+    has_access = bool(record.access_token)
+    return {
+        "sub": record.sub,
+        "email": record.email or None,
+        "refresh_token": record.refresh_token if has_refresh else None,
+        "refresh_token_issued_at": record.refresh_token_issued_at if has_refresh else None,
+        "access_token": record.access_token if has_access else None,
+        "access_token_expiry": record.access_token_expiry if has_access else None,
+        "access_token_issued_at": record.access_token_issued_at if has_access else None,
+        "scopes": " ".join(record.scopes) if has_access and record.scopes else None,
+        "created_at": now,
+        "updated_at": now,
+        "revoked_at": record.revoked_at,
+    }
+
+
+def _merge_assignments(old: Any, new: Any) -> list[tuple[str, Any]]:
+    """Return the ordered SET clause merging ``new`` (the proposed row) into ``old`` (the stored row).
+
+    ``old`` is the table's columns, ``new`` the dialect's ``excluded`` /
+    ``inserted`` namespace. The incoming row is normalised by
+    :func:`_incoming_row` (a token that does not count is NULL), so "incoming
+    has a refresh token" is ``new.refresh_token IS NOT NULL``.
+    """
+
+    def newer(token: str, issued: str) -> Any:
+        return and_(
+            new[token].is_not(None),
+            or_(old[issued].is_(None), and_(new[issued].is_not(None), new[issued] >= old[issued])),
+        )
+
+    refresh_wins = newer("refresh_token", "refresh_token_issued_at")
+    access_wins = newer("access_token", "access_token_issued_at")
+
+    def pick(condition: Any, column: str) -> Any:
+        return case((condition, new[column]), else_=old[column])
+
+    return [
+        ("email", func.coalesce(new.email, old.email)),
+        ("refresh_token", pick(refresh_wins, "refresh_token")),
+        ("access_token", pick(access_wins, "access_token")),
+        ("access_token_expiry", pick(access_wins, "access_token_expiry")),
+        ("scopes", pick(and_(access_wins, new.scopes.is_not(None)), "scopes")),
+        (
+            "revoked_at",
+            case(
+                (old.revoked_at.is_(None), new.revoked_at),
+                (new.revoked_at.is_(None), old.revoked_at),
+                (new.revoked_at > old.revoked_at, new.revoked_at),
+                else_=old.revoked_at,
+            ),
+        ),
+        ("created_at", func.coalesce(old.created_at, new.created_at)),
+        ("updated_at", new.updated_at),
+        # Last, because MySQL evaluates SET left to right and every CASE above
+        # must compare against the stored issue times, not the new ones.
+        ("refresh_token_issued_at", pick(refresh_wins, "refresh_token_issued_at")),
+        ("access_token_issued_at", pick(access_wins, "access_token_issued_at")),
+    ]
+
+
+def _record_from_row(row: Any) -> TokenRecord:
+    return TokenRecord(
+        sub=row.sub,
+        email=row.email,
+        refresh_token=row.refresh_token,
+        refresh_token_issued_at=row.refresh_token_issued_at,
+        access_token=row.access_token,
+        access_token_expiry=row.access_token_expiry,
+        access_token_issued_at=row.access_token_issued_at,
+        scopes=tuple(row.scopes.split()) if row.scopes else (),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Return True for errors after which the rolled-back transaction may simply be retried."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # psycopg: serialization failure, deadlock
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1205, 1213):  # MySQL: lock wait timeout, deadlock
+        return True
+    return "database is locked" in str(orig)
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+class SQLTokenStore(TokenStore):
+    """A token store in the table ``table`` of the database at ``url``."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        table: str = DEFAULT_TABLE,
+        create_table: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Build the store; connect lazily.
+
+        ``url``: a SQLAlchemy URL (``sqlite:///path``, ``postgresql+psycopg://…``,
+        ``mysql+pymysql://…``). ``table``: the table name. ``create_table``:
+        create the table on first use if it is missing. ``engine_options``:
+        extra keyword arguments for :func:`sqlalchemy.create_engine`
+        (``connect_args`` is merged with the store's own).
+
+        Raise ConfigError naming ``store.url`` for an unparsable URL, an
+        unsupported database or a missing driver.
+        """
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError("store.url", "not a valid SQLAlchemy URL") from exc
+        backend = parsed.get_backend_name()
+        if backend not in _SUPPORTED_DIALECTS:
+            raise ConfigError("store.url", f"unsupported database {backend!r} (supported: {', '.join(_SUPPORTED_DIALECTS)})")
+        if not table or not isinstance(table, str):
+            raise ConfigError("store.table", "must be a non-empty table name")
+
+        options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+        connect_args: dict[str, Any] = {}
+        self._serial: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        in_memory = backend == "sqlite" and (
+            parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+        )
+        if backend == "sqlite":
+            connect_args = {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT}
+            if in_memory:
+                # One connection holds the whole database; the lock keeps one
+                # transaction at a time on it.
+                options["poolclass"] = StaticPool
+                self._serial = threading.RLock()
+        extra = dict(engine_options or {})
+        connect_args.update(extra.pop("connect_args", {}) or {})
+        options.update(extra)
+        options["connect_args"] = connect_args
+        try:
+            self._engine: Engine = create_engine(parsed, **options)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise ConfigError("store.url", f"no driver for {parsed.drivername!r}: pip install 'tornado-signin[sql]'") from exc
+        except (ArgumentError, TypeError) as exc:
+            raise ConfigError("store.engine_options", f"rejected by SQLAlchemy: {exc}") from exc
+        if backend == "sqlite" and not in_memory:
+            event.listen(self._engine, "connect", _set_sqlite_pragmas)
+
+        self._table = _define_table(table)
+        self._dialect = backend
+        self._label = f"{parsed.render_as_string(hide_password=True)} table {table}"
+        self._create_table = create_table
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SQLTokenStore {self._label}>"
+
+    @property
+    def table(self) -> Table:
+        """The SQLAlchemy :class:`~sqlalchemy.Table` this store uses."""
+        return self._table
+
+    @property
+    def engine(self) -> Engine:
+        """The store's shared engine (for tests and administrative SQL)."""
+        return self._engine
+
+    # -- the boundary ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self, operation: str) -> Iterator[None]:
+        """Raise every SQLAlchemy/OS error of the block as StorageError chained to it."""
+        if self._closed:
+            raise StorageError(f"SQL token store {self._label}: cannot {operation}: the store is closed")
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            raise StorageError(f"SQL token store {self._label}: cannot {operation} ({cause})") from exc
+
+    def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
+        """Run ``work`` in one transaction, retrying transient lock conflicts."""
+        self._ensure_schema()
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._serial:
+                    if write:
+                        with self._engine.begin() as conn:
+                            return work(conn)
+                    with self._engine.connect() as conn:
+                        return work(conn)
+            except DBAPIError as exc:
+                if attempt == _MAX_ATTEMPTS or not _is_transient(exc):
+                    raise
+                log.debug("SQL token store %s: transient %s, retrying", self._label, type(exc.orig).__name__)
+                time.sleep(random.uniform(0.005, 0.02 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    # -- schema ----------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready or not self._create_table:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._create_all()
+
+    def _create_all(self) -> None:
+        try:
+            with self._serial:
+                self._table.metadata.create_all(self._engine, checkfirst=True)
+        except DBAPIError:
+            # Another process may have created it between the check and the CREATE.
+            with self._serial:
+                if not inspect(self._engine).has_table(self._table.name):
+                    raise
+        self._schema_ready = True
+        log.debug("SQL token store %s: table ready", self._label)
+
+    def create_schema(self) -> None:
+        """Create the table if it does not exist (idempotent). Raise StorageError on failure."""
+        with self._translate("create the table"), self._schema_lock:
+            self._create_all()
+
+    def drop_schema(self) -> None:
+        """Drop the table and every record in it (idempotent). Raise StorageError on failure."""
+        with self._translate("drop the table"), self._schema_lock, self._serial:
+            self._table.metadata.drop_all(self._engine, checkfirst=True)
+            self._schema_ready = False
+
+    # -- TokenStore ------------------------------------------------------
+
+    def get(self, sub: str) -> TokenRecord | None:
+        if not is_valid_sub(sub):
+            return None
+        table = self._table
+        with self._translate("read a record"):
+            row = self._run(lambda conn: conn.execute(select(table).where(table.c.sub == sub)).first(), write=False)
+        return None if row is None else _record_from_row(row)
+
+    def _upsert(self, row: dict[str, Any]) -> Any:
+        table = self._table
+        if self._dialect in _MYSQL_DIALECTS:
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            stmt = mysql_insert(table).values(row)
+            return stmt.on_duplicate_key_update(_merge_assignments(table.c, stmt.inserted))
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table).values(row)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.sub], set_=dict(_merge_assignments(table.c, stmt.excluded))
+        )
+
+    def save(self, record: TokenRecord) -> TokenRecord:
+        check_sub(record.sub)
+        table = self._table
+        statement = self._upsert(_incoming_row(record, time.time()))
+
+        def merge(conn: Connection) -> Any:
+            conn.execute(statement)
+            return conn.execute(select(table).where(table.c.sub == record.sub)).one()
+
+        with self._translate("save a record"):
+            row = self._run(merge, write=True)
+        return _record_from_row(row)
+
+    def delete(self, sub: str) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        table = self._table
+        with self._translate("delete a record"):
+            count = self._run(lambda conn: conn.execute(table.delete().where(table.c.sub == sub)).rowcount, write=True)
+        return count > 0
+
+    def records(self) -> Iterator[TokenRecord]:
+        table = self._table
+        last: str | None = None
+        while True:
+            query = select(table).order_by(table.c.sub).limit(_PAGE_SIZE)
+            if last is not None:
+                query = query.where(table.c.sub > last)
+            with self._translate("list records"):
+                rows = self._run(lambda conn: conn.execute(query).all(), write=False)
+            for row in rows:
+                yield _record_from_row(row)
+            if len(rows) < _PAGE_SIZE:
+                return
+            last = rows[-1].sub
+
+    def check(self) -> None:
+        table = self._table
+        with self._translate("reach the table"):
+            self._run(lambda conn: conn.execute(select(table.c.sub).limit(1)).all(), write=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.dispose()
