@@ -1,0 +1,227 @@
+"""The ``sql`` backend: the contract on SQLite, PostgreSQL and MariaDB, plus what is specific to SQL."""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+
+import pytest
+from sqlalchemy import inspect, text
+
+from tornado_signin.errors import ConfigError, StorageError
+from tornado_signin.store import TokenRecord, load_store
+from tornado_signin.testing import TokenStoreContract, full_record
+from tornado_signin_backends import sql as sql_module
+from tornado_signin_backends.sql import SQLTokenStore
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'tokens.sqlite3'}"
+
+
+def _server_store(url: str, table: str):
+    store = SQLTokenStore(url=url, table=table)
+    yield store
+    store.close()
+    admin = SQLTokenStore(url=url, table=table)
+    admin.drop_schema()
+    admin.close()
+
+
+class TestSQLiteContract(TokenStoreContract):
+    @pytest.fixture
+    def store(self, sqlite_url):
+        store = SQLTokenStore(url=sqlite_url)
+        yield store
+        store.close()
+
+    def test_processes_never_lose_a_save(self, sqlite_url):
+        SQLTokenStore(url=sqlite_url).create_schema()
+        self.assert_process_safe(functools.partial(SQLTokenStore, url=sqlite_url))
+
+    def test_file_is_in_wal_mode(self, store, sqlite_url):
+        store.save(full_record())
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+class TestSQLiteInMemoryContract(TokenStoreContract):
+    @pytest.fixture
+    def store(self):
+        store = SQLTokenStore(url="sqlite://")
+        yield store
+        store.close()
+
+
+class TestPostgresContract(TokenStoreContract):
+    @pytest.fixture
+    def store(self, postgres_url, unique_name):
+        yield from _server_store(postgres_url, unique_name)
+
+    def test_processes_never_lose_a_save(self, postgres_url, unique_name):
+        SQLTokenStore(url=postgres_url, table=unique_name).create_schema()
+        try:
+            self.assert_process_safe(functools.partial(SQLTokenStore, url=postgres_url, table=unique_name))
+        finally:
+            SQLTokenStore(url=postgres_url, table=unique_name).drop_schema()
+
+
+class TestMariaDBContract(TokenStoreContract):
+    @pytest.fixture
+    def store(self, mariadb_url, unique_name):
+        yield from _server_store(mariadb_url, unique_name)
+
+    def test_sub_column_is_binary(self, store):
+        store.save(full_record())
+        with store.engine.connect() as conn:
+            column_type = conn.execute(
+                text("SELECT data_type FROM information_schema.columns WHERE table_name = :t AND column_name = 'sub'"),
+                {"t": store.table.name},
+            ).scalar()
+        assert column_type == "varbinary"
+
+
+# -- SQL-specific behaviour (SQLite unless the server matters) -------------------------
+
+
+def test_loaded_through_the_entry_point(sqlite_url):
+    store = load_store("sql", {"url": sqlite_url, "table": "custom_tokens"})
+    assert isinstance(store, SQLTokenStore)
+    store.save(full_record())
+    assert inspect(store.engine).has_table("custom_tokens")
+    store.close()
+
+
+def test_misspelt_option_is_a_config_error(sqlite_url):
+    with pytest.raises(ConfigError, match="store"):
+        load_store("sql", {"url": sqlite_url, "tabel": "x"})
+    with pytest.raises(TypeError):
+        SQLTokenStore(sqlite_url)  # options are keyword-only
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"url": "not a url"}, "store.url"),
+        ({"url": "oracle+nosuchdriver://x/y"}, "store.url"),
+        ({"url": "postgresql+nosuchdriver://x/y"}, "store.url"),
+        ({"url": "sqlite://", "table": ""}, "store.table"),
+    ],
+)
+def test_bad_config_names_the_key(options, key):
+    with pytest.raises(ConfigError) as info:
+        SQLTokenStore(**options)
+    assert info.value.key == key
+
+
+def test_create_table_false_needs_create_schema(sqlite_url):
+    store = SQLTokenStore(url=sqlite_url, create_table=False)
+    with pytest.raises(StorageError) as info:
+        store.get("u")
+    assert info.value.__cause__ is not None
+    with pytest.raises(StorageError):
+        store.check()
+    store.create_schema()
+    store.create_schema()
+    store.check()
+    assert store.save(TokenRecord(sub="u", email="u@example.com")).email == "u@example.com"
+    store.drop_schema()
+    store.drop_schema()
+    store.close()
+
+
+def test_errors_are_storage_errors_without_token_values(sqlite_url):
+    store = SQLTokenStore(url=sqlite_url, create_table=False)
+    store.create_schema()
+    with store.engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {store.table.name}"))
+        conn.execute(text(f"CREATE TABLE {store.table.name} (sub TEXT PRIMARY KEY, refresh_token TEXT NOT NULL)"))
+    record = full_record()
+    with pytest.raises(StorageError) as info:
+        store.save(record)
+    assert info.value.__cause__ is not None
+    message = str(info.value)
+    assert record.refresh_token not in message and record.access_token not in message
+    assert "sql" in message.lower()
+    cause_message = str(info.value.__cause__)
+    assert record.refresh_token not in cause_message, "SQLAlchemy must hide parameters"
+    store.close()
+
+
+def test_unreachable_server_is_a_storage_error():
+    store = SQLTokenStore(
+        url="postgresql+psycopg://postgres@127.0.0.1:1/test", engine_options={"connect_args": {"connect_timeout": 2}}
+    )
+    with pytest.raises(StorageError) as info:
+        store.check()
+    assert "OperationalError" in str(info.value)
+    with pytest.raises(StorageError):
+        store.save(full_record())
+    store.close()
+
+
+def test_closed_store_raises_storage_error(sqlite_url):
+    store = SQLTokenStore(url=sqlite_url)
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.get("u")
+
+
+def test_records_pages_through_large_tables(sqlite_url, monkeypatch):
+    monkeypatch.setattr(sql_module, "_PAGE_SIZE", 4)
+    store = SQLTokenStore(url=sqlite_url)
+    subs = {f"user-{i}" for i in range(13)}
+    for sub in subs:
+        store.save(TokenRecord(sub=sub))
+    listed = [r.sub for r in store.records()]
+    assert sorted(listed) == sorted(subs)
+    store.close()
+
+
+def test_sqlite_file_is_a_real_file(sqlite_url, tmp_path):
+    store = SQLTokenStore(url=sqlite_url)
+    store.save(full_record())
+    store.close()
+    path = tmp_path / "tokens.sqlite3"
+    assert stat.S_ISREG(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+def test_merge_is_one_statement_on_the_server(server, request, unique_name):
+    """The statement SQLAlchemy emits is an upsert, not a SELECT then UPDATE."""
+    url = request.getfixturevalue(f"{server}_url")
+    store = SQLTokenStore(url=url, table=unique_name)
+    seen = []
+    from sqlalchemy import event
+
+    event.listen(store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    try:
+        store.save(full_record())
+        seen.clear()
+        store.save(TokenRecord(sub=full_record().sub, refresh_token="rt-x", refresh_token_issued_at=1.0))
+        writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
+        assert len(writes) == 1
+        assert "ON CONFLICT" in writes[0] or "ON DUPLICATE KEY UPDATE" in writes[0]
+        assert store.get(full_record().sub).refresh_token == full_record().refresh_token
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+def test_mysql_assignment_order_reads_old_issue_times(mariadb_url, unique_name):
+    """On MySQL a column assigned earlier in ON DUPLICATE KEY UPDATE is already new when read later."""
+    store = SQLTokenStore(url=mariadb_url, table=unique_name)
+    try:
+        store.save(TokenRecord(sub="u", refresh_token="rt-1", refresh_token_issued_at=10.0,
+                               access_token="at-1", access_token_issued_at=10.0, access_token_expiry=11.0,
+                               scopes=("a",)))
+        merged = store.save(TokenRecord(sub="u", refresh_token="rt-2", refresh_token_issued_at=20.0,
+                                        access_token="at-2", access_token_issued_at=20.0, access_token_expiry=21.0,
+                                        scopes=("b",)))
+        assert (merged.refresh_token, merged.refresh_token_issued_at) == ("rt-2", 20.0)
+        assert (merged.access_token, merged.access_token_expiry, merged.scopes) == ("at-2", 21.0, ("b",))
+    finally:
+        store.drop_schema()
+        store.close()

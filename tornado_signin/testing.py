@@ -1,0 +1,497 @@
+"""The token-store contract test kit, for the built-in backends and for plugin authors.
+
+Every backend — built-in or third-party — proves it honours the
+:class:`~tornado_signin.store.TokenStore` contract by subclassing
+:class:`TokenStoreContract` in its own tests and providing ONE fixture,
+``store``: a fresh, empty store, cleaned up at teardown (teardown must work
+even when the test has already closed the store)::
+
+    import pytest
+    from tornado_signin.testing import TokenStoreContract
+    from my_plugin import MyTokenStore
+
+    class TestMyTokenStore(TokenStoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            store = MyTokenStore(path=str(tmp_path / "db"))
+            yield store
+            store.close()
+
+pytest then runs every ``test_*`` method below against it: misses, the round
+trip of every field, each rule of :func:`~tornado_signin.store.merge_records`
+(plus a randomised comparison against it), delete, ``records()``,
+``check()``, ``close()``, awkward ``sub`` values, and 20 threads saving the
+same user at once.
+
+A backend shared between processes (a database, a directory) should also
+prove it merges atomically across processes. Give
+:meth:`TokenStoreContract.assert_process_safe` a picklable factory that builds
+a store on the same storage (e.g. ``functools.partial(MyTokenStore,
+path=...)``) from a test of your subclass; it saves the same user from several
+``spawn``-ed processes at once and checks the outcome.
+
+Needs pytest (``pip install 'tornado-signin[test]'``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .errors import StorageError
+from .store import MAX_SUB_LENGTH, TokenRecord, TokenStore, merge_records
+
+__all__ = ["TokenStoreContract", "full_record", "assert_process_safe", "EDGE_SUBS"]
+
+#: ``sub`` values every backend must keep apart and return unchanged.
+EDGE_SUBS = (
+    "108204268033311374519",
+    "ünïcødé-用户-😀",
+    "x" * MAX_SUB_LENGTH,
+    "../../etc/passwd",
+    "a/b\\c",
+    "..",
+    ".",
+    "CaseSensitive",
+    "casesensitive",
+    "trailing ",
+    "trailing",
+    " leading",
+    "quote'\"; DROP TABLE users; --",
+    "%_*?[]{}$#:",
+    "tab\tnew\nline",
+)
+
+#: ``sub`` values a backend may refuse (ValueError or StorageError) but must never mishandle.
+INVALID_SUBS = ("", "y" * (MAX_SUB_LENGTH + 1), "z" * 5000, "nul\x00byte")
+
+_FIELDS = (
+    "sub",
+    "email",
+    "refresh_token",
+    "refresh_token_issued_at",
+    "access_token",
+    "access_token_expiry",
+    "access_token_issued_at",
+    "scopes",
+    "revoked_at",
+)
+
+
+def full_record(sub: str = "108204268033311374519", **changes: Any) -> TokenRecord:
+    """Return a record with every field set (recognisable token values), with ``changes`` applied."""
+    record = TokenRecord(
+        sub=sub,
+        email="ada@example.com",
+        refresh_token="1//refresh-token-PLAINTEXT-r1",
+        refresh_token_issued_at=1_700_000_000.25,
+        access_token="ya29.access-token-PLAINTEXT-a1",
+        access_token_expiry=1_700_003_600.5,
+        access_token_issued_at=1_700_000_000.25,
+        scopes=("openid", "email", "https://www.googleapis.com/auth/drive.readonly"),
+        revoked_at=1_600_000_000.0,
+    )
+    return record.replace(**changes)
+
+
+def _same_fields(actual: TokenRecord | None, expected: TokenRecord, fields: tuple[str, ...] = _FIELDS) -> None:
+    assert actual is not None, f"no record stored for {expected.sub!r}"
+    for name in fields:
+        got, want = getattr(actual, name), getattr(expected, name)
+        assert got == want, f"{name}: stored {got!r}, expected {want!r}"
+
+
+def _process_worker(
+    factory: Callable[[], TokenStore],
+    sub: str,
+    index: int,
+    processes: int,
+    saves: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    try:
+        store = factory()
+        try:
+            outcome = []
+            barrier.wait(timeout=60)
+            for step in range(saves):
+                order = step * processes + index
+                record = TokenRecord(
+                    sub=sub,
+                    email=f"p{index}@example.com",
+                    access_token=f"at-{order}",
+                    access_token_issued_at=1000.0 + order,
+                    access_token_expiry=5000.0 + order,
+                    scopes=(f"scope-{order}",),
+                )
+                if order % 3 != 1:
+                    record = record.replace(refresh_token=f"rt-{order}", refresh_token_issued_at=1000.0 + order)
+                merged = store.save(record)
+                outcome.append((order, record.refresh_token is not None, merged.refresh_token_issued_at,
+                                merged.access_token_issued_at))
+        finally:
+            store.close()
+        results.put((index, outcome, None))
+    except BaseException:  # reported to the parent, which fails the test
+        results.put((index, [], traceback.format_exc()))
+
+
+def assert_process_safe(
+    factory: Callable[[], TokenStore],
+    *,
+    sub: str = "process-user",
+    processes: int = 3,
+    saves_per_process: int = 15,
+    timeout: float = 120.0,
+) -> TokenRecord:
+    """Save ``sub`` from ``processes`` spawned processes at once; assert no save was lost.
+
+    ``factory`` must be picklable and build a store on the same storage in
+    each process. Every process saves ``saves_per_process`` records with
+    interleaved, increasing issue times (a third without a refresh token).
+    Assert the final record holds the newest refresh token and the newest
+    access token, and every save returned a record at least as new as what it
+    saved. Return the final record.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_process_worker, args=(factory, sub, i, processes, saves_per_process, barrier, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    reports = []
+    try:
+        deadline = time.monotonic() + timeout
+        for _ in workers:
+            reports.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+    errors = [error for _, _, error in reports if error]
+    assert not errors, "a worker process failed:\n" + "\n".join(errors)
+    for _, outcome, _ in reports:
+        for order, had_refresh, merged_rt_issued, merged_at_issued in outcome:
+            assert merged_at_issued >= 1000.0 + order, "a save returned an older access token than it saved"
+            if had_refresh:
+                assert merged_rt_issued >= 1000.0 + order, "a save returned an older refresh token than it saved"
+
+    total = processes * saves_per_process
+    newest_refresh = max(o for o in range(total) if o % 3 != 1)
+    newest_access = total - 1
+    store = factory()
+    try:
+        final = store.get(sub)
+    finally:
+        store.close()
+    assert final is not None
+    assert final.refresh_token == f"rt-{newest_refresh}"
+    assert final.refresh_token_issued_at == 1000.0 + newest_refresh
+    assert final.access_token == f"at-{newest_access}"
+    assert final.access_token_issued_at == 1000.0 + newest_access
+    assert final.access_token_expiry == 5000.0 + newest_access
+    assert final.scopes == (f"scope-{newest_access}",)
+    return final
+
+
+class TokenStoreContract:
+    """Contract tests for a :class:`~tornado_signin.store.TokenStore`.
+
+    Subclass it in a ``Test…`` class and provide a ``store`` fixture (a fresh,
+    empty store; teardown cleans up, even after the test closed the store).
+    """
+
+    #: Threads used by :meth:`test_concurrent_threads_never_lose_a_save`.
+    threads = 20
+    #: Saves per thread in that test.
+    saves_per_thread = 5
+
+    def assert_process_safe(self, factory: Callable[[], TokenStore], **options: Any) -> TokenRecord:
+        """Run :func:`assert_process_safe` (the multi-process check) with ``factory``."""
+        return assert_process_safe(factory, **options)
+
+    # -- basics ------------------------------------------------------------
+
+    def test_get_missing_returns_none(self, store: TokenStore) -> None:
+        assert store.get("no-such-user") is None
+
+    def test_round_trip_of_every_field(self, store: TokenStore) -> None:
+        record = full_record()
+        before = time.time()
+        saved = store.save(record)
+        after = time.time()
+        _same_fields(saved, record)
+        _same_fields(store.get(record.sub), record)
+        assert isinstance(saved.scopes, tuple)
+        assert before - 1 <= saved.created_at <= after + 1
+        assert saved.updated_at == saved.created_at
+        assert store.get(record.sub) == saved
+
+    def test_round_trip_of_a_minimal_record(self, store: TokenStore) -> None:
+        saved = store.save(TokenRecord(sub="minimal"))
+        expected = TokenRecord(sub="minimal")
+        _same_fields(saved, expected)
+        assert store.get("minimal") == saved
+        assert saved.created_at is not None and saved.updated_at is not None
+
+    def test_save_returns_what_get_returns(self, store: TokenStore) -> None:
+        store.save(full_record())
+        merged = store.save(TokenRecord(sub=full_record().sub, email="new@example.com"))
+        assert store.get(merged.sub) == merged
+
+    # -- merge rules (merge_records) ----------------------------------------
+
+    def test_missing_refresh_token_never_replaces_a_stored_one(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        for incoming in (
+            TokenRecord(sub=first.sub),
+            TokenRecord(sub=first.sub, refresh_token=None, refresh_token_issued_at=9e9),
+            TokenRecord(sub=first.sub, refresh_token="", refresh_token_issued_at=9e9),
+        ):
+            merged = store.save(incoming)
+            assert merged.refresh_token == first.refresh_token
+            assert merged.refresh_token_issued_at == first.refresh_token_issued_at
+        assert store.get(first.sub).refresh_token == first.refresh_token
+
+    def test_newer_refresh_token_replaces(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        merged = store.save(TokenRecord(sub=first.sub, refresh_token="rt-newer", refresh_token_issued_at=1_800_000_000.0))
+        assert (merged.refresh_token, merged.refresh_token_issued_at) == ("rt-newer", 1_800_000_000.0)
+        assert merged.access_token == first.access_token
+        assert store.get(first.sub) == merged
+
+    def test_equal_issue_time_replaces(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        merged = store.save(first.replace(refresh_token="rt-reencrypted", access_token="at-reencrypted"))
+        assert merged.refresh_token == "rt-reencrypted"
+        assert merged.access_token == "at-reencrypted"
+
+    def test_older_refresh_token_does_not_replace(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        merged = store.save(TokenRecord(sub=first.sub, refresh_token="rt-older", refresh_token_issued_at=1.0))
+        assert (merged.refresh_token, merged.refresh_token_issued_at) == (
+            first.refresh_token,
+            first.refresh_token_issued_at,
+        )
+
+    def test_refresh_token_without_issue_time(self, store: TokenStore) -> None:
+        store.save(TokenRecord(sub="u", refresh_token="rt-undated"))
+        merged = store.save(TokenRecord(sub="u", refresh_token="rt-undated-2"))
+        assert merged.refresh_token == "rt-undated-2" and merged.refresh_token_issued_at is None
+        merged = store.save(TokenRecord(sub="u", refresh_token="rt-dated", refresh_token_issued_at=5.0))
+        assert (merged.refresh_token, merged.refresh_token_issued_at) == ("rt-dated", 5.0)
+        merged = store.save(TokenRecord(sub="u", refresh_token="rt-undated-3"))
+        assert (merged.refresh_token, merged.refresh_token_issued_at) == ("rt-dated", 5.0)
+
+    def test_access_token_group_is_replaced_together(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        newer = TokenRecord(
+            sub=first.sub,
+            access_token="at-newer",
+            access_token_expiry=1_800_003_600.0,
+            access_token_issued_at=1_800_000_000.0,
+            scopes=("openid",),
+        )
+        merged = store.save(newer)
+        _same_fields(merged, first.replace(
+            access_token="at-newer",
+            access_token_expiry=1_800_003_600.0,
+            access_token_issued_at=1_800_000_000.0,
+            scopes=("openid",),
+        ))
+        older = newer.replace(access_token="at-older", access_token_expiry=1.0, access_token_issued_at=1.0,
+                              scopes=("other",))
+        assert store.save(older).access_token == "at-newer"
+        _same_fields(store.get(first.sub), merged)
+
+    def test_access_token_without_expiry_or_scopes(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        merged = store.save(TokenRecord(sub=first.sub, access_token="at-2", access_token_issued_at=1_800_000_000.0))
+        assert merged.access_token == "at-2"
+        assert merged.access_token_expiry is None
+        assert merged.scopes == first.scopes, "empty incoming scopes keep the stored ones"
+
+    def test_scopes_without_access_token_are_ignored(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        merged = store.save(TokenRecord(sub=first.sub, scopes=("ignored",)))
+        assert merged.scopes == first.scopes
+        fresh = store.save(TokenRecord(sub="new-user", scopes=("ignored",)))
+        assert fresh.scopes == ()
+
+    def test_email_is_replaced_only_when_given(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        assert store.save(TokenRecord(sub=first.sub)).email == first.email
+        assert store.save(TokenRecord(sub=first.sub, email="")).email == first.email
+        assert store.save(TokenRecord(sub=first.sub, email="grace@example.com")).email == "grace@example.com"
+
+    def test_revoked_at_is_the_later_of_the_two(self, store: TokenStore) -> None:
+        sub = "revoked-user"
+        assert store.save(TokenRecord(sub=sub)).revoked_at is None
+        assert store.save(TokenRecord(sub=sub, revoked_at=200.0)).revoked_at == 200.0
+        assert store.save(TokenRecord(sub=sub, revoked_at=100.0)).revoked_at == 200.0
+        assert store.save(TokenRecord(sub=sub)).revoked_at == 200.0
+        assert store.save(TokenRecord(sub=sub, revoked_at=300.0)).revoked_at == 300.0
+        assert store.get(sub).revoked_at == 300.0
+
+    def test_created_at_is_kept_and_updated_at_advances(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        time.sleep(0.01)
+        second = store.save(full_record(created_at=1.0, updated_at=1.0))
+        assert second.created_at == first.created_at
+        assert second.updated_at > first.updated_at
+        assert second.updated_at >= second.created_at
+
+    def test_random_saves_follow_merge_records(self, store: TokenStore) -> None:
+        rng = random.Random(20240503)
+        model: dict[str, TokenRecord] = {}
+        subs = ("r1", "r2", "r3")
+        for step in range(60):
+            sub = rng.choice(subs)
+            incoming = TokenRecord(
+                sub=sub,
+                email=rng.choice([None, "", f"e{step}@example.com"]),
+                refresh_token=rng.choice([None, "", f"rt-{step}"]),
+                refresh_token_issued_at=rng.choice([None, float(rng.randint(0, 8)), rng.randint(0, 8) + 0.5]),
+                access_token=rng.choice([None, f"at-{step}"]),
+                access_token_expiry=rng.choice([None, 100.0 + step]),
+                access_token_issued_at=rng.choice([None, float(rng.randint(0, 8))]),
+                scopes=rng.choice([(), ("a",), ("a", "b"), (f"s{step}",)]),
+                revoked_at=rng.choice([None, None, float(rng.randint(0, 8))]),
+            )
+            merged = store.save(incoming)
+            expected = merge_records(model.get(sub), incoming, now=merged.updated_at)
+            model[sub] = expected
+            _same_fields(merged, expected, _FIELDS + ("created_at", "updated_at"))
+        for sub, expected in model.items():
+            assert store.get(sub) == expected
+
+    # -- delete, records, check, close -----------------------------------------
+
+    def test_delete(self, store: TokenStore) -> None:
+        store.save(full_record(sub="keep"))
+        store.save(full_record(sub="gone"))
+        assert store.delete("gone") is True
+        assert store.get("gone") is None
+        assert store.delete("gone") is False
+        assert store.delete("never-stored") is False
+        assert store.get("keep") is not None
+
+    def test_save_after_delete_starts_afresh(self, store: TokenStore) -> None:
+        store.save(full_record(sub="again"))
+        store.delete("again")
+        fresh = store.save(TokenRecord(sub="again", email="x@example.com"))
+        assert fresh.refresh_token is None and fresh.revoked_at is None and fresh.email == "x@example.com"
+
+    def test_records_yields_every_record(self, store: TokenStore) -> None:
+        assert list(store.records()) == []
+        saved = {store.save(full_record(sub=f"user-{i:03d}", email=f"u{i}@example.com")).sub for i in range(30)}
+        listed = list(store.records())
+        assert all(isinstance(r, TokenRecord) for r in listed)
+        assert {r.sub for r in listed} == saved
+        assert len(listed) == len(saved)
+        for record in listed:
+            assert record == store.get(record.sub)
+
+    def test_check_passes(self, store: TokenStore) -> None:
+        store.check()
+        store.save(full_record())
+        store.check()
+
+    def test_close_is_idempotent(self, store: TokenStore) -> None:
+        store.save(full_record())
+        store.close()
+        store.close()
+
+    # -- sub values ----------------------------------------------------------
+
+    def test_edge_subs_round_trip_and_stay_apart(self, store: TokenStore) -> None:
+        for index, sub in enumerate(EDGE_SUBS):
+            store.save(full_record(sub=sub, email=f"edge{index}@example.com"))
+        for index, sub in enumerate(EDGE_SUBS):
+            record = store.get(sub)
+            assert record is not None and record.sub == sub, f"lost {sub!r}"
+            assert record.email == f"edge{index}@example.com", f"{sub!r} collided with another sub"
+        assert sorted(r.sub for r in store.records()) == sorted(EDGE_SUBS)
+        assert store.delete(EDGE_SUBS[1]) is True
+        assert store.get(EDGE_SUBS[1]) is None
+
+    def test_invalid_subs_are_refused_cleanly_or_stored_exactly(self, store: TokenStore) -> None:
+        for sub in INVALID_SUBS:
+            try:
+                store.save(full_record(sub=sub))
+            except (ValueError, StorageError):
+                assert store.get(sub) is None
+                assert store.delete(sub) is False
+            else:
+                assert store.get(sub).sub == sub
+        store.check()
+
+    # -- concurrency -----------------------------------------------------------
+
+    def test_concurrent_threads_never_lose_a_save(self, store: TokenStore) -> None:
+        sub = "concurrent-user"
+        threads, per_thread = self.threads, self.saves_per_thread
+        total = threads * per_thread
+        barrier = threading.Barrier(threads)
+        errors: list[BaseException] = []
+        returned: list[tuple[TokenRecord, TokenRecord]] = []
+        lock = threading.Lock()
+
+        def incoming(order: int) -> TokenRecord:
+            record = TokenRecord(
+                sub=sub,
+                email=f"t{order}@example.com",
+                access_token=f"at-{order}",
+                access_token_issued_at=1000.0 + order,
+                access_token_expiry=5000.0 + order,
+                scopes=(f"scope-{order}",),
+            )
+            if order % 3 != 1:
+                record = record.replace(refresh_token=f"rt-{order}", refresh_token_issued_at=1000.0 + order)
+            return record
+
+        def work(index: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                for step in range(per_thread):
+                    record = incoming(step * threads + index)
+                    merged = store.save(record)
+                    with lock:
+                        returned.append((record, merged))
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert not any(w.is_alive() for w in workers), "a save hung"
+        assert not errors, f"{len(errors)} saves failed, first: {errors[0]!r}"
+        assert len(returned) == total
+        for record, merged in returned:
+            assert merged.access_token_issued_at >= record.access_token_issued_at
+            if record.refresh_token:
+                assert merged.refresh_token_issued_at >= record.refresh_token_issued_at
+            assert merged.refresh_token is None or merged.refresh_token.startswith("rt-")
+        newest_refresh = max(o for o in range(total) if o % 3 != 1)
+        final = store.get(sub)
+        assert final.refresh_token == f"rt-{newest_refresh}"
+        assert final.refresh_token_issued_at == 1000.0 + newest_refresh
+        assert final.access_token == f"at-{total - 1}"
+        assert final.access_token_expiry == 5000.0 + total - 1
+        assert final.scopes == (f"scope-{total - 1}",)
+        assert [r.sub for r in store.records()] == [sub]
