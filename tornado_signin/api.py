@@ -1,0 +1,63 @@
+"""The demo's proof of the point: the *server* calls a Google API with stored credentials.
+
+``POST /api/userinfo`` calls Google's userinfo endpoint for the signed-in
+user through :class:`~tornado_signin.offline.OfflineAccess` (the same code
+path a script or a background job uses: stored access token, refreshed when
+needed). ``GET /api/scopes`` lists the scopes granted so far, which grow with
+incremental authorization.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import ConsentRequiredError, GoogleError, StorageError, UnknownUserError
+from .handlers import BaseHandler
+
+__all__ = ["UserinfoHandler", "ScopeHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class _SignedInHandler(BaseHandler):
+    def signed_in_sub(self) -> str:
+        session = self.read_session()
+        if session is None or not session.sub:
+            raise self.fail(401, "not signed in")
+        return session.sub
+
+
+class UserinfoHandler(_SignedInHandler):
+    """``POST /api/userinfo``: the server calls userinfo for the session's user."""
+
+    async def post(self) -> None:
+        self.check_request_origin()
+        sub = self.signed_in_sub()
+        try:
+            info = await self.ctx.offline.call_userinfo(sub)
+        except (ConsentRequiredError, UnknownUserError):
+            self.write_json({"status": "consent_required"}, 409)
+            return
+        except GoogleError as exc:
+            log.warning("userinfo call failed: %s", exc)
+            raise self.fail(502, "google api call failed") from exc
+        except StorageError as exc:
+            log.error("userinfo: store failed: %s", exc)
+            raise self.fail(503, "storage unavailable") from exc
+        allowed = ("sub", "email", "email_verified", "name", "given_name", "family_name", "picture", "hd", "locale")
+        self.write_json({"userinfo": {k: info[k] for k in allowed if k in info}})
+
+
+class ScopeHandler(_SignedInHandler):
+    """``GET /api/scopes``: the scopes granted to this server for the session's user."""
+
+    async def get(self) -> None:
+        sub = self.signed_in_sub()
+        try:
+            record = await self.ctx.offline.find(sub)
+        except UnknownUserError:
+            self.write_json({"scopes": []})
+            return
+        except StorageError as exc:
+            raise self.fail(503, "storage unavailable") from exc
+        self.write_json({"scopes": sorted(record.scopes)})

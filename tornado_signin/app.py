@@ -1,0 +1,109 @@
+"""Build the Tornado application (and its HTTP server) from a config.
+
+:func:`make_app` is the Python API for mounting tornado-signin: it returns a
+``tornado.web.Application`` whose ``settings["signin"]`` is the
+:class:`~tornado_signin.context.AppContext`; :func:`signin_routes` returns
+just the URL table, to merge into a bigger application.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, RequestHandler
+
+from .config import Config
+from .confirm import ConfirmSocket
+from .context import AppContext, build_context
+from .handlers import (
+    BaseHandler,
+    DisconnectHandler,
+    HealthHandler,
+    MetricsHandler,
+    PageHandler,
+    SignoutHandler,
+    StateHandler,
+    StoreAuthCodeHandler,
+)
+from .hub import ConfirmationHub
+from .store import TokenStore
+
+__all__ = ["make_app", "make_server", "signin_routes", "template_path"]
+
+
+def template_path() -> str:
+    """Return the folder of the page templates, from an editable install or a wheel alike."""
+    return str(Path(str(importlib.resources.files("tornado_signin.templates"))))
+
+
+class NotFoundHandler(BaseHandler):
+    """Any other path: a JSON 404 (and 405-free: every method gets the same answer)."""
+
+    def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": "not found"}))
+
+
+def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+    """Return the URL table of tornado-signin bound to ``ctx``."""
+    from .api import UserinfoHandler, ScopeHandler
+
+    args = {"ctx": ctx}
+    return [
+        (r"/", PageHandler, args),
+        (r"/state", StateHandler, args),
+        (r"/storeauthcode", StoreAuthCodeHandler, args),
+        (r"/confirm", ConfirmSocket, args),
+        (r"/signout", SignoutHandler, args),
+        (r"/disconnect", DisconnectHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/metrics", MetricsHandler, args),
+        (r"/api/userinfo", UserinfoHandler, args),
+        (r"/api/scopes", ScopeHandler, args),
+    ]
+
+
+def make_app(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,
+             **settings: Any) -> Application:
+    """Return the application for ``config``.
+
+    ``store`` and ``hub`` replace the configured ones (tests, embedding);
+    extra ``settings`` go to ``tornado.web.Application``.
+    """
+    ctx = build_context(config, store=store, hub=hub)
+    limits = config.limits
+    return Application(
+        signin_routes(ctx),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        template_path=template_path(),
+        cookie_secret=config.server.cookie_secret,
+        xsrf_cookies=False,  # the code endpoint has its own, stricter gate
+        websocket_ping_interval=limits.websocket_ping_interval,
+        websocket_ping_timeout=limits.websocket_ping_timeout,
+        websocket_max_message_size=limits.websocket_max_message_bytes,
+        signin=ctx,
+        **settings,
+    )
+
+
+def make_server(app: Application, config: Config) -> HTTPServer:
+    """Return an HTTPServer for ``app`` with the configured transport limits.
+
+    Tornado's defaults are permissive (100 MB bodies, 1 h header timeout);
+    these are tight because every request here is small.
+    """
+    limits = config.limits
+    return HTTPServer(
+        app,
+        xheaders=config.server.xheaders,
+        max_body_size=max(limits.max_body_bytes, 16 * 1024),
+        max_header_size=16 * 1024,
+        idle_connection_timeout=limits.header_timeout,
+        body_timeout=limits.body_timeout,
+    )

@@ -1,0 +1,107 @@
+"""``GET /confirm``: the websocket that tells the page "fully logged in" (seed step 7).
+
+A socket is accepted only with an allowed ``Origin`` (a missing or ``null``
+one is refused, unlike Tornado's default) and a valid session cookie, and is
+subscribed only to its own session's channel. On connect it is sent the
+channel's recorded outcome, so a socket that connects after the login still
+learns it. When the session id rotates at sign-in the socket follows it;
+sign-out closes it. Frames from the client are ignored; oversized ones close
+the socket (Tornado's ``websocket_max_message_size``); pings detect dead peers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from .context import AppContext
+from .handlers import origin_of
+from .hub import Subscription
+from .sessions import Session, session_cookie_name
+
+__all__ = ["ConfirmSocket"]
+
+log = logging.getLogger(__name__)
+
+#: Close codes sent to the page.
+CLOSE_SIGNED_OUT = 4000
+CLOSE_SHUTDOWN = 1001
+
+
+class ConfirmSocket(WebSocketHandler):
+    """One page's confirmation channel."""
+
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.session: Session | None = None
+        self.subscription: Subscription | None = None
+        self.channel: str | None = None
+
+    def _own_origin(self) -> str:
+        return f"{self.request.protocol}://{self.request.host}".lower()
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_of(origin) in self.ctx.allowed_origins(self._own_origin())
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # Tornado accepts a handshake without Origin; browsers always send one,
+        # so its absence means a non-browser client or a stripped request.
+        if not self.request.headers.get("Origin"):
+            self.set_status(403)
+            self.finish("origin required")
+            return
+        secure = self.request.protocol == "https"
+        payload = self.get_signed_cookie(session_cookie_name(secure),
+                                         max_age_days=self.ctx.config.limits.session_max_age_days)
+        self.session = Session.decode(payload)
+        if self.session is None:
+            self.set_status(403)
+            self.finish("session required")
+            return
+        await super().get(*args, **kwargs)
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.session is not None
+        self.ctx.sockets.add(self)
+        await self._follow(self.session.sid)
+        recorded = await self.ctx.hub.last(self.session.sid)
+        if recorded is not None:
+            self._deliver(recorded)
+
+    async def _follow(self, channel: str) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+        self.channel = channel
+        self.subscription = await self.ctx.hub.subscribe(channel, self._deliver)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        frame = message.get("frame")
+        if frame is not None:
+            try:
+                self.write_message(json.dumps(frame))
+            except WebSocketClosedError:
+                return
+        if message.get("close"):
+            self.close(CLOSE_SIGNED_OUT, "signed out")
+        elif isinstance(message.get("rebind"), str):
+            # The session id rotated at sign-in: follow the new channel so that
+            # sign-out of the new session reaches this socket too.
+            from tornado.ioloop import IOLoop
+
+            IOLoop.current().add_callback(self._follow, message["rebind"])
+
+    def on_message(self, message: str | bytes) -> None:
+        # The page has nothing to say; junk is ignored, oversized frames are
+        # refused by websocket_max_message_size before they get here.
+        return None
+
+    def on_close(self) -> None:
+        self.ctx.sockets.discard(self)
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None

@@ -1,0 +1,86 @@
+"""Demo mode: the app and the Google emulator in one process, no Google project, no network.
+
+``tornado-signin serve`` without ``--config`` lands here. Secrets the demo
+needs (cookie secret, encryption key, the emulator client's secret) are
+generated once into a 0600 file in the working directory and reused, so a
+restarted demo still decrypts its SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import Config, config_from_dict
+from .crypto import generate_key
+
+__all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "load_dev_secrets", "demo_config"]
+
+DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
+DEV_SECRETS_FILE = ".tornado-signin-dev.json"
+DEMO_STORE_FILE = "tornado-signin-demo.sqlite3"
+
+
+def write_secret_file(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` as JSON to ``path``: created 0600, replaced atomically."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load_dev_secrets(folder: Path) -> dict[str, str]:
+    """Return the demo's secrets from ``folder``, generating the file on first use."""
+    path = folder / DEV_SECRETS_FILE
+    if path.exists():
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if all(isinstance(document.get(k), str) for k in ("cookie_secret", "encryption_key", "client_secret")):
+            return document
+    document = {
+        "cookie_secret": secrets.token_urlsafe(48),
+        "encryption_key": generate_key(),
+        "client_secret": "GOCSPX-demo-" + secrets.token_urlsafe(18),
+    }
+    write_secret_file(path, document)
+    return document
+
+
+def demo_config(*, folder: Path, host: str, port: int, emulator_url: str, client_library: str = "gis",
+                store: dict[str, Any] | None = None) -> Config:
+    """Return the Config of demo mode: development on, Google played by the emulator at ``emulator_url``."""
+    dev = load_dev_secrets(folder)
+    script = "/gsi/client" if client_library == "gis" else "/js/platform.js"
+    return config_from_dict(
+        {
+            "development": True,
+            "server": {"host": host, "port": port, "cookie_secret": dev["cookie_secret"]},
+            "google": {
+                "client_id": DEMO_CLIENT_ID,
+                "client_secret": dev["client_secret"],
+                "client_library": client_library,
+                "client_script_url": emulator_url + script,
+                "endpoints": {
+                    "auth_uri": emulator_url + "/o/oauth2/v2/auth",
+                    "token_uri": emulator_url + "/token",
+                    "certs_uri": emulator_url + "/oauth2/v1/certs",
+                },
+            },
+            "store": {
+                **(store or {"backend": "sql", "url": f"sqlite:///{folder / DEMO_STORE_FILE}"}),
+                "encryption": {"keys": [dev["encryption_key"]]},
+            },
+        },
+        base_dir=folder,
+        environ={},
+    )

@@ -1,0 +1,411 @@
+"""The HTTP surface: the page, the state, the code endpoint, sign-out, disconnect, health, metrics.
+
+Handlers are small: they gate requests, call domain services from the
+:class:`~tornado_signin.context.AppContext` passed through ``initialize()``,
+and map domain errors to short JSON errors. Details go to the log, never to
+the client, and no code, token or secret goes to either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from .context import AppContext
+from .errors import (
+    ClientConfigError,
+    GoogleError,
+    GoogleProtocolError,
+    GoogleUnavailableError,
+    InvalidGrantError,
+    OverloadedError,
+    StorageError,
+    TokenVerificationError,
+    UnknownUserError,
+)
+from .sessions import Session, new_session_id, session_cookie_name
+from .signin import CONSENT_REQUIRED, SIGNED_IN
+
+__all__ = [
+    "BaseHandler",
+    "PageHandler",
+    "StateHandler",
+    "StoreAuthCodeHandler",
+    "SignoutHandler",
+    "DisconnectHandler",
+    "HealthHandler",
+    "ReadyHandler",
+    "MetricsHandler",
+]
+
+log = logging.getLogger(__name__)
+
+#: Google's one-time codes are URL-safe text ("4/0AX4Xf…"); nothing else is accepted.
+CODE_PATTERN = re.compile(r"^[0-9A-Za-z/_.~+-]+$")
+STATE_HEADER = "X-Signin-State"
+
+
+def origin_of(url: str) -> str | None:
+    """Return ``scheme://host[:port]`` of ``url`` in lower case, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class BaseHandler(RequestHandler):
+    """Shared plumbing: the context, the session cookie, JSON errors, security headers."""
+
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    # -- headers and errors --------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        self.clear_header("Server")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # The reason is a short fixed phrase chosen by the handler; exception
+        # text may hold remote content and is only logged.
+        reason = self._reason if status_code < 500 or self._reason != "Internal Server Error" else "internal error"
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": reason.lower() if reason else "error"}))
+
+    def fail(self, status: int, reason: str, log_message: str | None = None) -> HTTPError:
+        """Return an HTTPError answered as ``{"error": reason}`` and logged with ``log_message``."""
+        return HTTPError(status, log_message or reason, reason=reason)
+
+    def write_json(self, document: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(document))
+
+    # -- origin --------------------------------------------------------------------
+
+    @property
+    def is_secure(self) -> bool:
+        return self.request.protocol == "https"
+
+    def own_origin(self) -> str:
+        return f"{self.request.protocol}://{self.request.host}".lower()
+
+    def allowed_origins(self) -> frozenset[str]:
+        return self.ctx.allowed_origins(self.own_origin())
+
+    # -- session -------------------------------------------------------------------
+
+    def read_session(self) -> Session | None:
+        """Return the session of the signed cookie, or None."""
+        name = session_cookie_name(self.is_secure)
+        payload = self.get_signed_cookie(name, max_age_days=self.ctx.config.limits.session_max_age_days)
+        return Session.decode(payload)
+
+    def write_session(self, session: Session) -> None:
+        """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https."""
+        self.set_signed_cookie(
+            session_cookie_name(self.is_secure),
+            session.encode(),
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
+            secure=self.is_secure,
+            path="/",
+        )
+
+    def clear_session(self) -> None:
+        self.clear_cookie(session_cookie_name(self.is_secure), path="/", secure=self.is_secure)
+
+    def ensure_session(self) -> Session:
+        """Return the current session, starting (and setting) a new anonymous one if there is none."""
+        session = self.read_session()
+        if session is None:
+            session = Session(sid=new_session_id())
+            self.write_session(session)
+        return session
+
+    # -- the CSRF gate shared by every state-changing POST -----------------------------
+
+    def check_request_origin(self) -> None:
+        """Refuse unless the request comes from an allowed origin by script (before any outbound call)."""
+        headers = self.request.headers
+        if headers.get("X-Requested-With") != "XMLHttpRequest":
+            raise self.fail(403, "missing X-Requested-With", "X-Requested-With header missing or wrong")
+        origin = headers.get("Origin")
+        if not origin or origin_of(origin) not in self.allowed_origins():
+            raise self.fail(403, "origin not allowed", "Origin missing, null or not allowed")
+        # A cross-site request is legitimate only from an explicitly configured foreign origin.
+        if headers.get("Sec-Fetch-Site") == "cross-site" and not self.ctx.config.server.allowed_origins:
+            raise self.fail(403, "origin not allowed", "Sec-Fetch-Site: cross-site")
+
+    async def consume_state(self, session: Session) -> None:
+        """Refuse unless the request carries an unexpired state issued to this session, and spend it."""
+        nonce = self.ctx.states.check(session.sid, self.request.headers.get(STATE_HEADER))
+        if nonce is None:
+            raise self.fail(403, "invalid state", "state missing, foreign or expired")
+        if not await self.ctx.hub.consume_once(f"state:{nonce}", self.ctx.states.ttl + 60):
+            raise self.fail(403, "invalid state", "state reused")
+
+    def require_session(self) -> Session:
+        session = self.read_session()
+        if session is None:
+            raise self.fail(403, "no session", "request without a session cookie")
+        return session
+
+
+class PageHandler(BaseHandler):
+    """``GET /``: the sign-in page (seed steps 1–4)."""
+
+    def get(self) -> None:
+        session = self.ensure_session()
+        config = self.ctx.config
+        nonce = secrets.token_urlsafe(16)
+        script_origin = origin_of(config.google.client_script_url) or ""
+        auth_origin = origin_of(config.google.endpoints.auth_uri) or ""
+        ws_origin = self.own_origin().replace("http", "ws", 1)
+        self.set_header(
+            "Content-Security-Policy",
+            f"default-src 'self'; script-src 'nonce-{nonce}' {script_origin}; "
+            f"connect-src 'self' {ws_origin} {script_origin}; frame-src {auth_origin} {script_origin}; "
+            f"img-src 'self' data: https:; style-src 'self' 'unsafe-inline' {script_origin}; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        self.set_header("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
+        self.render(
+            "index.html",
+            nonce=nonce,
+            client_id=config.google.client_id,
+            scopes=" ".join(config.google.scopes),
+            client_library=config.google.client_library,
+            client_script_url=config.google.client_script_url,
+            state=self.ctx.states.issue(session.sid),
+            needs_consent=session.needs_consent,
+            user=({"sub": session.sub, "email": session.email, "name": session.name} if session.sub else None),
+            development=config.development,
+        )
+
+
+class StateHandler(BaseHandler):
+    """``GET /state``: a fresh single-use state for this browser session (JSON)."""
+
+    def get(self) -> None:
+        session = self.ensure_session()
+        document: dict[str, Any] = {"state": self.ctx.states.issue(session.sid)}
+        if session.needs_consent:
+            document["prompt"] = "consent"
+        self.write_json(document)
+
+
+@stream_request_body
+class StoreAuthCodeHandler(BaseHandler):
+    """``POST /storeauthcode``: receive the one-time code, exchange it, confirm (seed steps 6–7).
+
+    Every gate runs before the exchange: rate limit, ``X-Requested-With``,
+    Origin, content type, body size (enforced while streaming, before
+    buffering), session, code charset and length, and last the single-use
+    state.
+    """
+
+    def prepare(self) -> None:
+        self._body = bytearray()
+        if self.request.method != "POST":
+            return
+        if not self.ctx.code_rate_limit.allow(self.request.remote_ip or "?"):
+            self.ctx.metrics.inc("signin_logins_total", outcome="rate_limited")
+            raise self.fail(429, "too many requests", "code POST rate limit hit")
+        self.check_request_origin()
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/octet-stream":
+            raise self.fail(415, "content type must be application/octet-stream")
+        cap = self.ctx.config.limits.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            raise self.fail(413, "body too large")
+        self.request.connection.set_max_body_size(cap)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body.extend(chunk)
+        if len(self._body) > self.ctx.config.limits.max_body_bytes:
+            raise self.fail(413, "body too large")
+
+    def _code(self) -> str:
+        raw = bytes(self._body)
+        try:
+            code = raw.decode("utf-8").strip(" ")
+        except UnicodeDecodeError:
+            raise self.fail(400, "malformed code", "code is not UTF-8") from None
+        if not code or len(code) > self.ctx.config.limits.max_code_length or not CODE_PATTERN.match(code):
+            raise self.fail(400, "malformed code", f"code rejected by charset/length bound ({len(code)} chars)")
+        return code
+
+    async def post(self) -> None:
+        session = self.require_session()
+        code = self._code()
+        await self.consume_state(session)
+        await self._complete(session, code)
+
+    async def _publish(self, channel: str, frame: dict[str, Any], **extra: Any) -> None:
+        try:
+            await self.ctx.hub.publish(channel, {"frame": frame, **extra})
+        except Exception as exc:  # the login itself succeeded or failed already; the page can poll /state
+            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+
+    async def _complete(self, session: Session, code: str) -> None:
+        ctx = self.ctx
+        try:
+            outcome = await ctx.signin.complete(code)
+        except TokenVerificationError as exc:
+            await self._failed(session, "id token rejected", f"ID token rejected: {exc}", 401, "verification_failed")
+            return
+        except InvalidGrantError:
+            await self._failed(session, "code rejected by google", "Google answered invalid_grant to the code", 400,
+                               "invalid_grant")
+            return
+        except ClientConfigError as exc:
+            log.error("OPERATOR ALERT: Google rejected this server's client configuration: %s", exc.error)
+            await self._failed(session, "sign-in is misconfigured", None, 502, "client_config")
+            return
+        except GoogleUnavailableError as exc:
+            await self._failed(session, "google unavailable", str(exc), 504, "google_unavailable")
+            return
+        except (GoogleProtocolError, GoogleError) as exc:
+            await self._failed(session, "bad reply from google", str(exc), 502, "google_protocol")
+            return
+        except StorageError as exc:
+            # Google spent the code and may have issued the only refresh token
+            # we will ever get for this grant: steer the next sign-in through consent.
+            log.error("tokens could not be stored after the exchange: %s", exc)
+            self.write_session(Session(sid=session.sid, needs_consent=True))
+            await self._failed(session, "storage unavailable", None, 503, "storage_error")
+            return
+        except OverloadedError:
+            await self._failed(session, "server busy", "worker pool full", 503, "overloaded")
+            return
+
+        claims = outcome.claims
+        if outcome.status == CONSENT_REQUIRED:
+            ctx.metrics.inc("signin_logins_total", outcome=CONSENT_REQUIRED)
+            log.info("sign-in needs consent again: no usable refresh token for this user")
+            await self._revoke_stale_grant(outcome.record.access_token)
+            self.write_session(Session(sid=session.sid, needs_consent=True))
+            await self._publish(session.sid, {"type": CONSENT_REQUIRED})
+            self.write_json({"status": CONSENT_REQUIRED}, 409)
+            return
+
+        ctx.metrics.inc("signin_logins_total", outcome=SIGNED_IN)
+        # A new session id at sign-in defeats session fixation; the sockets of
+        # the old id are told to follow the new one.
+        new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
+        self.write_session(new_session)
+        frame = {"type": SIGNED_IN, "user": claims.public()}
+        await self._publish(new_session.sid, {"type": SIGNED_IN, "user": claims.public()})
+        await self._publish(session.sid, frame, rebind=new_session.sid)
+        log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
+        self.write_json({"status": SIGNED_IN, "user": claims.public()})
+
+    async def _revoke_stale_grant(self, access_token: str | None) -> None:
+        # Google issues a refresh token only on a grant's first consent. With
+        # no usable one stored, ending the grant makes the next consent a
+        # first one again: this works for GIS (which has no documented
+        # prompt=consent) and gapi alike.
+        if not access_token:
+            return
+        try:
+            await self.ctx.google.revoke(access_token)
+        except GoogleError as exc:
+            log.warning("could not revoke the stale grant: %s", exc)
+
+    async def _failed(self, session: Session, reason: str, log_message: str | None, status: int, outcome: str) -> None:
+        self.ctx.metrics.inc("signin_logins_total", outcome=outcome)
+        if log_message:
+            log.warning("sign-in failed: %s", log_message)
+        await self._publish(session.sid, {"type": "failed", "reason": reason})
+        self.write_json({"error": reason}, status)
+
+
+class SignoutHandler(BaseHandler):
+    """``POST /signout``: end the session: clear the cookie, close the session's sockets."""
+
+    async def post(self) -> None:
+        self.check_request_origin()
+        session = self.require_session()
+        await self.consume_state(session)
+        self.clear_session()
+        try:
+            await self.ctx.hub.publish(session.sid, {"frame": {"type": "signed_out"}, "close": True})
+        except Exception as exc:
+            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+        self.write_json({"status": "signed_out"})
+
+
+class DisconnectHandler(BaseHandler):
+    """``POST /disconnect``: revoke the grant at Google, forget the user, end the session."""
+
+    async def post(self) -> None:
+        self.check_request_origin()
+        session = self.require_session()
+        await self.consume_state(session)
+        if not session.sub:
+            raise self.fail(403, "not signed in")
+        try:
+            await self.ctx.offline.revoke_and_forget(session.sub)
+        except GoogleUnavailableError as exc:
+            log.warning("disconnect: revoke failed, user kept: %s", exc)
+            raise self.fail(503, "google unavailable") from exc
+        except StorageError as exc:
+            log.error("disconnect: store failed: %s", exc)
+            raise self.fail(503, "storage unavailable") from exc
+        except UnknownUserError:
+            log.info("disconnect: user already forgotten")
+        self.clear_session()
+        try:
+            await self.ctx.hub.publish(session.sid, {"frame": {"type": "signed_out"}, "close": True})
+        except Exception as exc:
+            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+        self.write_json({"status": "disconnected"})
+
+
+class HealthHandler(BaseHandler):
+    """``GET /healthz``: liveness (the IOLoop answers). ``?ready=1`` adds store and hub checks."""
+
+    async def get(self) -> None:
+        if not self.get_query_argument("ready", None):
+            self.write_json({"status": "ok"})
+            return
+        problems = {}
+        try:
+            await self.ctx.workers.run(self.ctx.store.check)
+        except Exception as exc:
+            problems["store"] = type(exc).__name__
+        try:
+            await self.ctx.hub.check()
+        except Exception as exc:
+            problems["hub"] = type(exc).__name__
+        if problems:
+            self.write_json({"status": "unavailable", "failed": sorted(problems)}, 503)
+        else:
+            self.write_json({"status": "ready"})
+
+
+ReadyHandler = HealthHandler
+
+
+class MetricsHandler(BaseHandler):
+    """``GET /metrics``: Prometheus text format."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.ctx.metrics.render())

@@ -1,0 +1,154 @@
+"""The confirmation hub: how "fully logged in" reaches the page (seed step 7).
+
+A hub delivers messages to the websockets subscribed to a channel, and
+*records* the last message of each channel for a while, so a socket that
+connects after the login finished still learns the outcome. A channel is a
+browser session's id: the websocket handler subscribes a socket only to its
+own session's channel.
+
+It also offers :meth:`ConfirmationHub.consume_once`, the shared single-use
+marker that makes sign-in ``state`` values single-use across every server
+process sharing the hub.
+
+Hubs are plugins in the ``tornado_signin.hubs`` entry-point group:
+``memory`` (this module, one process) and ``redis`` (pub/sub, several
+processes and machines).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["ConfirmationHub", "Subscription", "MemoryHub", "load_hub", "HUB_ENTRY_POINT_GROUP"]
+
+HUB_ENTRY_POINT_GROUP = "tornado_signin.hubs"
+
+Message = dict[str, Any]
+Callback = Callable[[Message], Awaitable[None] | None]
+
+
+class Subscription(abc.ABC):
+    """A live subscription; :meth:`close` stops delivery. Idempotent."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class ConfirmationHub(abc.ABC):
+    """Publish/subscribe by channel, with the last message of each channel recorded.
+
+    All methods are coroutines run on the IOLoop; none may block it.
+    """
+
+    #: How long a recorded outcome stays readable, in seconds.
+    record_ttl: float = 600.0
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
+        """Deliver ``message`` to every subscriber of ``channel`` in every process.
+
+        With ``record`` the message also becomes the channel's last message for
+        ``record_ttl`` seconds. Raise only for a hub failure (the caller logs it).
+        """
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        """Call ``callback(message)`` for each message later published to ``channel``."""
+
+    @abc.abstractmethod
+    async def last(self, channel: str) -> Message | None:
+        """Return the channel's recorded message, or None when none is recorded (or it expired)."""
+
+    @abc.abstractmethod
+    async def consume_once(self, key: str, ttl: float) -> bool:
+        """Return True the first time ``key`` is consumed within ``ttl`` seconds, False afterwards."""
+
+    async def check(self) -> None:
+        """Raise unless the hub is usable (readiness)."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, hub: "MemoryHub", channel: str, callback: Callback) -> None:
+        self.hub, self.channel, self.callback = hub, channel, callback
+
+    def close(self) -> None:
+        subscribers = self.hub._subscribers.get(self.channel)
+        if subscribers is not None:
+            subscribers.discard(self)
+            if not subscribers:
+                del self.hub._subscribers[self.channel]
+
+
+class MemoryHub(ConfirmationHub):
+    """An in-process hub: correct for one server process only."""
+
+    def __init__(self, *, url: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._subscribers: dict[str, set[_MemorySubscription]] = {}
+        self._records: dict[str, tuple[float, Message]] = {}
+        self._consumed: dict[str, float] = {}
+        self.clock = clock
+
+    def _expire(self) -> None:
+        now = self.clock()
+        # Amortised clean-up: stale entries are dropped when the maps grow.
+        if len(self._records) > 1024:
+            self._records = {k: v for k, v in self._records.items() if v[0] > now}
+        if len(self._consumed) > 4096:
+            self._consumed = {k: v for k, v in self._consumed.items() if v > now}
+
+    async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
+        if record:
+            self._expire()
+            self._records[channel] = (self.clock() + self.record_ttl, message)
+        for subscription in list(self._subscribers.get(channel, ())):
+            result = subscription.callback(message)
+            if result is not None:
+                await result
+
+    async def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        subscription = _MemorySubscription(self, channel, callback)
+        self._subscribers.setdefault(channel, set()).add(subscription)
+        return subscription
+
+    async def last(self, channel: str) -> Message | None:
+        entry = self._records.get(channel)
+        if entry is None or entry[0] <= self.clock():
+            return None
+        return entry[1]
+
+    async def consume_once(self, key: str, ttl: float) -> bool:
+        now = self.clock()
+        expires = self._consumed.get(key)
+        if expires is not None and expires > now:
+            return False
+        self._expire()
+        self._consumed[key] = now + ttl
+        return True
+
+    @property
+    def subscriber_count(self) -> int:
+        """Return the number of live subscriptions (for metrics)."""
+        return sum(len(s) for s in self._subscribers.values())
+
+
+def load_hub(name: str, url: str | None) -> ConfirmationHub:
+    """Build the hub registered as ``name``; raise ConfigError naming ``hub.backend``."""
+    eps = {ep.name: ep for ep in metadata.entry_points(group=HUB_ENTRY_POINT_GROUP)}
+    if name not in eps:
+        raise ConfigError("hub.backend", f"no hub {name!r} in entry-point group {HUB_ENTRY_POINT_GROUP!r} "
+                                         f"(installed: {', '.join(sorted(eps)) or 'none'})")
+    try:
+        factory = eps[name].load()
+    except ImportError as exc:
+        raise ConfigError("hub.backend", f"hub {name!r} needs a missing dependency ({exc.name}): "
+                                         f"pip install 'tornado-signin[{name}]'") from exc
+    return factory(url=url)

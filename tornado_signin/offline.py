@@ -1,0 +1,265 @@
+"""Offline access: valid Google credentials for a stored user, with the user gone.
+
+This is why the flow exists (the seed: "to use Google services on behalf of a
+user when the user is offline"). :class:`OfflineAccess` returns the stored
+access token while it is valid, otherwise refreshes it with the stored
+refresh token at the configured token endpoint and persists the result
+through the store's merge (a rotated refresh token included).
+
+* Concurrent requests for one user cause one refresh per process (single
+  flight). Across processes two refreshes may race; the store's merge keeps
+  the newest tokens, so neither loses a refresh token.
+* ``invalid_grant`` (revoked, expired, unused for months) marks the record
+  revoked, keeps its audit fields, stops retrying and raises
+  ConsentRequiredError: the user's next sign-in goes through consent.
+* Retryable failures (5xx, timeouts) are retried with backoff, then raised
+  as GoogleUnavailableError.
+
+For scripts, :func:`get_credentials` and :func:`authorized_session` wrap the
+same code path without an IOLoop of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from google.oauth2.credentials import Credentials
+
+from .config import Config
+from .errors import (
+    ConsentRequiredError,
+    GoogleUnavailableError,
+    InvalidGrantError,
+    MissingScopeError,
+    UnknownUserError,
+)
+from .google import GoogleClient, normalize_scopes
+from .metrics import Metrics
+from .signin import record_from_tokens
+from .store import TokenRecord, TokenStore
+from .workers import WorkerPool
+
+__all__ = ["OfflineAccess", "get_credentials", "authorized_session", "REFRESH_MARGIN"]
+
+log = logging.getLogger(__name__)
+
+#: An access token is refreshed when it has less than this many seconds left.
+REFRESH_MARGIN = 60.0
+REFRESH_RETRY_DELAYS = (0.2, 1.0, 3.0)
+
+
+class OfflineAccess:
+    """Credentials, refresh and revocation for stored users of one client."""
+
+    def __init__(self, store: TokenStore, google: GoogleClient, workers: WorkerPool,
+                 metrics: Metrics | None = None, *, retry_delays: Iterable[float] = REFRESH_RETRY_DELAYS) -> None:
+        self.store = store
+        self.google = google
+        self.workers = workers
+        self.metrics = metrics or Metrics()
+        self.retry_delays = tuple(retry_delays)
+        self._refreshing: dict[str, asyncio.Future[TokenRecord]] = {}
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def _find_blocking(self, user: str) -> TokenRecord:
+        record = self.store.get(user)
+        if record is not None:
+            return record
+        if "@" in user:
+            wanted = user.lower()
+            matches = [r for r in self.store.records() if (r.email or "").lower() == wanted]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise UnknownUserError(f"{len(matches)} users share that email; use the sub")
+        raise UnknownUserError("no stored user with that sub or email")
+
+    async def find(self, user: str) -> TokenRecord:
+        """Return the record of ``user`` (a sub or an email); raise UnknownUserError."""
+        return await self.workers.run(self._find_blocking, user)
+
+    # -- credentials -------------------------------------------------------------------
+
+    async def fresh_record(self, user: str, *, min_valid: float = REFRESH_MARGIN, force: bool = False) -> TokenRecord:
+        """Return the record of ``user`` with an access token valid for ``min_valid`` seconds more.
+
+        Raise UnknownUserError, ConsentRequiredError (no usable refresh token,
+        or Google answered invalid_grant), GoogleUnavailableError.
+        """
+        record = await self.find(user)
+        if not force and record.access_token and (record.access_token_expiry or 0) - time.time() > min_valid:
+            return record
+        if not record.has_usable_refresh_token:
+            raise ConsentRequiredError("no usable refresh token: the user must sign in with consent again")
+        pending = self._refreshing.get(record.sub)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TokenRecord] = asyncio.get_running_loop().create_future()
+        self._refreshing[record.sub] = future
+        try:
+            result = await self._refresh(record)
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Mark the exception retrieved: waiters, if any, get it through shield.
+            future.exception()
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._refreshing[record.sub]
+
+    async def _refresh(self, record: TokenRecord) -> TokenRecord:
+        assert record.refresh_token is not None
+        for attempt, delay in enumerate((*self.retry_delays, None)):
+            try:
+                tokens = await self.google.refresh(record.refresh_token)
+            except InvalidGrantError:
+                self.metrics.inc("signin_refresh_total", outcome="invalid_grant")
+                log.warning("refresh token rejected (invalid_grant); marking the grant revoked")
+                await self.workers.run(self.store.save, TokenRecord(sub=record.sub, revoked_at=time.time()))
+                raise ConsentRequiredError("the refresh token was revoked or expired: the user must sign in again")
+            except GoogleUnavailableError as exc:
+                self.metrics.inc("signin_refresh_total", outcome="retryable_error")
+                if delay is None:
+                    raise
+                log.warning("refresh failed (attempt %d), retrying: %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                continue
+            self.metrics.inc("signin_refresh_total", outcome="refreshed")
+            # Google may narrow or widen what it reports; keep the granted set.
+            incoming = record_from_tokens(record.sub, None, tokens)
+            if not tokens.scopes:
+                incoming = incoming.replace(scopes=record.scopes)
+            return await self.workers.run(self.store.save, incoming)
+        raise AssertionError("unreachable")
+
+    def _credentials(self, record: TokenRecord) -> Credentials:
+        google = self.google.google
+        expiry = (datetime.datetime.fromtimestamp(record.access_token_expiry, datetime.timezone.utc).replace(tzinfo=None)
+                  if record.access_token_expiry else None)
+        return Credentials(
+            token=record.access_token,
+            refresh_token=record.refresh_token,
+            token_uri=google.endpoints.token_uri,
+            client_id=google.client_id,
+            client_secret=google.client_secret,
+            scopes=list(record.scopes) or None,
+            expiry=expiry,
+        )
+
+    async def credentials(self, user: str, *, required_scopes: Iterable[str] = (),
+                          min_valid: float = REFRESH_MARGIN) -> Credentials:
+        """Return google-auth Credentials for ``user`` valid now (refreshed and persisted if needed).
+
+        Raise MissingScopeError when ``required_scopes`` (short names or URLs)
+        were not all granted, and as :meth:`fresh_record`.
+        """
+        record = await self.find(user)
+        missing = normalize_scopes(tuple(required_scopes)) - normalize_scopes(record.scopes)
+        if missing:
+            raise MissingScopeError(missing)
+        return self._credentials(await self.fresh_record(user, min_valid=min_valid))
+
+    async def call_userinfo(self, user: str) -> dict[str, Any]:
+        """Call Google's userinfo API for ``user`` with stored credentials (the offline path end to end)."""
+        record = await self.fresh_record(user)
+        try:
+            return await self.google.userinfo(record.access_token or "")
+        except InvalidGrantError:
+            # The access token died early (revoked at Google): refresh once.
+            record = await self.fresh_record(user, force=True)
+            return await self.google.userinfo(record.access_token or "")
+
+    # -- revocation --------------------------------------------------------------------
+
+    async def revoke_and_forget(self, user: str) -> bool:
+        """Revoke ``user``'s grant at Google, then delete the record.
+
+        Return True when Google revoked it, False when Google already
+        considered it invalid (which counts as revoked). Raise
+        GoogleUnavailableError (retried with backoff first; the record is
+        kept so the revoke can be tried again) and UnknownUserError.
+        """
+        record = await self.find(user)
+        token = record.refresh_token or record.access_token
+        revoked = False
+        if token:
+            for attempt, delay in enumerate((*self.retry_delays, None)):
+                try:
+                    revoked = await self.google.revoke(token)
+                    break
+                except GoogleUnavailableError as exc:
+                    if delay is None:
+                        raise
+                    log.warning("revoke failed (attempt %d), retrying: %s", attempt + 1, exc)
+                    await asyncio.sleep(delay)
+        await self.workers.run(self.store.delete, record.sub)
+        return revoked
+
+
+def _run(config: Config, coroutine_factory: Any) -> Any:
+    from .context import open_store
+
+    async def main() -> Any:
+        store = open_store(config)
+        google = GoogleClient(config.google)
+        workers = WorkerPool(2, 16)
+        try:
+            return await coroutine_factory(OfflineAccess(store, google, workers))
+        finally:
+            google.close()
+            workers.shutdown()
+            store.close()
+
+    return asyncio.run(main())
+
+
+def get_credentials(config: Config, user: str, *, required_scopes: Iterable[str] = ()) -> Credentials:
+    """Return valid Credentials for ``user`` from a plain script (no IOLoop needed)."""
+    return _run(config, lambda offline: offline.credentials(user, required_scopes=required_scopes))
+
+
+def authorized_session(config: Config, user: str) -> Any:
+    """Return a ``requests_oauthlib.OAuth2Session`` for ``user`` that refreshes itself.
+
+    The session starts with a fresh access token; when it expires,
+    requests-oauthlib refreshes it at the configured token endpoint and the
+    new token is merged into the store.
+    """
+    from requests_oauthlib import OAuth2Session
+
+    from .context import open_store
+
+    credentials = get_credentials(config, user)
+    google = config.google
+
+    def persist(token: dict[str, Any]) -> None:
+        store = open_store(config)
+        try:
+            now = time.time()
+            store.save(TokenRecord(
+                sub=record_sub, access_token=token["access_token"],
+                access_token_expiry=now + float(token.get("expires_in", 3600)), access_token_issued_at=now,
+                refresh_token=token.get("refresh_token"),
+                refresh_token_issued_at=now if token.get("refresh_token") else None,
+            ))
+        finally:
+            store.close()
+
+    record_sub = _run(config, lambda offline: offline.find(user)).sub
+    expires_in = (credentials.expiry - datetime.datetime.utcnow()).total_seconds() if credentials.expiry else 3600
+    return OAuth2Session(
+        google.client_id,
+        token={"access_token": credentials.token, "refresh_token": credentials.refresh_token,
+               "token_type": "Bearer", "expires_in": expires_in},
+        auto_refresh_url=google.endpoints.token_uri,
+        auto_refresh_kwargs={"client_id": google.client_id, "client_secret": google.client_secret},
+        token_updater=persist,
+    )

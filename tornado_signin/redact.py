@@ -1,0 +1,70 @@
+"""Keep codes, tokens and secrets out of every log line, whoever logs them.
+
+Tornado's curl client logs request bodies (the code and the client secret)
+and headers (``Authorization``) at DEBUG; requests-oauthlib and oauthlib log
+tokens at DEBUG. A handler-level filter would miss handlers added by others
+(pytest's caplog, an embedding app's), so :func:`install_redaction` wraps the
+process's log-record factory: every record is redacted when it is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+
+__all__ = ["install_redaction", "redact"]
+
+REDACTED = "[redacted]"
+_PATTERNS = [
+    (re.compile(r"(?i)\b(code|client_secret|refresh_token|access_token|id_token|token|assertion|state)=([^&\s'\"]+)"),
+     r"\1=" + REDACTED),
+    (re.compile(r"(?i)(['\"](?:code|client_secret|refresh_token|access_token|id_token|token)['\"]\s*:\s*)(['\"])[^'\"]*\2"),
+     r"\1\2" + REDACTED + r"\2"),
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"ya29\.[A-Za-z0-9._-]+"), REDACTED),
+    (re.compile(r"1//[A-Za-z0-9._-]+"), REDACTED),
+    (re.compile(r"\b4/[A-Za-z0-9._-]{8,}"), REDACTED),
+    (re.compile(r"GOCSPX-[A-Za-z0-9_-]+"), REDACTED),
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+]
+_literals: set[str] = set()
+_lock = threading.Lock()
+_installed = False
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with anything that looks like a code, token or registered secret replaced."""
+    for literal in _literals:
+        if literal in text:
+            text = text.replace(literal, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def install_redaction(secrets: Iterable[str] = ()) -> None:
+    """Redact every log record of this process from now on; also redact the given literal ``secrets``.
+
+    Idempotent; later calls only add secrets.
+    """
+    global _installed
+    with _lock:
+        _literals.update(s for s in secrets if s and len(s) >= 8)
+        if _installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            try:
+                message = record.getMessage()
+            except Exception:  # a broken format string is the caller's bug; keep it visible
+                return record
+            record.msg = redact(message)
+            record.args = None
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _installed = True

@@ -1,0 +1,108 @@
+"""Seed step 7 as domain code: exchange the code, verify the ID token, merge the tokens.
+
+:class:`SigninService` knows nothing of HTTP: handlers call
+:meth:`SigninService.complete` and map its outcome and exceptions to
+responses.
+
+Google returns a refresh token only on the first offline consent (or with
+``prompt=consent``). A stored refresh token is never replaced by "none" (the
+store's merge rule); a user left with no usable refresh token gets the
+``consent_required`` outcome so the page asks again with consent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from .crypto import EncryptingStore
+from .errors import GoogleProtocolError, StorageError
+from .google import GoogleClient, TokenResponse
+from .metrics import Metrics
+from .store import TokenRecord
+from .verify import IdClaims, IdTokenVerifier
+from .workers import WorkerPool
+
+__all__ = ["SigninService", "SigninOutcome", "SIGNED_IN", "CONSENT_REQUIRED", "record_from_tokens"]
+
+log = logging.getLogger(__name__)
+
+SIGNED_IN = "signed_in"
+CONSENT_REQUIRED = "consent_required"
+#: Delays between attempts to save tokens Google already issued (the code is spent).
+SAVE_RETRY_DELAYS = (0.05, 0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class SigninOutcome:
+    """The result of a completed exchange: ``status`` is SIGNED_IN or CONSENT_REQUIRED."""
+
+    status: str
+    claims: IdClaims
+    record: TokenRecord
+
+
+def record_from_tokens(sub: str, email: str | None, tokens: TokenResponse) -> TokenRecord:
+    """Return the record to merge for a token-endpoint reply (plaintext tokens)."""
+    return TokenRecord(
+        sub=sub,
+        email=email,
+        refresh_token=tokens.refresh_token,
+        refresh_token_issued_at=tokens.received_at if tokens.refresh_token else None,
+        access_token=tokens.access_token,
+        access_token_expiry=tokens.expiry,
+        access_token_issued_at=tokens.received_at,
+        scopes=tuple(sorted(tokens.scopes)),
+    )
+
+
+class SigninService:
+    """Complete sign-ins for one client."""
+
+    def __init__(self, google: GoogleClient, verifier: IdTokenVerifier, store: EncryptingStore,
+                 workers: WorkerPool, metrics: Metrics) -> None:
+        self.google = google
+        self.verifier = verifier
+        self.store = store
+        self.workers = workers
+        self.metrics = metrics
+
+    async def save_with_retry(self, record: TokenRecord) -> TokenRecord:
+        """Merge ``record`` into the store, retrying transient failures with backoff.
+
+        Raise StorageError when every attempt failed.
+        """
+        for attempt, delay in enumerate((*SAVE_RETRY_DELAYS, None)):
+            started = time.perf_counter()
+            try:
+                merged = await self.workers.run(self.store.save, record)
+            except StorageError as exc:
+                if delay is None:
+                    raise
+                log.warning("token store save failed (attempt %d), retrying: %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                continue
+            self.metrics.observe("signin_store_seconds", time.perf_counter() - started)
+            return merged
+        raise AssertionError("unreachable")
+
+    async def complete(self, code: str) -> SigninOutcome:
+        """Exchange ``code`` and store the user's tokens.
+
+        Raise GoogleError subclasses (exchange), TokenVerificationError,
+        StorageError or OverloadedError; the code is spent once the exchange
+        was attempted, so nothing here retries it.
+        """
+        started = time.perf_counter()
+        tokens = await self.google.exchange_code(code)
+        self.metrics.observe("signin_exchange_seconds", time.perf_counter() - started)
+        if tokens.id_token is None:
+            raise GoogleProtocolError("token reply has no id_token (is the openid scope requested?)")
+        started = time.perf_counter()
+        claims = await self.verifier.verify(tokens.id_token, access_token=tokens.access_token)
+        self.metrics.observe("signin_verify_seconds", time.perf_counter() - started)
+        merged = await self.save_with_retry(record_from_tokens(claims.sub, claims.email, tokens))
+        status = SIGNED_IN if merged.has_usable_refresh_token else CONSENT_REQUIRED
+        return SigninOutcome(status=status, claims=claims, record=merged)

@@ -1,0 +1,58 @@
+"""The one way blocking work leaves the IOLoop: a bounded worker pool.
+
+Token stores and google-auth's transport are synchronous. Every call to them
+from a coroutine goes through :meth:`WorkerPool.run`, which runs the function
+in a fixed-size thread pool and refuses work at once (``OverloadedError``,
+answered as 503) when too many calls are already queued, instead of letting
+an unbounded queue grow under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .errors import OverloadedError
+
+__all__ = ["WorkerPool"]
+
+T = TypeVar("T")
+
+
+class WorkerPool:
+    """A thread pool with ``threads`` workers and room for ``queue`` waiting calls."""
+
+    def __init__(self, threads: int = 8, queue: int = 64, *, name: str = "tornado-signin") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=name)
+        self._capacity = max(1, threads) + max(0, queue)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Return how many calls are running or queued now."""
+        return self._in_flight
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in the pool and return its result.
+
+        Raise OverloadedError without queueing when the pool and its queue are full.
+        """
+        with self._lock:
+            if self._in_flight >= self._capacity:
+                raise OverloadedError("worker pool full")
+            self._in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the threads; with ``wait`` finish the calls already started."""
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
