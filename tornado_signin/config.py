@@ -132,7 +132,6 @@ class LimitsConfig:
     state_ttl_seconds: int = 600
     worker_threads: int = 8
     worker_queue: int = 64
-    idle_connection_timeout: float = 60.0
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     websocket_ping_interval: float = 20.0
