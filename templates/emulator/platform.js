@@ -1,0 +1,115 @@
+{% autoescape None %}/* The legacy gapi.auth2 client, as served by the tornado-signin emulator.
+ *
+ * Offers gapi.load("auth2", cb) and gapi.auth2.init({...}).grantOfflineAccess()
+ * with Google's popup semantics, and calls window[onload]() when the script
+ * URL carries ?onload=fnName, as Google's platform.js does.
+ */
+(function () {
+  "use strict";
+  var EMULATOR_ORIGIN = {{ origin_json }};
+  var ONLOAD = {{ onload_json }};
+  var AUTH_URL = EMULATOR_ORIGIN + "/o/oauth2/v2/auth";
+  var BASIC_SCOPES = ["openid", "email", "profile"];
+
+  function scopeString(base, extra) {
+    var seen = {};
+    var out = [];
+    (base + " " + (extra || "")).split(/\s+/).forEach(function (scope) {
+      if (scope && !seen[scope]) { seen[scope] = true; out.push(scope); }
+    });
+    return out.join(" ");
+  }
+
+  function openPopup(params) {
+    return new Promise(function (resolve, reject) {
+      var query = new URLSearchParams();
+      Object.keys(params).forEach(function (name) {
+        if (params[name] !== undefined && params[name] !== null && params[name] !== "") { query.set(name, params[name]); }
+      });
+      var popup = window.open(AUTH_URL + "?" + query.toString(), "g_auth2_window", "width=500,height=640,popup=yes");
+      if (!popup) { reject({error: "popup_blocked_by_browser"}); return; }
+      var answered = false;
+      var timer = null;
+      function cleanup() {
+        window.removeEventListener("message", onMessage);
+        if (timer !== null) { clearInterval(timer); timer = null; }
+      }
+      function onMessage(event) {
+        if (event.origin !== EMULATOR_ORIGIN || event.source !== popup) { return; }
+        var data = event.data;
+        if (!data || typeof data !== "object") { return; }
+        answered = true;
+        cleanup();
+        if (data.error) { reject({error: data.error}); } else { resolve({code: data.code, scope: data.scope}); }
+      }
+      window.addEventListener("message", onMessage);
+      timer = setInterval(function () {
+        if (!popup.closed) { return; }
+        clearInterval(timer);
+        timer = null;
+        setTimeout(function () {
+          if (answered) { return; }
+          cleanup();
+          reject({error: "popup_closed_by_user"});
+        }, 300);
+      }, 200);
+    });
+  }
+
+  function GoogleAuth(params) {
+    this._params = params || {};
+    if (!this._params.client_id) { throw new Error("gapi.auth2.init: client_id is required"); }
+    var fetchBasic = this._params.fetch_basic_profile !== false;
+    this._scope = scopeString(fetchBasic ? BASIC_SCOPES.join(" ") : "", this._params.scope);
+  }
+
+  GoogleAuth.prototype.then = function (onInit, onError) {
+    var self = this;
+    // Resolve with undefined, never with the (thenable) GoogleAuth itself,
+    // which would make the promise machinery call then() forever.
+    return Promise.resolve().then(function () {
+      if (typeof onInit === "function") { onInit(self); }
+    }, onError);
+  };
+
+  GoogleAuth.prototype.grantOfflineAccess = function (options) {
+    options = options || {};
+    return openPopup({
+      client_id: this._params.client_id,
+      redirect_uri: options.redirect_uri || "postmessage",
+      response_type: "code",
+      access_type: "offline",
+      scope: scopeString(this._scope, options.scope),
+      prompt: options.prompt || "select_account",
+      hd: this._params.hosted_domain,
+      login_hint: options.login_hint || this._params.login_hint,
+      include_granted_scopes: "true",
+      origin: window.location.origin
+    });
+  };
+
+  GoogleAuth.prototype.signOut = function () { return Promise.resolve(); };
+  GoogleAuth.prototype.disconnect = function () { return Promise.resolve(); };
+
+  var instance = null;
+  var gapi = window.gapi = window.gapi || {};
+  gapi.auth2 = {
+    init: function (params) {
+      instance = new GoogleAuth(params);
+      return instance;
+    },
+    getAuthInstance: function () { return instance; }
+  };
+  gapi.load = function (libraries, callback) {
+    var done = typeof callback === "function" ? callback : (callback && callback.callback);
+    if (String(libraries).split(/[:,]/).indexOf("auth2") < 0 && callback && typeof callback.onerror === "function") {
+      setTimeout(callback.onerror, 0);
+      return;
+    }
+    if (typeof done === "function") { setTimeout(done, 0); }
+  };
+
+  if (ONLOAD && typeof window[ONLOAD] === "function") {
+    setTimeout(function () { window[ONLOAD](); }, 0);
+  }
+})();

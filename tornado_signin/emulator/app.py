@@ -1,0 +1,369 @@
+"""The :class:`Emulator` object and :func:`start_emulator`.
+
+An :class:`Emulator` owns one :class:`~.state.State` (grants, codes, tokens),
+one :class:`~.keys.KeySet`, one :class:`~.faults.FaultPlan` and the request
+counters; :meth:`Emulator.make_app` mounts the handlers on a Tornado
+application. Every test-only HTTP path has a Python method here of the same
+effect, for tests that run in-process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from importlib import resources
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.template
+import tornado.web
+
+from .faults import FaultPlan
+from .handlers import HANDLERS, NotFoundHandler, path_only
+from .keys import KeySet, at_hash
+from .state import DEFAULT_ACCOUNTS, EmulatorClient, IssuedTokens, State, TestAccount, format_scopes
+
+__all__ = ["Emulator", "start_emulator", "GOOGLE_ISSUER"]
+
+log = logging.getLogger(__name__)
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+
+_SETTINGS = ("rotate_refresh_tokens", "access_token_ttl", "code_ttl", "issuer_without_scheme")
+
+
+def _load_templates() -> tornado.template.DictLoader:
+    folder = resources.files("tornado_signin.templates") / "emulator"
+    texts = {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith((".html", ".js"))
+    }
+    return tornado.template.DictLoader(texts, whitespace="all")
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.WARNING
+    log.log(
+        level,
+        "%d %s %s %.1fms",
+        status,
+        handler.request.method,
+        path_only(handler.request.uri or ""),
+        1000.0 * handler.request.request_time(),
+    )
+
+
+class Emulator:
+    """A local stand-in for Google's OAuth 2.0 / OpenID Connect endpoints.
+
+    ``clients`` are the registered OAuth clients, ``accounts`` the test users
+    the consent popup offers. ``base_url`` (no trailing slash) is where the
+    emulator is reachable; :func:`start_emulator` sets it after binding.
+    With ``development`` off, the test-only ``/emulator/...`` paths answer
+    403. ``clock`` (POSIX seconds) is injectable so tests can expire codes
+    and access tokens without sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        clients: Iterable[EmulatorClient],
+        accounts: Iterable[TestAccount] = DEFAULT_ACCOUNTS,
+        base_url: str | None = None,
+        development: bool = True,
+        code_ttl: float = 600,
+        access_token_ttl: float = 3600,
+        clock: Callable[[], float] = time.time,
+        certs_max_age: int = 3600,
+    ) -> None:
+        self.state = State(
+            clients=clients, accounts=accounts, code_ttl=code_ttl, access_token_ttl=access_token_ttl, clock=clock
+        )
+        if not self.state.accounts:
+            raise ValueError("the emulator needs at least one test account")
+        self.development = development
+        self.certs_max_age = certs_max_age
+        self.keys = KeySet()
+        self.faults = FaultPlan()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.templates = _load_templates()
+        self.issuer_without_scheme = False
+        self._defaults = {"code_ttl": code_ttl, "access_token_ttl": access_token_ttl}
+        self._base_url: str | None = None
+        self.base_url = base_url
+
+    @property
+    def base_url(self) -> str | None:
+        """The emulator's URL without trailing slash, e.g. ``http://127.0.0.1:8081``."""
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str | None) -> None:
+        self._base_url = value.rstrip("/") if value else None
+
+    def make_app(self, **settings: Any) -> tornado.web.Application:
+        """Return a Tornado application serving every emulator path (``settings`` pass through)."""
+        routes = [(path, handler, {"emulator": self, **extra}) for path, handler, extra in HANDLERS]
+        settings.setdefault("log_function", _log_request)
+        return tornado.web.Application(
+            routes,
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"emulator": self},
+            **settings,
+        )
+
+    # -- Python equivalents of the test-only paths ------------------------
+
+    def mint_code(
+        self,
+        client_id: str,
+        email: str,
+        scope: str = "openid email profile",
+        *,
+        prompt: str | None = None,
+        redirect_uri: str = "postmessage",
+        access_type: str = "offline",
+        include_granted_scopes: bool = False,
+        nonce: str | None = None,
+    ) -> str:
+        """Return a one-time code, exactly as if ``email`` had just consented in the popup.
+
+        Raise KeyError for an unknown account and
+        :class:`~.state.OAuthError` for an unknown client.
+        """
+        code, _ = self.state.consent(
+            client_id,
+            email,
+            scope,
+            redirect_uri=redirect_uri,
+            prompt=prompt,
+            access_type=access_type,
+            include_granted_scopes=include_granted_scopes,
+            nonce=nonce,
+        )
+        return code
+
+    def rotate_keys(self) -> str:
+        """Sign with a new key from now on; the previous key stays published. Return the new kid."""
+        return self.keys.rotate()
+
+    def reset(self) -> None:
+        """Clear the stats, the faults and the switches (grants, codes and tokens stay)."""
+        self.stats.clear()
+        self.faults.clear()
+        self.configure(rotate_refresh_tokens=False, issuer_without_scheme=False, **self._defaults)
+
+    def grant_revoked(self, client_id: str, email_or_sub: str) -> bool:
+        """Return True when that user has no live grant for ``client_id`` (revoked, or never given)."""
+        return self.state.grant_revoked(client_id, email_or_sub)
+
+    def expire_refresh_tokens(self, client_id: str, email_or_sub: str) -> int:
+        """Make that user's refresh tokens for ``client_id`` answer ``invalid_grant``; return how many.
+
+        Raise KeyError for an unknown account.
+        """
+        return self.state.expire_refresh_tokens(client_id, email_or_sub)
+
+    def settings(self) -> dict[str, Any]:
+        """Return the current switches (see :meth:`configure`)."""
+        return {
+            "rotate_refresh_tokens": self.state.rotate_refresh_tokens,
+            "access_token_ttl": self.state.access_token_ttl,
+            "code_ttl": self.state.code_ttl,
+            "issuer_without_scheme": self.issuer_without_scheme,
+        }
+
+    def configure(
+        self,
+        *,
+        rotate_refresh_tokens: bool | None = None,
+        access_token_ttl: float | None = None,
+        code_ttl: float | None = None,
+        issuer_without_scheme: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change the given switches; return all of them.
+
+        ``rotate_refresh_tokens``: the refresh grant returns a new refresh
+        token and the old one stops working. ``access_token_ttl`` /
+        ``code_ttl``: lifetimes in seconds for tokens and codes issued from
+        now on. ``issuer_without_scheme``: ID tokens say
+        ``iss: accounts.google.com``. Raise TypeError/ValueError for a bad value.
+        """
+        for name, value, kind in (
+            ("rotate_refresh_tokens", rotate_refresh_tokens, bool),
+            ("issuer_without_scheme", issuer_without_scheme, bool),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"{name}: expected a boolean")
+        for name, value in (("access_token_ttl", access_token_ttl), ("code_ttl", code_ttl)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{name}: expected a positive number of seconds")
+        if rotate_refresh_tokens is not None:
+            self.state.rotate_refresh_tokens = rotate_refresh_tokens
+        if issuer_without_scheme is not None:
+            self.issuer_without_scheme = issuer_without_scheme
+        if access_token_ttl is not None:
+            self.state.access_token_ttl = access_token_ttl
+        if code_ttl is not None:
+            self.state.code_ttl = code_ttl
+        return self.settings()
+
+    # -- documents -------------------------------------------------------
+
+    def _require_base_url(self, base_url: str | None) -> str:
+        base = (base_url or self.base_url or "").rstrip("/")
+        if not base:
+            raise RuntimeError("the emulator's base_url is not known yet (bind it first)")
+        return base
+
+    def client_secrets(self, client_id: str | None = None, *, base_url: str | None = None) -> dict:
+        """Return the ``client_secret.json`` document of ``client_id``, pointing at the emulator.
+
+        ``client_id`` may be omitted when exactly one client is registered.
+        Raise KeyError for an unknown client and RuntimeError while
+        ``base_url`` is unknown.
+        """
+        if client_id is None and len(self.state.clients) == 1:
+            client_id = next(iter(self.state.clients))
+        client = self.state.clients[client_id or ""]
+        base = self._require_base_url(base_url)
+        web = {
+            "client_id": client.client_id,
+            "project_id": "tornado-signin-emulator",
+            "auth_uri": f"{base}/o/oauth2/v2/auth",
+            "token_uri": f"{base}/token",
+            "auth_provider_x509_cert_url": f"{base}/oauth2/v1/certs",
+            "client_secret": client.client_secret,
+            "javascript_origins": list(client.javascript_origins),
+        }
+        if client.redirect_uris:
+            web["redirect_uris"] = list(client.redirect_uris)
+        return {"web": web}
+
+    def openid_configuration(self, base_url: str | None = None) -> dict:
+        """Return the discovery document, Google's with the endpoints at the emulator."""
+        base = self._require_base_url(base_url)
+        return {
+            "issuer": GOOGLE_ISSUER,
+            "authorization_endpoint": f"{base}/o/oauth2/v2/auth",
+            "token_endpoint": f"{base}/token",
+            "userinfo_endpoint": f"{base}/v1/userinfo",
+            "revocation_endpoint": f"{base}/revoke",
+            "jwks_uri": f"{base}/oauth2/v3/certs",
+            "response_types_supported": [
+                "code",
+                "token",
+                "id_token",
+                "code token",
+                "code id_token",
+                "token id_token",
+                "code token id_token",
+                "none",
+            ],
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "email", "profile"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "claims_supported": [
+                "aud",
+                "email",
+                "email_verified",
+                "exp",
+                "family_name",
+                "given_name",
+                "iat",
+                "iss",
+                "name",
+                "picture",
+                "sub",
+            ],
+            "code_challenge_methods_supported": ["plain", "S256"],
+            "grant_types_supported": [
+                "authorization_code",
+                "refresh_token",
+                "urn:ietf:params:oauth:grant-type:device_code",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            ],
+        }
+
+    def token_response(self, issued: IssuedTokens, client: EmulatorClient, endpoint: str = "token") -> dict:
+        """Return the JSON answer of the token endpoint for ``issued``, with token faults applied.
+
+        The ID token is signed here, after the ``id_token_*`` faults had
+        their say; ``endpoint`` selects which faults apply.
+        """
+        faults = self.faults.take_token_faults(endpoint)
+        body: dict[str, Any] = {"access_token": issued.access_token, "expires_in": issued.expires_in}
+        if issued.refresh_token:
+            body["refresh_token"] = issued.refresh_token
+        body["scope"] = format_scopes(issued.scopes)
+        body["token_type"] = "Bearer"
+        if issued.id_token_claims is not None and not any(f.kind == "omit_id_token" for f in faults):
+            claims = dict(issued.id_token_claims)
+            claims["at_hash"] = at_hash(issued.access_token)
+            if self.issuer_without_scheme or any(f.kind == "issuer_without_scheme" for f in faults):
+                claims["iss"] = "accounts.google.com"
+            header: dict[str, Any] = {}
+            signing: dict[str, Any] = {"unset": []}
+            for fault in faults:
+                params = fault.params
+                if fault.kind == "id_token_claims":
+                    for name, seconds in params.get("shift", {}).items():
+                        if isinstance(claims.get(name), (int, float)):
+                            claims[name] += seconds
+                    claims.update(params.get("set", {}))
+                    for name in params.get("unset", []):
+                        claims.pop(name, None)
+                elif fault.kind == "id_token_header":
+                    header.update(params.get("set", {}))
+                    signing["unset"].extend(params.get("unset", []))
+                elif fault.kind == "id_token_signing":
+                    signing.update(method=params["method"], raw=params.get("value", ""))
+            body["id_token"] = self.keys.sign(header, claims, client_secret=client.client_secret, **signing)
+        for fault in faults:
+            if fault.kind == "scope":
+                body["scope"] = fault.params["value"]
+            elif fault.kind == "token_type":
+                body["token_type"] = fault.params["value"]
+        return body
+
+    # -- the consent popup's memory ----------------------------------------
+
+    def validate_auth_request(self, args: dict[str, str | None]) -> dict[str, str | None]:
+        """See :meth:`.state.State.validate_auth_request`."""
+        return self.state.validate_auth_request(args)
+
+    def open_consent(self, request: dict[str, str | None]) -> str:
+        """See :meth:`.state.State.open_consent`."""
+        return self.state.open_consent(request)
+
+    def take_consent(self, token: str) -> dict[str, str | None] | None:
+        """See :meth:`.state.State.take_consent`."""
+        return self.state.take_consent(token)
+
+
+def start_emulator(
+    *, host: str = "127.0.0.1", port: int = 0, **emulator_kwargs: Any
+) -> tuple[Emulator, tornado.httpserver.HTTPServer]:
+    """Build an :class:`Emulator`, bind ``host:port`` (0 = a free port) and serve on the current IOLoop.
+
+    Set ``base_url`` to ``http://host:actual_port`` and return
+    ``(emulator, server)``; stop with ``server.stop()`` and
+    ``await server.close_all_connections()``.
+    """
+    emulator = Emulator(**emulator_kwargs)
+    sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_UNSPEC)
+    server = tornado.httpserver.HTTPServer(emulator.make_app())
+    server.add_sockets(sockets)
+    actual_port = sockets[0].getsockname()[1]
+    netloc = f"[{host}]" if ":" in host else host
+    emulator.base_url = f"http://{netloc}:{actual_port}"
+    log.info("emulator listening on %s", emulator.base_url)
+    return emulator, server

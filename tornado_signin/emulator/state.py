@@ -1,0 +1,542 @@
+"""The emulator's memory: clients, test accounts, grants, codes and tokens.
+
+Everything Google would remember lives in one :class:`State` object, driven
+by the handlers and by the Python methods of
+:class:`~tornado_signin.emulator.Emulator`. It knows nothing of HTTP: a
+refused operation raises :class:`OAuthError` carrying Google's ``error`` code
+and description, and the handler picks the status.
+
+The grant model, as Google behaves:
+
+* A *grant* is one user's consent to one client. It is recorded when the user
+  consents (a code is minted), and it accumulates the scopes granted so far.
+* A code carries a refresh token only when it was minted for offline access
+  on the first consent of that user to that client, on the first consent
+  after the grant was revoked, or with ``prompt=consent``.
+* Every token belongs to the grant generation that issued it (its ``grant_id``).
+  Revoking any token of a grant deletes the grant: all its tokens die at once
+  and the next consent counts as a first one again.
+
+Not thread-safe: the emulator runs on one IOLoop.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EmulatorClient",
+    "TestAccount",
+    "DEFAULT_ACCOUNTS",
+    "OAuthError",
+    "Code",
+    "IssuedTokens",
+    "State",
+    "expand_scopes",
+    "format_scopes",
+]
+
+log = logging.getLogger(__name__)
+
+OPENID = "openid"
+EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
+PROFILE_SCOPE = "https://www.googleapis.com/auth/userinfo.profile"
+
+#: Seconds a consent page stays answerable.
+CONSENT_TTL = 3600
+
+_SHORT_SCOPES = {"email": EMAIL_SCOPE, "profile": PROFILE_SCOPE, OPENID: OPENID}
+
+
+@dataclass(frozen=True)
+class EmulatorClient:
+    """One registered OAuth client, as the Google API Console would hold it.
+
+    ``javascript_origins`` are the exact origins (scheme, host, port) allowed
+    to request codes with ``redirect_uri=postmessage``; ``redirect_uris`` are
+    the other redirect URIs accepted, matched exactly.
+    """
+
+    client_id: str
+    client_secret: str
+    javascript_origins: tuple[str, ...]
+    redirect_uris: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TestAccount:
+    """A Google account the consent popup offers.
+
+    ``sub`` is a stable 21-digit numeric string, like Google's; a
+    ``hosted_domain`` becomes the ``hd`` claim (Workspace accounts).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    email: str
+    name: str
+    sub: str
+    hosted_domain: str | None = None
+    email_verified: bool = True
+    picture: str | None = None
+
+    @property
+    def given_name(self) -> str:
+        """Return the first word of ``name``."""
+        return self.name.split(" ", 1)[0]
+
+    @property
+    def family_name(self) -> str:
+        """Return everything after the first word of ``name`` (may be empty)."""
+        parts = self.name.split(" ", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+DEFAULT_ACCOUNTS: tuple[TestAccount, ...] = (
+    TestAccount("alice@example.com", "Alice Example", "108123456789012345671", hosted_domain="example.com"),
+    TestAccount("bob@gmail.com", "Bob Gmail", "108123456789012345672"),
+    TestAccount("carol@example.org", "Carol Example", "108123456789012345673", hosted_domain="example.org"),
+)
+
+
+class OAuthError(Exception):
+    """An OAuth error reply: ``error`` is Google's code, ``description`` its text."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+
+
+def expand_scopes(scope: str | Iterable[str]) -> frozenset[str]:
+    """Return the scopes of a space-separated string (or iterable) as Google expands them.
+
+    ``email`` and ``profile`` become their ``userinfo`` URLs; an email or
+    profile scope implies ``openid``, as Google's token endpoint reports it.
+    """
+    names = scope.split() if isinstance(scope, str) else list(scope)
+    expanded = {_SHORT_SCOPES.get(name, name) for name in names}
+    if expanded & {EMAIL_SCOPE, PROFILE_SCOPE}:
+        expanded.add(OPENID)
+    return frozenset(expanded)
+
+
+def format_scopes(scopes: Iterable[str]) -> str:
+    """Return ``scopes`` as one space-separated string in a stable order."""
+    return " ".join(sorted(scopes))
+
+
+def _new_token(prefix: str, nbytes: int) -> str:
+    return prefix + secrets.token_urlsafe(nbytes)
+
+
+@dataclass
+class _Grant:
+    grant_id: str
+    client_id: str
+    sub: str
+    scopes: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Code:
+    """A minted one-time authorization code and what it was issued for."""
+
+    client_id: str
+    sub: str
+    scopes: frozenset[str]
+    redirect_uri: str
+    issued_at: float
+    grant_id: str
+    with_refresh_token: bool
+    consent_shown: bool
+    nonce: str | None = None
+
+
+@dataclass
+class _RefreshToken:
+    client_id: str
+    sub: str
+    scopes: frozenset[str]
+    grant_id: str
+
+
+@dataclass
+class _AccessToken:
+    client_id: str
+    sub: str
+    scopes: frozenset[str]
+    grant_id: str
+    expires_at: float
+
+
+@dataclass
+class IssuedTokens:
+    """The outcome of a successful token request, before it becomes JSON.
+
+    ``id_token_claims`` is None when ``openid`` was not granted; the caller
+    signs the claims (faults may tamper with them first).
+    """
+
+    access_token: str
+    expires_in: int
+    scopes: frozenset[str]
+    refresh_token: str | None
+    id_token_claims: dict | None
+    account: TestAccount
+
+
+class State:
+    """Grants, codes and tokens of one emulator; see the module docstring.
+
+    ``clock`` returns POSIX seconds; tests inject one to move time forward.
+    """
+
+    def __init__(
+        self,
+        *,
+        clients: Iterable[EmulatorClient],
+        accounts: Iterable[TestAccount],
+        code_ttl: float,
+        access_token_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clients = {client.client_id: client for client in clients}
+        self.accounts = tuple(accounts)
+        self.code_ttl = code_ttl
+        self.access_token_ttl = access_token_ttl
+        self.rotate_refresh_tokens = False
+        self.clock = clock
+        self._grants: dict[tuple[str, str], _Grant] = {}
+        self._codes: dict[str, Code] = {}
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
+        self._access_tokens: dict[str, _AccessToken] = {}
+        self._consents: dict[str, tuple[float, dict]] = {}
+
+    # -- lookups ---------------------------------------------------------
+
+    def client(self, client_id: str) -> EmulatorClient:
+        """Return the client ``client_id``; raise OAuthError ``invalid_client`` if unknown."""
+        try:
+            return self.clients[client_id]
+        except KeyError:
+            raise OAuthError("invalid_client", "The OAuth client was not found.") from None
+
+    def account(self, email_or_sub: str) -> TestAccount:
+        """Return the test account with that email (case-insensitive) or sub; raise KeyError."""
+        wanted = email_or_sub.lower()
+        for account in self.accounts:
+            if account.email.lower() == wanted or account.sub == email_or_sub:
+                return account
+        raise KeyError(email_or_sub)
+
+    def authenticate(self, client_id: str | None, client_secret: str | None) -> EmulatorClient:
+        """Return the client whose id and secret these are.
+
+        Raise OAuthError ``invalid_request`` when no client id was sent and
+        ``invalid_client`` for an unknown client or a wrong secret.
+        """
+        if not client_id:
+            raise OAuthError("invalid_request", "Could not determine client ID from request.")
+        client = self.client(client_id)
+        if not secrets.compare_digest((client_secret or "").encode(), client.client_secret.encode()):
+            raise OAuthError("invalid_client", "Unauthorized")
+        return client
+
+    def granted_scopes(self, client_id: str, sub: str) -> frozenset[str]:
+        """Return the scopes of the live grant of ``sub`` to ``client_id`` (empty if none)."""
+        grant = self._grants.get((client_id, sub))
+        return frozenset(grant.scopes) if grant else frozenset()
+
+    def grant_revoked(self, client_id: str, email_or_sub: str) -> bool:
+        """Return True when that user has no live grant for ``client_id`` (revoked or never given)."""
+        return (client_id, self.account(email_or_sub).sub) not in self._grants
+
+    # -- consent ---------------------------------------------------------
+
+    def validate_auth_request(self, args: dict[str, str | None]) -> dict[str, str | None]:
+        """Check the query of an authorization request as Google does; return it.
+
+        Raise OAuthError: ``invalid_client`` (unknown client),
+        ``redirect_uri_mismatch`` (unregistered redirect URI),
+        ``origin_mismatch`` (with ``redirect_uri=postmessage``, an ``origin``
+        that is not exactly one of the client's JavaScript origins),
+        ``unsupported_response_type`` or ``invalid_request`` (missing scope).
+        """
+        if not args.get("client_id"):
+            raise OAuthError("invalid_request", "Missing required parameter: client_id")
+        client = self.client(args["client_id"] or "")
+        redirect_uri = args.get("redirect_uri")
+        if not redirect_uri:
+            raise OAuthError("invalid_request", "Missing required parameter: redirect_uri")
+        if redirect_uri == "postmessage":
+            if args.get("origin") not in client.javascript_origins:
+                raise OAuthError("origin_mismatch", "The origin of this request is not registered for this client.")
+        elif redirect_uri not in client.redirect_uris:
+            raise OAuthError("redirect_uri_mismatch", "The redirect URI is not registered for this client.")
+        if args.get("response_type") != "code":
+            raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
+        if not (args.get("scope") or "").split():
+            raise OAuthError("invalid_request", "Missing required parameter: scope")
+        return dict(args)
+
+    def open_consent(self, request: dict[str, str | None]) -> str:
+        """Remember a validated authorization request shown to the user; return its form token.
+
+        The token is single-use and binds the answer to these exact parameters,
+        so the consent form cannot be replayed or pointed at another origin.
+        """
+        now = self.clock()
+        for token in [t for t, (at, _) in self._consents.items() if now - at > CONSENT_TTL]:
+            del self._consents[token]
+        token = secrets.token_urlsafe(24)
+        self._consents[token] = (now, dict(request))
+        return token
+
+    def take_consent(self, token: str) -> dict[str, str | None] | None:
+        """Return (and forget) the request behind a consent form token; None if unknown or stale."""
+        opened = self._consents.pop(token, None)
+        if opened is None or self.clock() - opened[0] > CONSENT_TTL:
+            return None
+        return opened[1]
+
+    def consent(
+        self,
+        client_id: str,
+        email: str,
+        scope: str,
+        *,
+        redirect_uri: str = "postmessage",
+        prompt: str | None = None,
+        access_type: str = "offline",
+        include_granted_scopes: bool = False,
+        nonce: str | None = None,
+    ) -> tuple[str, Code]:
+        """Record that the user ``email`` consented to ``scope`` for ``client_id``; mint a code.
+
+        Return ``(code, Code)``. Raise KeyError for an unknown account and
+        OAuthError ``invalid_client`` for an unknown client.
+        """
+        self.client(client_id)
+        account = self.account(email)
+        requested = expand_scopes(scope)
+        key = (client_id, account.sub)
+        grant = self._grants.get(key)
+        first = grant is None
+        if grant is None:
+            grant = self._grants[key] = _Grant(secrets.token_hex(8), client_id, account.sub)
+        prompts = set((prompt or "").split())
+        consent_shown = first or "consent" in prompts
+        code_scopes = requested | grant.scopes if include_granted_scopes else requested
+        grant.scopes |= requested
+        code = _new_token("4/0A", 48)
+        record = Code(
+            client_id=client_id,
+            sub=account.sub,
+            scopes=frozenset(code_scopes),
+            redirect_uri=redirect_uri,
+            issued_at=self.clock(),
+            grant_id=grant.grant_id,
+            with_refresh_token=access_type == "offline" and consent_shown,
+            consent_shown=consent_shown,
+            nonce=nonce,
+        )
+        self._codes[code] = record
+        log.info("consent recorded (first=%s, refresh_token=%s)", first, record.with_refresh_token)
+        return code, record
+
+    # -- token endpoint --------------------------------------------------
+
+    def _grant_alive(self, client_id: str, sub: str, grant_id: str) -> bool:
+        grant = self._grants.get((client_id, sub))
+        return grant is not None and grant.grant_id == grant_id
+
+    def exchange_code(self, client: EmulatorClient, code: str | None, redirect_uri: str | None) -> IssuedTokens:
+        """Spend ``code`` for ``client``; return the tokens.
+
+        Raise OAuthError: ``invalid_request`` for a missing parameter,
+        ``invalid_grant`` for an unknown, spent, expired or revoked code or
+        one issued to another client, ``redirect_uri_mismatch`` when
+        ``redirect_uri`` differs from the one the code was issued for (the
+        code stays usable then).
+        """
+        if not code:
+            raise OAuthError("invalid_request", "Missing required parameter: code")
+        if redirect_uri is None:
+            raise OAuthError("invalid_request", "Missing parameter: redirect_uri")
+        record = self._codes.get(code)
+        if record is None:
+            raise OAuthError("invalid_grant", "Bad Request")
+        if record.client_id != client.client_id:
+            raise OAuthError("invalid_grant", "Bad Request")
+        if redirect_uri != record.redirect_uri:
+            raise OAuthError("redirect_uri_mismatch", "Bad Request")
+        del self._codes[code]
+        if self.clock() - record.issued_at >= self.code_ttl:
+            raise OAuthError("invalid_grant", "Bad Request")
+        if not self._grant_alive(record.client_id, record.sub, record.grant_id):
+            raise OAuthError("invalid_grant", "Bad Request")
+        refresh_token = None
+        if record.with_refresh_token:
+            refresh_token = _new_token("1//0", 64)
+            self._refresh_tokens[refresh_token] = _RefreshToken(
+                record.client_id, record.sub, record.scopes, record.grant_id
+            )
+        return self._issue(record.client_id, record.sub, record.scopes, record.grant_id, refresh_token, record.nonce)
+
+    def refresh(self, client: EmulatorClient, refresh_token: str | None, scope: str | None) -> IssuedTokens:
+        """Use ``refresh_token`` for ``client``; return a new access token (and ID token).
+
+        With :attr:`rotate_refresh_tokens` on, a new refresh token replaces
+        the old one, which stops working. Raise OAuthError:
+        ``invalid_request`` for a missing token, ``invalid_grant`` for an
+        unknown, expired or revoked one, ``unauthorized_client`` for one
+        issued to another client, ``invalid_scope`` when ``scope`` asks for
+        more than the token carries.
+        """
+        if not refresh_token:
+            raise OAuthError("invalid_request", "Missing required parameter: refresh_token")
+        record = self._refresh_tokens.get(refresh_token)
+        if record is None or not self._grant_alive(record.client_id, record.sub, record.grant_id):
+            raise OAuthError("invalid_grant", "Token has been expired or revoked.")
+        if record.client_id != client.client_id:
+            raise OAuthError("unauthorized_client", "Unauthorized")
+        scopes = record.scopes
+        if scope:
+            wanted = expand_scopes(scope)
+            if not wanted <= record.scopes:
+                raise OAuthError("invalid_scope", "Bad Request")
+            scopes = wanted
+        new_refresh_token = None
+        if self.rotate_refresh_tokens:
+            del self._refresh_tokens[refresh_token]
+            new_refresh_token = _new_token("1//0", 64)
+            self._refresh_tokens[new_refresh_token] = record
+        return self._issue(record.client_id, record.sub, scopes, record.grant_id, new_refresh_token, None)
+
+    def _issue(
+        self,
+        client_id: str,
+        sub: str,
+        scopes: frozenset[str],
+        grant_id: str,
+        refresh_token: str | None,
+        nonce: str | None,
+    ) -> IssuedTokens:
+        now = self.clock()
+        access_token = _new_token("ya29.a0", 96)
+        self._access_tokens[access_token] = _AccessToken(
+            client_id, sub, scopes, grant_id, now + self.access_token_ttl
+        )
+        account = self.account(sub)
+        claims = None
+        if OPENID in scopes:
+            claims = self.id_token_claims(client_id, account, scopes, int(now), nonce)
+        return IssuedTokens(
+            access_token=access_token,
+            expires_in=max(int(self.access_token_ttl) - 1, 0),
+            scopes=scopes,
+            refresh_token=refresh_token,
+            id_token_claims=claims,
+            account=account,
+        )
+
+    @staticmethod
+    def id_token_claims(
+        client_id: str, account: TestAccount, scopes: frozenset[str], now: int, nonce: str | None
+    ) -> dict:
+        """Return the ID token claims Google would sign for ``account`` (``at_hash`` added later).
+
+        Email claims need the email scope and profile claims the profile
+        scope, as with Google.
+        """
+        claims: dict = {"iss": "https://accounts.google.com", "azp": client_id, "aud": client_id, "sub": account.sub}
+        if account.hosted_domain:
+            claims["hd"] = account.hosted_domain
+        if EMAIL_SCOPE in scopes:
+            claims["email"] = account.email
+            claims["email_verified"] = account.email_verified
+        if nonce:
+            claims["nonce"] = nonce
+        if PROFILE_SCOPE in scopes:
+            claims["name"] = account.name
+            if account.picture:
+                claims["picture"] = account.picture
+            claims["given_name"] = account.given_name
+            if account.family_name:
+                claims["family_name"] = account.family_name
+        claims["iat"] = now
+        claims["exp"] = now + 3600
+        return claims
+
+    # -- revocation, userinfo, switches ----------------------------------
+
+    def revoke(self, token: str | None) -> None:
+        """End the whole grant that ``token`` (access or refresh) belongs to.
+
+        Raise OAuthError ``invalid_request`` for a missing token and
+        ``invalid_token`` for an unknown, expired or already revoked one.
+        """
+        if not token:
+            raise OAuthError("invalid_request", "Missing required parameter: token")
+        record: _RefreshToken | _AccessToken | None = self._refresh_tokens.get(token)
+        if record is None:
+            record = self._access_tokens.get(token)
+            if record is not None and record.expires_at <= self.clock():
+                record = None
+        if record is None or not self._grant_alive(record.client_id, record.sub, record.grant_id):
+            raise OAuthError("invalid_token", "Token expired or revoked")
+        self._revoke_grant(record.client_id, record.sub)
+
+    def _revoke_grant(self, client_id: str, sub: str) -> None:
+        grant = self._grants.pop((client_id, sub), None)
+        if grant is None:
+            return
+        for table in (self._refresh_tokens, self._access_tokens, self._codes):
+            for token in [t for t, rec in table.items() if rec.grant_id == grant.grant_id]:
+                del table[token]
+        log.info("grant revoked")
+
+    def userinfo(self, access_token: str | None) -> dict:
+        """Return the userinfo answer for a live access token.
+
+        Raise OAuthError ``invalid_request`` ("Invalid Credentials") for a
+        missing, unknown, expired or revoked token.
+        """
+        record = self._access_tokens.get(access_token or "")
+        if (
+            record is None
+            or record.expires_at <= self.clock()
+            or not self._grant_alive(record.client_id, record.sub, record.grant_id)
+        ):
+            raise OAuthError("invalid_request", "Invalid Credentials")
+        account = self.account(record.sub)
+        info: dict = {"sub": account.sub}
+        if PROFILE_SCOPE in record.scopes:
+            info.update(name=account.name, given_name=account.given_name)
+            if account.family_name:
+                info["family_name"] = account.family_name
+            if account.picture:
+                info["picture"] = account.picture
+        if EMAIL_SCOPE in record.scopes:
+            info.update(email=account.email, email_verified=account.email_verified)
+        if account.hosted_domain:
+            info["hd"] = account.hosted_domain
+        return info
+
+    def expire_refresh_tokens(self, client_id: str, email_or_sub: str) -> int:
+        """Make every refresh token of that user for ``client_id`` answer ``invalid_grant``.
+
+        The grant itself stays (later consents give no refresh token, as
+        with Google when a token expires unused). Return how many expired.
+        Raise KeyError for an unknown account.
+        """
+        sub = self.account(email_or_sub).sub
+        expired = [t for t, rec in self._refresh_tokens.items() if rec.client_id == client_id and rec.sub == sub]
+        for token in expired:
+            del self._refresh_tokens[token]
+        return len(expired)
