@@ -21,7 +21,7 @@ Transport kinds, for every endpoint (one applies per call, oldest first):
 ``drip``    answer normally but send the body in ``chunks`` pieces (default
             10) ``interval`` seconds apart (default 0.5)
 ``body``    answer ``status`` (default 200) with the raw ``body`` string
-            (e.g. ``"null"``, ``"[]"``, ``"42"``) or ``size`` bytes of valid
+            (e.g. ``"null"``, ``"[]"``, ``"42"``) or ``size`` bytes (>= 14) of valid
             JSON padding; ``content_type`` default ``application/json``
 ==========  ==================================================================
 

@@ -123,9 +123,8 @@ class EmulatorHandler(tornado.web.RequestHandler):
             return
         status = fault.params.get("status", 200)
         if "size" in fault.params:
-            size = max(fault.params["size"], 12)
-            body = ('{"padding":"' + "x" * (size - 15) + '"}').encode()
-            body = body[: size - 2] + b'"}' if len(body) > size else body
+            prefix, suffix = b'{"padding":"', b'"}'
+            body = prefix + b"x" * max(fault.params["size"] - len(prefix) - len(suffix), 0) + suffix
         else:
             raw = fault.params.get("body", _default_fault_body(status) if fault.kind == "status" else "")
             body = raw.encode() if isinstance(raw, str) else json.dumps(raw).encode()
