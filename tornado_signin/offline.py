@@ -49,7 +49,9 @@ __all__ = ["OfflineAccess", "get_credentials", "authorized_session", "REFRESH_MA
 log = logging.getLogger(__name__)
 
 #: An access token is refreshed when it has less than this many seconds left.
-REFRESH_MARGIN = 60.0
+#: It exceeds google-auth's own threshold (225 s), so the Credentials handed
+#: out are ``valid`` in google-auth's eyes too.
+REFRESH_MARGIN = 300.0
 REFRESH_RETRY_DELAYS = (0.2, 1.0, 3.0)
 
 
