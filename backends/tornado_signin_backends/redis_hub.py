@@ -1,0 +1,367 @@
+"""``redis``: a confirmation hub shared by every process and machine through Redis.
+
+Config (``hub:`` section)::
+
+    hub:
+      backend: redis
+      url: redis://redis.internal:6379/0     # rediss:// for TLS; password in the URL or {"$env": …}
+      key_prefix: "tornado-signin:"          # optional: to share one Redis between deployments
+
+How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
+
+- ``publish``: one ``MULTI`` with ``SET <prefix>last:<channel> <message> EX
+  <record_ttl>`` and ``PUBLISH <prefix>ch:<channel> <message>``, so the
+  outcome is *recorded* before anybody can be told, and a socket that
+  connects late (on any process) reads it with ``last``.
+- ``subscribe``: one pub/sub connection per hub (per process), subscribed to
+  the channels that have local subscribers and dispatching each message to
+  their callbacks.
+- ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
+- ``check``: ``PING``.
+
+Redis down. Logins must not depend on the hub, so no method raises for an
+unreachable Redis: ``publish`` delivers to this process's subscribers at once
+and keeps the message in a local outbox, ``last`` answers from that outbox,
+``consume_once`` falls back to a per-process marker (a state can then be
+replayed on *another* process during the outage only; it stays bound to its
+session and its TTL). A background task reconnects with backoff (0.1 s to
+2 s) and, once Redis answers, writes the outbox (``SET … EX`` with the
+remaining TTL, then ``PUBLISH``), re-marks the locally consumed keys, re-subscribes,
+and re-reads the recorded message of every subscribed channel so that a
+message published by another process during the outage is still delivered.
+Each message carries an id; a subscriber never gets the same one twice.
+Only :meth:`RedisHub.check` (readiness) reports the outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tornado_signin.errors import ConfigError
+from tornado_signin.hub import Callback, ConfirmationHub, Message, Subscription
+
+try:
+    import redis.asyncio as aioredis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised by the missing-extra path of load_hub
+    raise ImportError("the redis hub needs redis-py: pip install 'tornado-signin[redis]'", name="redis") from exc
+
+__all__ = ["RedisHub", "DEFAULT_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "tornado-signin:"
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
+#: How often an idle pub/sub loop (no channel subscribed) checks that Redis answers.
+_IDLE_PING = 2.0
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, hub: "RedisHub", channel: str, callback: Callback) -> None:
+        self.hub, self.channel, self.callback = hub, channel, callback
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._drop(self)
+
+
+class RedisHub(ConfirmationHub):
+    """A hub on the Redis at ``url`` (one client pool and one pub/sub connection per instance)."""
+
+    def __init__(self, *, url: str | None, key_prefix: str = DEFAULT_PREFIX, timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Build the hub; connect lazily.
+
+        ``timeout``: deadline of every Redis command and connection attempt, in
+        seconds. Raise ConfigError naming ``hub.url`` for a URL redis-py refuses.
+        """
+        if not url:
+            raise ConfigError("hub.url", "is required for the redis hub")
+        try:
+            self._client = aioredis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                # One immediate retry replaces a pooled connection that died with
+                # a Redis restart; longer outages are the reconnect loop's job.
+                retry=Retry(NoBackoff(), 1), decode_responses=True)
+        except ValueError as exc:
+            raise ConfigError("hub.url", f"not a Redis URL redis-py accepts: {exc}") from exc
+        self.prefix = key_prefix
+        self.clock = clock
+        self._subscribers: dict[str, set[_RedisSubscription]] = {}
+        self._delivered: dict[str, str] = {}
+        self._outbox: dict[str, tuple[float, str]] = {}
+        self._consumed_locally: dict[str, float] = {}
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._available = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RedisHub prefix={self.prefix!r}>"
+
+    # -- keys and envelopes ----------------------------------------------
+
+    def _channel_key(self, channel: str) -> str:
+        return f"{self.prefix}ch:{channel}"
+
+    def _last_key(self, channel: str) -> str:
+        return f"{self.prefix}last:{channel}"
+
+    def _once_key(self, key: str) -> str:
+        return f"{self.prefix}once:{key}"
+
+    @staticmethod
+    def _unwrap(raw: str | None) -> tuple[str, Message] | None:
+        if raw is None:
+            return None
+        try:
+            envelope = json.loads(raw)
+            return str(envelope["id"]), dict(envelope["message"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("redis hub: ignored a malformed message")
+            return None
+
+    # -- the background loop ---------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def available(self) -> bool:
+        """Return whether the last contact with Redis succeeded."""
+        return self._available
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._available:
+            log.warning("redis hub: Redis unreachable (%s); logins go on, outcomes are kept locally",
+                        type(exc).__name__)
+        self._available = False
+        self._wake.set()
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_MIN
+        first = True
+        while not self._closed:
+            try:
+                await self._connect(catch_up=not first)
+                first = False
+                backoff = _BACKOFF_MIN
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except _FAILURES as exc:
+                self._mark_down(exc)
+            except Exception:  # a bug must not end delivery for the whole process
+                log.exception("redis hub: unexpected error in the pub/sub loop")
+                self._available = False
+            await self._reset_pubsub()
+            if self._closed:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _connect(self, *, catch_up: bool) -> None:
+        await self._client.ping()
+        # No await between creating the pub/sub and listing the channels: a
+        # subscribe() from now on subscribes its channel itself.
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        channels = [self._channel_key(c) for c in self._subscribers]
+        if channels:
+            await self._pubsub.subscribe(*channels)
+        await self._flush()
+        if not self._available:
+            log.info("redis hub: connected")
+        self._available = True
+        self._wake.clear()
+        if catch_up:
+            for channel in list(self._subscribers):
+                found = self._unwrap(await self._client.get(self._last_key(channel)))
+                if found is not None:
+                    await self._dispatch(channel, *found)
+
+    async def _flush(self) -> None:
+        """Write what was kept locally while Redis was away."""
+        now = self.clock()
+        for key, expires in list(self._consumed_locally.items()):
+            if expires > now:
+                await self._client.set(self._once_key(key), "1", nx=True, ex=max(1, int(expires - now)))
+            self._consumed_locally.pop(key, None)
+        for channel, (expires, raw) in list(self._outbox.items()):
+            if expires > now:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.set(self._last_key(channel), raw, ex=max(1, int(expires - now)))
+                    pipe.publish(self._channel_key(channel), raw)
+                    await pipe.execute()
+            if self._outbox.get(channel, (None, None))[1] == raw:
+                del self._outbox[channel]
+        if self._outbox or self._consumed_locally:
+            log.info("redis hub: outcomes kept during the outage are recorded again")
+
+    async def _listen(self) -> None:
+        idle = 0.0
+        while not self._closed:
+            if self._wake.is_set():
+                raise ConnectionError("a command failed; reconnecting")
+            if not self._pubsub.subscribed:
+                # Nothing to read: wait for a subscription, and watch Redis meanwhile.
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+                idle += 0.2
+                if idle >= _IDLE_PING:
+                    idle = 0.0
+                    await self._client.ping()
+                continue
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            channel = str(message["channel"])[len(self.prefix) + 3:]
+            found = self._unwrap(message["data"])
+            if found is not None:
+                await self._dispatch(channel, *found)
+
+    async def _reset_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except Exception:  # the connection is already gone; nothing to release
+                pass
+
+    async def _dispatch(self, channel: str, message_id: str, message: Message) -> None:
+        subscribers = self._subscribers.get(channel)
+        if not subscribers or self._delivered.get(channel) == message_id:
+            return
+        self._delivered[channel] = message_id
+        for subscription in list(subscribers):
+            if subscription.closed:
+                continue
+            try:
+                result = subscription.callback(message)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("redis hub: a subscriber callback failed")
+
+    # -- ConfirmationHub -------------------------------------------------
+
+    async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
+        self._ensure_running()
+        message_id = uuid.uuid4().hex
+        raw = json.dumps({"id": message_id, "message": message})
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                if record:
+                    pipe.set(self._last_key(channel), raw, ex=int(self.record_ttl))
+                pipe.publish(self._channel_key(channel), raw)
+                await pipe.execute()
+            return
+        except _FAILURES as exc:
+            self._mark_down(exc)
+        if record:
+            self._outbox[channel] = (self.clock() + self.record_ttl, raw)
+        # Redis is away: at least this process's sockets learn it now.
+        await self._dispatch(channel, message_id, message)
+
+    async def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        self._ensure_running()
+        subscription = _RedisSubscription(self, channel, callback)
+        subscribers = self._subscribers.setdefault(channel, set())
+        subscribers.add(subscription)
+        if len(subscribers) == 1 and self._pubsub is not None:
+            try:
+                await self._pubsub.subscribe(self._channel_key(channel))
+            except _FAILURES as exc:
+                self._mark_down(exc)  # the reconnect subscribes every local channel again
+        return subscription
+
+    def _drop(self, subscription: _RedisSubscription) -> None:
+        subscribers = self._subscribers.get(subscription.channel)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if subscribers:
+            return
+        del self._subscribers[subscription.channel]
+        self._delivered.pop(subscription.channel, None)
+        pubsub = self._pubsub
+        if pubsub is not None and self._available and not self._closed:
+            asyncio.get_running_loop().create_task(self._unsubscribe(pubsub, subscription.channel))
+
+    async def _unsubscribe(self, pubsub: Any, channel: str) -> None:
+        if channel in self._subscribers:
+            return  # subscribed again meanwhile
+        try:
+            await pubsub.unsubscribe(self._channel_key(channel))
+        except _FAILURES:
+            pass  # the reconnect subscribes only the live channels
+
+    async def last(self, channel: str) -> Message | None:
+        self._ensure_running()
+        kept = self._outbox.get(channel)
+        if kept is not None and kept[0] > self.clock():
+            found = self._unwrap(kept[1])
+            return found[1] if found else None
+        try:
+            found = self._unwrap(await self._client.get(self._last_key(channel)))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            return None
+        return found[1] if found else None
+
+    async def consume_once(self, key: str, ttl: float) -> bool:
+        self._ensure_running()
+        now = self.clock()
+        expires = self._consumed_locally.get(key)
+        if expires is not None and expires > now:
+            return False
+        try:
+            return bool(await self._client.set(self._once_key(key), "1", nx=True, ex=max(1, int(ttl))))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+        if len(self._consumed_locally) > 4096:
+            self._consumed_locally = {k: v for k, v in self._consumed_locally.items() if v > now}
+        self._consumed_locally[key] = now + ttl
+        return True
+
+    async def check(self) -> None:
+        """Raise ConnectionError (or redis-py's error) unless Redis answers PING."""
+        self._ensure_running()
+        try:
+            await self._client.ping()
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self._reset_pubsub()
+        await self._client.aclose()
+
+    @property
+    def subscriber_count(self) -> int:
+        """Return the number of live local subscriptions (for metrics)."""
+        return sum(len(s) for s in self._subscribers.values())
