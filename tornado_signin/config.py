@@ -121,6 +121,8 @@ class StoreConfig:
 class HubConfig:
     backend: str = "memory"
     url: str | None = None
+    #: Prefix of every key and channel the hub uses (redis); None: the hub's default.
+    key_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,12 @@ class LimitsConfig:
     #: Code POSTs per client address per minute (0 disables).
     code_posts_per_minute: int = 30
     session_max_age_days: int = 14
+    #: Seconds between background checks of the token store (readiness and the login gate).
+    store_check_interval: float = 5.0
+    #: While the store is marked down, a login re-probes it at most this often (seconds).
+    store_recheck_interval: float = 1.0
+    #: Seconds a graceful shutdown waits for in-flight requests (SIGTERM).
+    shutdown_grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     development: bool = False
     log_level: str = "INFO"
+    #: ``text`` (one line, with the request id) or ``json`` (one object per line).
+    log_format: str = "text"
 
     def with_changes(self, **changes: Any) -> "Config":
         """Return a copy with top-level sections replaced (sections are frozen)."""
@@ -306,6 +316,9 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     log_level = (root.string("log_level", "INFO") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    log_format = root.string("log_format", "text") or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError("log_format", "must be text or json")
     if not development and environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
         raise ConfigError("development", "OAUTHLIB_INSECURE_TRANSPORT is set outside development; unset it")
 
@@ -410,7 +423,8 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
 
     # hub
     hb = root.section("hub")
-    hub = HubConfig(backend=hb.string("backend", "memory") or "memory", url=hb.string("url"))
+    hub = HubConfig(backend=hb.string("backend", "memory") or "memory", url=hb.string("url"),
+                    key_prefix=hb.string("key_prefix"))
     if hub.backend != "memory" and not hub.url:
         raise ConfigError("hub.url", f"is required for hub backend {hub.backend!r}")
     hb.reject_unknown()
@@ -432,7 +446,7 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     root.reject_unknown()
     return Config(
         google=google, server=server, store=store, hub=hub, limits=LimitsConfig(**limit_values),
-        development=development, log_level=log_level,
+        development=development, log_level=log_level, log_format=log_format,
     )
 
 
