@@ -140,8 +140,11 @@ class MemoryHub(ConfirmationHub):
         return sum(len(s) for s in self._subscribers.values())
 
 
-def load_hub(name: str, url: str | None) -> ConfirmationHub:
-    """Build the hub registered as ``name``; raise ConfigError naming ``hub.backend``."""
+def load_hub(name: str, url: str | None, *, key_prefix: str | None = None) -> ConfirmationHub:
+    """Build the hub registered as ``name``; raise ConfigError naming ``hub.backend``.
+
+    ``key_prefix`` (``hub.key_prefix``) is passed only when set, so hubs without one still load.
+    """
     eps = {ep.name: ep for ep in metadata.entry_points(group=HUB_ENTRY_POINT_GROUP)}
     if name not in eps:
         raise ConfigError("hub.backend", f"no hub {name!r} in entry-point group {HUB_ENTRY_POINT_GROUP!r} "
@@ -151,4 +154,4 @@ def load_hub(name: str, url: str | None) -> ConfirmationHub:
     except ImportError as exc:
         raise ConfigError("hub.backend", f"hub {name!r} needs a missing dependency ({exc.name}): "
                                          f"pip install 'tornado-signin[{name}]'") from exc
-    return factory(url=url)
+    return factory(url=url, **({"key_prefix": key_prefix} if key_prefix else {}))
