@@ -10,6 +10,7 @@ an unbounded queue grow under load.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -48,7 +49,9 @@ class WorkerPool:
             self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            # The caller's context (its request id) follows the call into the thread.
+            context = contextvars.copy_context()
+            return await loop.run_in_executor(self._executor, context.run, functools.partial(fn, *args, **kwargs))
         finally:
             with self._lock:
                 self._in_flight -= 1
