@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SIGNED_IN = "signed_in"
 CONSENT_REQUIRED = "consent_required"
 #: Delays between attempts to save tokens Google already issued (the code is spent).
-SAVE_RETRY_DELAYS = (0.05, 0.2, 0.5)
+SAVE_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.5)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class SigninService:
         self.store = store
         self.workers = workers
         self.metrics = metrics
+        #: The store's up/down flag (a StoreHealth), told about every save; optional.
+        self.health = None
 
     async def save_with_retry(self, record: TokenRecord) -> TokenRecord:
         """Merge ``record`` into the store, retrying transient failures with backoff.
@@ -79,12 +81,16 @@ class SigninService:
             try:
                 merged = await self.workers.run(self.store.save, record)
             except StorageError as exc:
+                if self.health is not None:
+                    self.health.report(False, type(exc.__cause__ or exc).__name__)
                 if delay is None:
                     raise
                 log.warning("token store save failed (attempt %d), retrying: %s", attempt + 1, exc)
                 await asyncio.sleep(delay)
                 continue
             self.metrics.observe("signin_store_seconds", time.perf_counter() - started)
+            if self.health is not None:
+                self.health.report(True)
             return merged
         raise AssertionError("unreachable")
 
