@@ -14,6 +14,7 @@ from .certs import CertCache
 from .config import Config
 from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
+from .health import StoreHealth
 from .hub import ConfirmationHub, MemoryHub, load_hub
 from .metrics import Metrics
 from .offline import OfflineAccess
@@ -57,6 +58,12 @@ class AppContext:
     offline: OfflineAccess
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
+    #: The store's up/down flag (the login gate and readiness); built by build_context.
+    store_health: StoreHealth | None = None
+    #: Code POSTs being completed now (graceful shutdown waits for them).
+    logins_in_flight: int = 0
+    #: Set at shutdown: readiness fails and new logins are refused with 503.
+    draining: bool = False
 
     def allowed_origins(self, own_origin: str) -> frozenset[str]:
         """Return the origins allowed to post codes and open sockets."""
@@ -67,6 +74,8 @@ class AppContext:
 
     async def close(self) -> None:
         """Release every resource (store, hub, HTTP client, threads)."""
+        if self.store_health is not None:
+            await self.store_health.stop()
         for step in (self.hub.close,):
             try:
                 await step()
@@ -86,7 +95,8 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     elif not isinstance(store, EncryptingStore):
         store = EncryptingStore(store, TokenCipher(config.store.encryption_keys, config_key="store.encryption.keys"))
     if hub is None:
-        hub = MemoryHub() if config.hub.backend == "memory" else load_hub(config.hub.backend, config.hub.url)
+        hub = MemoryHub() if config.hub.backend == "memory" else load_hub(
+            config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
     google = GoogleClient(config.google)
     certs = CertCache(google, config.google.endpoints.verification_certs_uri,
                       on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result))
@@ -106,6 +116,12 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
         offline=OfflineAccess(store, google, workers, metrics),
     )
+    context.store_health = StoreHealth(store, workers, interval=config.limits.store_check_interval,
+                                       recheck=config.limits.store_recheck_interval)
+    context.signin.health = context.store_health
+    metrics.gauge("signin_store_up", "1 while the token store is believed reachable.",
+                  lambda: 1.0 if context.store_health.up else 0.0)
+    metrics.gauge("signin_logins_in_flight", "Code POSTs being completed now.", lambda: context.logins_in_flight)
     metrics.gauge("signin_open_sockets", "Open /confirm websockets.", lambda: len(context.sockets))
     metrics.gauge("signin_worker_pool_in_flight", "Blocking calls running or queued.", lambda: workers.in_flight)
     return context
