@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .context import AppContext
+from .logctx import accept_request_id, request_id
 from .errors import (
     ClientConfigError,
     GoogleError,
@@ -48,7 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Google's one-time codes are URL-safe text ("4/0AX4Xf…"); nothing else is accepted.
-CODE_PATTERN = re.compile(r"^[0-9A-Za-z/_.~+-]+$")
+CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a trailing LF through
 STATE_HEADER = "X-Signin-State"
 
 
@@ -68,9 +69,22 @@ class BaseHandler(RequestHandler):
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
+    def prepare(self) -> None:
+        # Each request runs in its own task: the id tags every log line of it.
+        request_id.set(self.request_id)
+
     # -- headers and errors --------------------------------------------------------
 
+    @property
+    def request_id(self) -> str:
+        """Return this request's id: a sane incoming ``X-Request-Id`` (from the proxy) or a new one."""
+        rid = self.__dict__.get("_request_id")
+        if rid is None:
+            rid = self.__dict__["_request_id"] = accept_request_id(self.request.headers.get("X-Request-Id"))
+        return rid
+
     def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Cache-Control", "no-store")
@@ -145,11 +159,16 @@ class BaseHandler(RequestHandler):
         if headers.get("X-Requested-With") != "XMLHttpRequest":
             raise self.fail(403, "missing X-Requested-With", "X-Requested-With header missing or wrong")
         origin = headers.get("Origin")
-        if not origin or origin_of(origin) not in self.allowed_origins():
-            raise self.fail(403, "origin not allowed", "Origin missing, null or not allowed")
-        # A cross-site request is legitimate only from an explicitly configured foreign origin.
-        if headers.get("Sec-Fetch-Site") == "cross-site" and not self.ctx.config.server.allowed_origins:
-            raise self.fail(403, "origin not allowed", "Sec-Fetch-Site: cross-site")
+        # Browsers send a bare serialized origin; anything else (a path, userinfo) is forged.
+        if not origin or origin_of(origin) != origin.lower() or origin_of(origin) not in self.allowed_origins():
+            raise self.fail(403, "origin not allowed", "Origin missing, null, malformed or not allowed")
+        # Fetch metadata: a request from another origin is legitimate only when a
+        # foreign origin is configured; a navigation (a form post) never is.
+        site = headers.get("Sec-Fetch-Site")
+        if site not in (None, "same-origin") and not self.ctx.config.server.allowed_origins:
+            raise self.fail(403, "origin not allowed", f"Sec-Fetch-Site: {site[:32]}")
+        if headers.get("Sec-Fetch-Mode", "cors") not in ("cors", "same-origin"):
+            raise self.fail(403, "origin not allowed", "Sec-Fetch-Mode is not cors")
 
     async def consume_state(self, session: Session) -> None:
         """Refuse unless the request carries an unexpired state issued to this session, and spend it."""
@@ -220,6 +239,7 @@ class StoreAuthCodeHandler(BaseHandler):
     """
 
     def prepare(self) -> None:
+        super().prepare()
         self._body = bytearray()
         if self.request.method != "POST":
             return
@@ -247,15 +267,28 @@ class StoreAuthCodeHandler(BaseHandler):
             code = raw.decode("utf-8").strip(" ")
         except UnicodeDecodeError:
             raise self.fail(400, "malformed code", "code is not UTF-8") from None
-        if not code or len(code) > self.ctx.config.limits.max_code_length or not CODE_PATTERN.match(code):
+        if not code or len(code) > self.ctx.config.limits.max_code_length or not CODE_PATTERN.fullmatch(code):
             raise self.fail(400, "malformed code", f"code rejected by charset/length bound ({len(code)} chars)")
         return code
 
     async def post(self) -> None:
         session = self.require_session()
         code = self._code()
+        ctx = self.ctx
+        if ctx.draining:
+            ctx.metrics.inc("signin_logins_total", outcome="shutting_down")
+            raise self.fail(503, "server shutting down", "code POST refused: shutting down (retry elsewhere)")
+        # Without a usable store the tokens Google would issue could not be
+        # kept: refuse before the exchange so the code stays unspent.
+        if ctx.store_health is not None and not await ctx.store_health.ready():
+            ctx.metrics.inc("signin_logins_total", outcome="store_unavailable")
+            raise self.fail(503, "storage unavailable", "code POST refused before the exchange: token store down")
         await self.consume_state(session)
-        await self._complete(session, code)
+        ctx.logins_in_flight += 1
+        try:
+            await self._complete(session, code)
+        finally:
+            ctx.logins_in_flight -= 1
 
     async def _publish(self, channel: str, frame: dict[str, Any], **extra: Any) -> None:
         try:
@@ -385,11 +418,20 @@ class HealthHandler(BaseHandler):
         if not self.get_query_argument("ready", None):
             self.write_json({"status": "ok"})
             return
+        if self.ctx.draining:
+            self.write_json({"status": "draining", "failed": []}, 503)
+            return
         problems = {}
-        try:
-            await self.ctx.workers.run(self.ctx.store.check)
-        except Exception as exc:
-            problems["store"] = type(exc).__name__
+        health = self.ctx.store_health
+        if health is not None:
+            health.start()
+            if not await health.probe():
+                problems["store"] = "unavailable"
+        else:
+            try:
+                await self.ctx.workers.run(self.ctx.store.check)
+            except Exception as exc:
+                problems["store"] = type(exc).__name__
         try:
             await self.ctx.hub.check()
         except Exception as exc:
