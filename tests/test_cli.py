@@ -164,3 +164,51 @@ def test_check_reports_each_part(tmp_path, emulator_thread):
     bad_google.mkdir()
     cfg = write_config(bad_google, "http://127.0.0.1:1", app_url)
     assert run_cli("check", "--config", str(cfg), env=env).returncode == 6
+
+
+def test_script_api_get_credentials_and_authorized_session(tmp_path, emulator_thread, monkeypatch):
+    """The plain-script API: google-auth Credentials and a self-refreshing requests-oauthlib session."""
+    import time
+
+    import requests
+
+    from tornado_signin.context import open_store
+    from tornado_signin.offline import authorized_session, get_credentials
+    from tornado_signin.store import TokenRecord
+
+    emulator, _, app_url = emulator_thread
+    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": CLIENT_SECRET, "TS_KEY": generate_key()}
+    config = load_config(write_config(tmp_path, emulator.base_url, app_url), environ=env)
+    reply = requests.post(emulator.base_url + "/token", data={
+        "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
+    sub = emulator.state.account_for("bob@gmail.com").sub if hasattr(emulator.state, "account_for") else None
+    from tornado_signin.emulator import DEFAULT_ACCOUNTS
+
+    sub = sub or next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
+    now = time.time()
+    store = open_store(config)
+    # An access token that is already expired: both APIs must refresh it.
+    store.save(TokenRecord(sub=sub, email="bob@gmail.com", refresh_token=reply["refresh_token"],
+                           refresh_token_issued_at=now, access_token="ya29.expired", access_token_expiry=now - 10,
+                           access_token_issued_at=now, scopes=tuple(reply["scope"].split())))
+    store.close()
+
+    creds = get_credentials(config, "bob@gmail.com")
+    assert creds.valid and creds.token != "ya29.expired"
+    from tornado_signin.errors import ConfigError
+
+    with pytest.raises(ConfigError):  # requests-oauthlib refuses http:// without the development switch
+        authorized_session(config, sub)
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    session = authorized_session(config, sub)
+    response = session.get(config.google.endpoints.userinfo_uri, timeout=10)
+    assert response.status_code == 200 and response.json()["email"] == "bob@gmail.com"
+    assert emulator.stats["token.refresh_token"] == 1
+    # When the session's token expires, requests-oauthlib refreshes it and the store gets the new one.
+    session.token = {**session.token, "expires_at": time.time() - 5, "expires_in": -5}
+    assert session.get(config.google.endpoints.userinfo_uri, timeout=10).status_code == 200
+    assert emulator.stats["token.refresh_token"] == 2
+    store = open_store(config)
+    assert store.get(sub).access_token == session.token["access_token"]
+    store.close()

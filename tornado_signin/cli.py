@@ -247,23 +247,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _with_offline(config: Any, work: Any) -> Any:
-    from .context import open_store
-    from .google import GoogleClient
-    from .offline import OfflineAccess
-    from .workers import WorkerPool
+    from .offline import run_offline
 
-    async def main() -> Any:
-        store = open_store(config)
-        google = GoogleClient(config.google)
-        workers = WorkerPool(2, 16)
-        try:
-            return await work(OfflineAccess(store, google, workers))
-        finally:
-            google.close()
-            workers.shutdown()
-            store.close()
-
-    return asyncio.run(main())
+    return run_offline(config, work)
 
 
 def _fmt_time(value: float | None) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,7 @@ from google.oauth2.credentials import Credentials
 
 from .config import Config
 from .errors import (
+    ConfigError,
     ConsentRequiredError,
     GoogleUnavailableError,
     InvalidGrantError,
@@ -44,7 +46,7 @@ from .signin import record_from_tokens
 from .store import TokenRecord, TokenStore
 from .workers import WorkerPool
 
-__all__ = ["OfflineAccess", "get_credentials", "authorized_session", "REFRESH_MARGIN"]
+__all__ = ["OfflineAccess", "get_credentials", "authorized_session", "run_offline", "REFRESH_MARGIN"]
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,11 @@ class OfflineAccess:
         return revoked
 
 
-def _run(config: Config, coroutine_factory: Any) -> Any:
+def run_offline(config: Config, work: Any) -> Any:
+    """Run ``await work(offline)`` on a private IOLoop with a store and client of ``config``; return its result.
+
+    For scripts and the CLI: everything opened is closed again.
+    """
     from .context import open_store
 
     async def main() -> Any:
@@ -214,7 +220,7 @@ def _run(config: Config, coroutine_factory: Any) -> Any:
         google = GoogleClient(config.google)
         workers = WorkerPool(2, 16)
         try:
-            return await coroutine_factory(OfflineAccess(store, google, workers))
+            return await work(OfflineAccess(store, google, workers))
         finally:
             google.close()
             workers.shutdown()
@@ -225,7 +231,7 @@ def _run(config: Config, coroutine_factory: Any) -> Any:
 
 def get_credentials(config: Config, user: str, *, required_scopes: Iterable[str] = ()) -> Credentials:
     """Return valid Credentials for ``user`` from a plain script (no IOLoop needed)."""
-    return _run(config, lambda offline: offline.credentials(user, required_scopes=required_scopes))
+    return run_offline(config, lambda offline: offline.credentials(user, required_scopes=required_scopes))
 
 
 def authorized_session(config: Config, user: str) -> Any:
@@ -233,9 +239,16 @@ def authorized_session(config: Config, user: str) -> Any:
 
     The session starts with a fresh access token; when it expires,
     requests-oauthlib refreshes it at the configured token endpoint and the
-    new token is merged into the store.
+    new token is merged into the store. requests-oauthlib refuses plain
+    ``http://`` (the emulator) unless ``OAUTHLIB_INSECURE_TRANSPORT`` is set,
+    which the config allows only with ``development: true``; raise
+    ConfigError saying so rather than fail on the first refresh.
     """
     from requests_oauthlib import OAuth2Session
+
+    if config.google.endpoints.token_uri.startswith("http://") and not os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
+        raise ConfigError("google.endpoints.token_uri", "requests-oauthlib needs OAUTHLIB_INSECURE_TRANSPORT=1 "
+                                                        "for a plain http:// endpoint (development only)")
 
     from .context import open_store
 
@@ -255,7 +268,7 @@ def authorized_session(config: Config, user: str) -> Any:
         finally:
             store.close()
 
-    record_sub = _run(config, lambda offline: offline.find(user)).sub
+    record_sub = run_offline(config, lambda offline: offline.find(user)).sub
     expires_in = (credentials.expiry - datetime.datetime.utcnow()).total_seconds() if credentials.expiry else 3600
     return OAuth2Session(
         google.client_id,
