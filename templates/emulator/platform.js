@@ -109,7 +109,16 @@
     if (typeof done === "function") { setTimeout(done, 0); }
   };
 
-  if (ONLOAD && typeof window[ONLOAD] === "function") {
-    setTimeout(function () { window[ONLOAD](); }, 0);
+  // The page may define its onload function after this script tag (or load
+  // it async): look it up only once the document has been parsed.
+  function runOnload() {
+    if (typeof window[ONLOAD] === "function") { window[ONLOAD](); }
+  }
+  if (ONLOAD) {
+    if (document.readyState === "loading") {
+      document.addEventListener("DOMContentLoaded", runOnload);
+    } else {
+      setTimeout(runOnload, 0);
+    }
   }
 })();
