@@ -115,6 +115,15 @@ def test_gis_flow_in_chromium(playwright_browser, demo):
     # The offline path: the server calls userinfo with the stored credentials.
     page.click("#userinfoButton")
     page.locator("#apiResult", has_text="bob@gmail.com").wait_for(timeout=10000)
+    # Incremental authorization: ask for one more scope, then show what is granted.
+    with page.expect_popup() as popup_info:
+        page.click("#moreScopesButton")
+    popup = popup_info.value
+    popup.wait_for_load_state()
+    popup.click("#approve")
+    page.locator("#apiResult", has_text="drive.appdata").wait_for(timeout=10000)
+    granted = page.text_content("#apiResult")
+    assert "userinfo.email" in granted and "drive.appdata" in granted
     shots = os.environ.get("BROWSER_SCREENSHOT_DIR")
     if shots:
         page.screenshot(path=str(Path(shots) / "tornado-signin-signed-in.png"))
