@@ -67,7 +67,15 @@ class Emulator:
     emulator is reachable; :func:`start_emulator` sets it after binding.
     With ``development`` off, the test-only ``/emulator/...`` paths answer
     403. ``clock`` (POSIX seconds) is injectable so tests can expire codes
-    and access tokens without sleeping.
+    and access tokens without sleeping. ``certs_max_age`` is the max-age
+    of the certs endpoints' ``Cache-Control``.
+
+    ``stats`` counts requests per endpoint name, each dotted prefix too:
+    ``auth``, ``token`` (and ``token.authorization_code``,
+    ``token.refresh_token``), ``revoke``, ``userinfo``, ``certs`` (and
+    ``certs.pem``, ``certs.jwks``), ``discovery``, ``client_secret``,
+    ``script`` (``script.gsi``, ``script.platform``). The test-only paths
+    are not counted. ``faults`` is the :class:`~.faults.FaultPlan`.
     """
 
     def __init__(
@@ -333,20 +341,6 @@ class Emulator:
             elif fault.kind == "token_type":
                 body["token_type"] = fault.params["value"]
         return body
-
-    # -- the consent popup's memory ----------------------------------------
-
-    def validate_auth_request(self, args: dict[str, str | None]) -> dict[str, str | None]:
-        """See :meth:`.state.State.validate_auth_request`."""
-        return self.state.validate_auth_request(args)
-
-    def open_consent(self, request: dict[str, str | None]) -> str:
-        """See :meth:`.state.State.open_consent`."""
-        return self.state.open_consent(request)
-
-    def take_consent(self, token: str) -> dict[str, str | None] | None:
-        """See :meth:`.state.State.take_consent`."""
-        return self.state.take_consent(token)
 
 
 def start_emulator(

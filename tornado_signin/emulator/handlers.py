@@ -339,7 +339,7 @@ class ClientSecretHandler(EmulatorHandler):
 # -- the consent popup -------------------------------------------------------
 
 
-class PopupPageMixin(EmulatorHandler):
+class PopupPageHandler(EmulatorHandler):
     """Security headers for the HTML pages of the popup."""
 
     def page_headers(self, nonce: str, form_targets: tuple[str, ...] = ()) -> None:
@@ -365,13 +365,13 @@ class PopupPageMixin(EmulatorHandler):
         self.finish(self.render_text("error.html", nonce=nonce, error=error, description=description))
 
 
-class AuthHandler(PopupPageMixin):
+class AuthHandler(PopupPageHandler):
     """``/o/oauth2/v2/auth``: GET shows the account chooser, POST records the user's answer."""
 
     async def get(self) -> None:
         args = {name: self.get_query_argument(name, None) for name in _AUTH_PARAMS}
         try:
-            request = self.emulator.validate_auth_request(args)
+            request = self.emulator.state.validate_auth_request(args)
         except OAuthError as exc:
             self.error_page(_ERROR_STATUS.get(exc.error, 400), exc.error, exc.description)
             return
@@ -380,7 +380,7 @@ class AuthHandler(PopupPageMixin):
             accounts = [a for a in accounts if a.hosted_domain == request["hd"]] or accounts
         hint = (request.get("login_hint") or "").lower()
         selected = next((a.email for a in accounts if a.email.lower() == hint), accounts[0].email)
-        token = self.emulator.open_consent(request)
+        token = self.emulator.state.open_consent(request)
         nonce = secrets.token_urlsafe(16)
         # Browsers apply form-action to the redirect that follows the form
         # post, so the registered redirect URI's origin must be allowed too.
@@ -404,7 +404,7 @@ class AuthHandler(PopupPageMixin):
         )
 
     async def post(self) -> None:
-        request = self.emulator.take_consent(self.get_body_argument("consent", ""))
+        request = self.emulator.state.take_consent(self.get_body_argument("consent", ""))
         if request is None:
             self.error_page(400, "invalid_request", "This sign-in page has expired or was already used.")
             return
