@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -35,12 +36,12 @@ EXIT_HUB = 5
 EXIT_GOOGLE = 6
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    from .logctx import configure_logging
     from .redact import install_redaction
 
     install_redaction()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, fmt)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -53,40 +54,108 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 async def _serve_forever(servers: list[Any], contexts: list[Any], grace: float = 10.0) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully within ``grace`` seconds.
+
+    In order: stop accepting connections and mark the apps draining (readiness
+    fails, new code POSTs get 503), wait for the logins in flight, close the
+    websockets with 1001 "server shutting down", close the remaining
+    connections, then close store, hub and clients.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: no new connections, finishing in-flight requests")
+    started = time.monotonic()
+    deadline = started + grace
+    log.info("shutting down: no new connections, finishing in-flight logins")
     for server in servers:
         server.stop()
+    for ctx in contexts:
+        ctx.draining = True
+    while any(ctx.logins_in_flight for ctx in contexts) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    left = sum(ctx.logins_in_flight for ctx in contexts)
+    if left:
+        log.warning("%d login(s) still in flight after %.0fs; closing anyway", left, grace)
     from .confirm import CLOSE_SHUTDOWN
 
     for ctx in contexts:
         for socket in list(ctx.sockets):
             socket.close(CLOSE_SHUTDOWN, "server shutting down")
-    deadline = time.monotonic() + grace
     for server in servers:
         try:
             await asyncio.wait_for(server.close_all_connections(), max(0.1, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            log.warning("in-flight requests still running after %.0fs; closing anyway", grace)
+            log.warning("connections still open after %.0fs; closing anyway", grace)
     for ctx in contexts:
         await ctx.close()
+    log.info("shut down in %.2fs", time.monotonic() - started)
+
+
+def _fork_workers(count: int) -> int | None:
+    """Fork ``count`` workers sharing the listening sockets (Tornado's pre-fork model).
+
+    Return the worker's task id in each child. The parent supervises: it
+    forwards SIGTERM/SIGINT to the workers, replaces a worker that died
+    unexpectedly (at most 100 times), and returns None once all have exited.
+    """
+    children: dict[int, int] = {}
+
+    def spawn(task_id: int) -> bool:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            return True
+        children[pid] = task_id
+        return False
+
+    for task_id in range(count):
+        if spawn(task_id):
+            return task_id
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("supervising %d worker processes: %s", count, " ".join(map(str, children)))
+    restarts = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        task_id = children.pop(pid, None)
+        if task_id is None:
+            continue
+        crashed = os.WIFSIGNALED(status) or os.waitstatus_to_exitcode(status) != 0
+        if crashed and not stopping and restarts < 100:
+            restarts += 1
+            log.warning("worker %d (pid %d) exited with status %d; starting another",
+                        task_id, pid, os.waitstatus_to_exitcode(status))
+            if spawn(task_id):
+                return task_id
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tornado.netutil import bind_sockets
-    from tornado.process import fork_processes
 
     from .app import make_app, make_server
 
     if args.config is None:
         return _serve_demo(args)
     config = _load(args)
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     sockets = bind_sockets(port, address=host)
@@ -94,14 +163,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if processes != 1:
         if config.hub.backend == "memory":
             raise ConfigError("hub.backend", "several processes need a shared hub (redis)")
-        fork_processes(processes)
+        if _fork_workers(processes or os.cpu_count() or 1) is None:
+            return EXIT_OK
 
     async def main() -> None:
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(sockets)
-        log.info("tornado-signin listening on http://%s:%d", host, port)
-        await _serve_forever([server], [app.settings["signin"]])
+        log.info("tornado-signin listening on http://%s:%d (pid %d)", host, port, os.getpid())
+        await _serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
 
     asyncio.run(main())
     return EXIT_OK
@@ -214,9 +284,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     async def check_async() -> int:
         try:
-            hub = MemoryHub() if config.hub.backend == "memory" else load_hub(config.hub.backend, config.hub.url)
-            await hub.check()
-            await hub.close()
+            hub = MemoryHub() if config.hub.backend == "memory" else load_hub(
+                config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+            try:
+                await asyncio.wait_for(hub.check(), 10)
+            finally:
+                await hub.close()
             print(f"hub ({config.hub.backend}): ok")
         except Exception as exc:
             print(f"hub ({config.hub.backend}): FAILED: {type(exc).__name__}: {exc}")
