@@ -29,6 +29,7 @@ from tornado.httpclient import HTTPResponse
 from tornado.web import decode_signed_value
 
 from harness import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, LogCapture, PageClient, Stack, start_stack
+from tornado_signin.emulator import keys as emulator_keys
 from tornado_signin.sessions import SECURE_SESSION_COOKIE, SESSION_COOKIE, Session
 
 __all__ = ["open_stack", "close_stack", "assert_rejected", "assert_logs_clean", "no_signed_in_frame",
@@ -39,12 +40,34 @@ BASIC_HEADER = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode(
 _REASON = re.compile(r"^[a-z][a-z0-9 _'./-]{0,63}$")
 
 
+_KEY_POOL: list[Any] = []
+_generate = emulator_keys.SigningKey.generate.__func__
+
+
+def _pooled_generate(cls: Any) -> Any:
+    # RSA key generation is ~0.13 s and the suite starts hundreds of stacks:
+    # reuse real keys across stacks (each stack has its own certs cache), and
+    # hand out distinct ones within a stack (rotation, the impostor key).
+    index = _pooled_generate.calls % 8
+    _pooled_generate.calls += 1
+    while len(_KEY_POOL) <= index:
+        _KEY_POOL.append(_generate(cls))
+    return _KEY_POOL[index]
+
+
+_pooled_generate.calls = 0
+
+
 async def open_stack(**overrides: Any) -> Stack:
     """Start a stack with every log record (root at DEBUG) captured into ``stack.logs``.
 
     ``stack.issued`` collects every token-endpoint answer body the emulator built.
     """
-    stack = await start_stack(**overrides)
+    emulator_keys.SigningKey.generate = classmethod(_pooled_generate)
+    try:
+        stack = await start_stack(**overrides)
+    finally:
+        emulator_keys.SigningKey.generate = classmethod(_generate)
     capture = LogCapture()
     capture.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
@@ -80,8 +103,9 @@ def secrets_of(stack: Stack, extra: Iterable[str] = ()) -> list[str]:
             value = body.get(name)
             if isinstance(value, str) and len(value) >= 8:
                 found.append(value)
-                if name == "id_token" and value.count(".") == 2:
-                    found.append(value.rsplit(".", 1)[1])  # the signature alone
+                signature = value.rsplit(".", 1)[-1]
+                if name == "id_token" and value.count(".") == 2 and len(signature) >= 16:
+                    found.append(signature)  # the signature alone
     found.extend(s for s in extra if isinstance(s, str) and len(s) >= 8)
     return found
 
@@ -105,7 +129,7 @@ def session_of(client: PageClient) -> Session | None:
     return None
 
 
-async def drain(socket: Any, wait: float = 0.15) -> list[Any]:
+async def drain(socket: Any, wait: float = 0.05) -> list[Any]:
     """Return the frames that arrive on ``socket`` within ``wait`` seconds of quiet (None = closed)."""
     frames: list[Any] = []
     while True:
