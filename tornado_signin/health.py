@@ -10,7 +10,8 @@ its load, so :class:`StoreHealth` keeps a flag instead:
 - every store failure seen by a login marks it down at once, every success up;
 - while it is marked down, :meth:`StoreHealth.ready` re-probes at most every
   ``limits.store_recheck_interval`` seconds (default 1), so recovery is
-  noticed by the next login rather than by the next background round.
+  noticed by the next login rather than by the next background round; a
+  mark from a failed call (not yet confirmed by a probe) is re-probed at once.
 
 So an outage is noticed within one background interval (or at the first
 failing save), and during that window a login may still be exchanged and then
@@ -47,11 +48,14 @@ class StoreHealth:
         self.up = True
         self.last_probe = float("-inf")
         self.down_since: float | None = None
+        #: Marked down by a failed call but not yet confirmed by a probe.
+        self.unconfirmed = False
         self._task: asyncio.Task[None] | None = None
         self._probing: asyncio.Future[bool] | None = None
 
-    def report(self, ok: bool, problem: str = "") -> None:
-        """Record the outcome of a store call made by someone else."""
+    def report(self, ok: bool, problem: str = "", *, probed: bool = False) -> None:
+        """Record the outcome of a store call (``probed``: of a probe, which confirms it)."""
+        self.unconfirmed = not ok and not probed
         if ok and not self.up:
             log.info("token store is back (down for %.1fs)", self.clock() - (self.down_since or self.clock()))
             self.down_since = None
@@ -75,7 +79,7 @@ class StoreHealth:
             problem = type(exc).__name__
         finally:
             self.last_probe = self.clock()
-            self.report(ok, problem)
+            self.report(ok, problem, probed=True)
             future, self._probing = self._probing, None
             future.set_result(ok)
         return ok
@@ -83,7 +87,7 @@ class StoreHealth:
     async def ready(self) -> bool:
         """Return whether a login may spend a code now (probing again if it was down a while)."""
         self.start()
-        if not self.up and self.clock() - self.last_probe >= self.recheck:
+        if not self.up and (self.unconfirmed or self.clock() - self.last_probe >= self.recheck):
             await self.probe()
         return self.up
 
