@@ -73,6 +73,13 @@ class TestMariaDBContract(TokenStoreContract):
     def store(self, mariadb_url, unique_name):
         yield from _server_store(mariadb_url, unique_name)
 
+    def test_processes_never_lose_a_save(self, mariadb_url, unique_name):
+        try:
+            # No create_schema() first: the workers race to create the table.
+            self.assert_process_safe(functools.partial(SQLTokenStore, url=mariadb_url, table=unique_name))
+        finally:
+            SQLTokenStore(url=mariadb_url, table=unique_name).drop_schema()
+
     def test_sub_column_is_binary(self, store):
         store.save(full_record())
         with store.engine.connect() as conn:
