@@ -90,6 +90,8 @@ class BaseHandler(RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        if self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", "max-age=31536000")
         self.clear_header("Server")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -141,7 +143,9 @@ class BaseHandler(RequestHandler):
         )
 
     def clear_session(self) -> None:
-        self.clear_cookie(session_cookie_name(self.is_secure), path="/", secure=self.is_secure)
+        # The same attributes as when set: a __Host- cookie is only replaced by a Secure one.
+        self.clear_cookie(session_cookie_name(self.is_secure), path="/", secure=self.is_secure, httponly=True,
+                          samesite="Lax")
 
     def ensure_session(self) -> Session:
         """Return the current session, starting (and setting) a new anonymous one if there is none."""
