@@ -182,10 +182,9 @@ def test_script_api_get_credentials_and_authorized_session(tmp_path, emulator_th
     reply = requests.post(emulator.base_url + "/token", data={
         "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
         "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
-    sub = emulator.state.account_for("bob@gmail.com").sub if hasattr(emulator.state, "account_for") else None
     from tornado_signin.emulator import DEFAULT_ACCOUNTS
 
-    sub = sub or next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
+    sub = next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
     now = time.time()
     store = open_store(config)
     # An access token that is already expired: both APIs must refresh it.
