@@ -46,14 +46,19 @@ class ConfirmSocket(WebSocketHandler):
         return f"{self.request.protocol}://{self.request.host}".lower()
 
     def check_origin(self, origin: str) -> bool:
-        return origin_of(origin) in self.ctx.allowed_origins(self._own_origin())
+        # Exact serialized origin (scheme included) in the allow-list; nothing looser.
+        return origin_of(origin) == origin.lower() and origin_of(origin) in self.ctx.allowed_origins(self._own_origin())
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         # Tornado accepts a handshake without Origin; browsers always send one,
         # so its absence means a non-browser client or a stripped request.
-        if not self.request.headers.get("Origin"):
+        # Tornado >= 6.6 also skips check_origin when Sec-Fetch-Site says
+        # same-origin or when Origin's host:port equals Host whatever the
+        # scheme, so the check runs here, on every handshake.
+        origin = self.request.headers.get("Origin")
+        if not origin or not self.check_origin(origin):
             self.set_status(403)
-            self.finish("origin required")
+            self.finish("origin not allowed")
             return
         secure = self.request.protocol == "https"
         payload = self.get_signed_cookie(session_cookie_name(secure),
