@@ -287,6 +287,11 @@ class StoreAuthCodeHandler(BaseHandler):
         if ctx.store_health is not None and not await ctx.store_health.ready():
             ctx.metrics.inc("signin_logins_total", outcome="store_unavailable")
             raise self.fail(503, "storage unavailable", "code POST refused before the exchange: token store down")
+        # A full worker pool would refuse the store save after Google spent
+        # the code: answer a fast 503 now, while the code is still unspent.
+        if ctx.workers.saturated:
+            ctx.metrics.inc("signin_logins_total", outcome="overloaded")
+            raise self.fail(503, "server busy", "code POST refused before the exchange: worker pool full")
         await self.consume_state(session)
         ctx.logins_in_flight += 1
         try:
@@ -329,7 +334,9 @@ class StoreAuthCodeHandler(BaseHandler):
             await self._failed(session, "storage unavailable", None, 503, "storage_error")
             return
         except OverloadedError:
-            await self._failed(session, "server busy", "worker pool full", 503, "overloaded")
+            # As for StorageError: the code is spent, the next sign-in must ask for consent.
+            self.write_session(Session(sid=session.sid, needs_consent=True))
+            await self._failed(session, "server busy", "worker pool full after the exchange", 503, "overloaded")
             return
 
         claims = outcome.claims

@@ -38,6 +38,11 @@ class WorkerPool:
         """Return how many calls are running or queued now."""
         return self._in_flight
 
+    @property
+    def saturated(self) -> bool:
+        """Return True when a call now would be refused (every worker and queue slot taken)."""
+        return self._in_flight >= self._capacity
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the pool and return its result.
 
