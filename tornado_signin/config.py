@@ -280,7 +280,12 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _check_endpoint(url: str, key: str, development: bool) -> str:
+def _is_google_host(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host in ("google.com", "googleapis.com") or host.endswith((".google.com", ".googleapis.com"))
+
+
+def _check_endpoint(url: str, key: str, development: bool, *, google_only: bool = True) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, "must be an absolute http(s) URL")
@@ -292,6 +297,10 @@ def _check_endpoint(url: str, key: str, development: bool) -> str:
         raise ConfigError(key, "must use https:// outside development (set development: true to use the emulator)")
     if _is_loopback(parts.hostname):
         raise ConfigError(key, "points at a loopback address (the emulator?) outside development")
+    # The certs URL decides which keys sign trusted ID tokens: outside
+    # development only Google's own hosts may stand behind these endpoints.
+    if google_only and not _is_google_host(parts.hostname):
+        raise ConfigError(key, "must be a Google host (*.google.com, *.googleapis.com) outside development")
     return url
 
 
@@ -393,7 +402,7 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
         raise ConfigError("google.scopes", "must include openid (or email/profile): the server needs an ID token")
     redirect_uri = g.string("redirect_uri", "postmessage") or "postmessage"
     if redirect_uri != "postmessage":
-        _check_endpoint(redirect_uri, "google.redirect_uri", development)
+        _check_endpoint(redirect_uri, "google.redirect_uri", development, google_only=False)
     google = GoogleConfig(
         client_id=client_id,
         client_secret=client_secret,
