@@ -172,7 +172,7 @@ class _FailsAfter(TokenStore):
 
 
 _COMPARED = ("sub", "email", "refresh_token", "refresh_token_issued_at", "access_token", "access_token_expiry",
-             "access_token_issued_at", "scopes", "revoked_at")
+             "access_token_issued_at", "scopes", "revoked_at", "created_at")
 
 
 def _assert_same_records(source: TokenStore, target: TokenStore) -> None:

@@ -13,8 +13,8 @@ flow as plaintext (the source decrypts, the target encrypts under its own
 newest key), so a migration also re-encrypts. Between raw backends, the
 ciphertext is copied as is and stays readable with the same keys.
 
-``created_at`` is not carried over: the merge gives a new record the time of
-the copy.
+``created_at`` is carried over: the merge keeps the incoming creation time
+for a record the target does not have yet.
 """
 
 from __future__ import annotations

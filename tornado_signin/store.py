@@ -112,11 +112,12 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
       is >= the stored one;
     * ``email``: replaced when ``incoming`` has one;
     * ``revoked_at``: the later of the two;
-    * ``created_at``: the stored one (or ``now``); ``updated_at``: ``now``.
+    * ``created_at``: the stored one; for a new record the incoming one (a
+      migration keeps it) or ``now``; ``updated_at``: ``now``.
     """
     now = time.time() if now is None else now
     if stored is None:
-        stored = TokenRecord(sub=incoming.sub, created_at=now)
+        stored = TokenRecord(sub=incoming.sub, created_at=incoming.created_at or now)
     merged = stored
     if incoming.refresh_token and _newer(incoming.refresh_token_issued_at, stored.refresh_token_issued_at):
         merged = merged.replace(

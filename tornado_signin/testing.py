@@ -345,6 +345,11 @@ class TokenStoreContract:
         assert store.save(TokenRecord(sub=sub, revoked_at=300.0)).revoked_at == 300.0
         assert store.get(sub).revoked_at == 300.0
 
+    def test_new_record_keeps_an_incoming_created_at(self, store: TokenStore) -> None:
+        saved = store.save(full_record(created_at=1_500_000_000.5))
+        assert saved.created_at == 1_500_000_000.5
+        assert store.get(saved.sub).created_at == 1_500_000_000.5
+
     def test_created_at_is_kept_and_updated_at_advances(self, store: TokenStore) -> None:
         first = store.save(full_record())
         time.sleep(0.01)

@@ -340,7 +340,7 @@ class DynamoDBTokenStore(TokenStore):
         update = _Update()
         update.set("updated_at", _number(now))
         update.sets.append(f"{update.name('created_at')} = if_not_exists({update.name('created_at')}, "
-                           f"{update.value(_number(now))})")
+                           f"{update.value(_number(record.created_at or now))})")
         if record.email:
             update.set("email", {"S": record.email})
         if "refresh" in groups:

@@ -151,7 +151,7 @@ def _incoming_row(record: TokenRecord, now: float) -> dict[str, Any]:
         "access_token_expiry": record.access_token_expiry if has_access else None,
         "access_token_issued_at": record.access_token_issued_at if has_access else None,
         "scopes": " ".join(record.scopes) if has_access and record.scopes else None,
-        "created_at": now,
+        "created_at": record.created_at or now,
         "updated_at": now,
         "revoked_at": record.revoked_at,
     }
