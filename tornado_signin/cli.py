@@ -170,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(sockets)
+        app.settings["signin"].store_health.start()
         log.info("tornado-signin listening on http://%s:%d (pid %d)", host, port, os.getpid())
         await _serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
 
