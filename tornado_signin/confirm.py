@@ -20,6 +20,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from .context import AppContext
 from .handlers import origin_of
 from .hub import Subscription
+from .logctx import accept_request_id, request_id
 from .sessions import Session, session_cookie_name
 
 __all__ = ["ConfirmSocket"]
@@ -50,6 +51,7 @@ class ConfirmSocket(WebSocketHandler):
         return origin_of(origin) == origin.lower() and origin_of(origin) in self.ctx.allowed_origins(self._own_origin())
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        request_id.set(accept_request_id(self.request.headers.get("X-Request-Id")))
         # Tornado accepts a handshake without Origin; browsers always send one,
         # so its absence means a non-browser client or a stripped request.
         # Tornado >= 6.6 also skips check_origin when Sec-Fetch-Site says
