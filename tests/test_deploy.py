@@ -157,8 +157,11 @@ async def test_serve_processes_forks_workers_that_share_the_port(deployment_fact
     server = dep.servers[0]
     log = server.log()
     assert log.count("listening on") == 2, log
+    socket.close()
+    started = time.monotonic()
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0
+    print(f"--processes 2: SIGTERM to exit of all workers: {time.monotonic() - started:.2f}s")
     assert server.log().count("shut down in") == 2
 
 

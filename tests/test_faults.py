@@ -266,3 +266,17 @@ async def test_metrics_request_ids_and_readiness(io_loop):
         logging.getLogger().removeHandler(capture)
         logging.getLogger().setLevel(old_level)
         await stack.close()
+
+
+def test_json_log_lines_carry_the_request_id():
+    from tornado_signin.logctx import JsonFormatter, request_id
+
+    token = request_id.set("rid-12345678")
+    try:
+        record = logging.LogRecord("tornado_signin.handlers", logging.INFO, __file__, 1, "user %s", ("x",), None)
+        RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "rid-12345678" and line["message"] == "user x" and line["level"] == "INFO"
+    assert line["logger"] == "tornado_signin.handlers" and line["time"].endswith("Z")
