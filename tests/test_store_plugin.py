@@ -56,7 +56,7 @@ def test_installed_plugin_is_listed_loaded_and_usable(plugin_site):
         try:
             load_store("thirdparty", {"lable": "typo"})
         except ConfigError as exc:
-            assert exc.key == "store"
+            assert exc.key == "store.lable", exc.key
         else:
             raise AssertionError("a misspelt option must be a ConfigError")
         print("plugin ok")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,6 +215,27 @@ def installed_backends() -> list[BackendInfo]:
     return infos
 
 
+def _check_options(factory: Any, name: str, options: dict[str, Any], key_prefix: str) -> None:
+    """Raise ConfigError naming the option when ``options`` do not fit ``factory``'s signature.
+
+    Checked before the call, so that a bug inside a constructor is not
+    misreported as a configuration error.
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature: the call decides
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = {n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for option in sorted(set(options) - accepted):
+        raise ConfigError(f"{key_prefix}.{option}",
+                          f"unknown option of backend {name!r} (valid: {', '.join(sorted(accepted)) or 'none'})")
+    for option, parameter in parameters.items():
+        if option in accepted and parameter.default is inspect.Parameter.empty and option not in options:
+            raise ConfigError(f"{key_prefix}.{option}", f"is required by backend {name!r}")
+
+
 def load_store(name: str, options: dict[str, Any] | None = None, *, key_prefix: str = "store") -> TokenStore:
     """Build the backend registered as ``name`` with ``options``.
 
@@ -237,12 +259,8 @@ def load_store(name: str, options: dict[str, Any] | None = None, *, key_prefix: 
             f"{key_prefix}.backend",
             f"backend {name!r} needs a missing dependency ({exc.name or exc}): pip install 'tornado-signin[{name}]'",
         ) from exc
-    try:
-        store = factory(**(options or {}))
-    except TypeError as exc:
-        raise ConfigError(f"{key_prefix}", f"backend {name!r} rejected its options: {exc}") from exc
-    except StorageError:
-        raise
+    _check_options(factory, name, options or {}, key_prefix)
+    store = factory(**(options or {}))
     if not isinstance(store, TokenStore):
         raise ConfigError(f"{key_prefix}.backend", f"{ep.value} does not build a TokenStore")
     return store
