@@ -95,15 +95,21 @@ class MemoryHub(ConfirmationHub):
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._records: dict[str, tuple[float, Message]] = {}
         self._consumed: dict[str, float] = {}
+        # Sizes at which the next clean-up runs: twice what survived the last
+        # one, so a map full of live entries is not rescanned on every call.
+        self._records_limit = 1024
+        self._consumed_limit = 4096
         self.clock = clock
 
     def _expire(self) -> None:
         now = self.clock()
         # Amortised clean-up: stale entries are dropped when the maps grow.
-        if len(self._records) > 1024:
+        if len(self._records) > self._records_limit:
             self._records = {k: v for k, v in self._records.items() if v[0] > now}
-        if len(self._consumed) > 4096:
+            self._records_limit = max(1024, 2 * len(self._records))
+        if len(self._consumed) > self._consumed_limit:
             self._consumed = {k: v for k, v in self._consumed.items() if v > now}
+            self._consumed_limit = max(4096, 2 * len(self._consumed))
 
     async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
         if record:
