@@ -24,8 +24,9 @@ SQLite and PostgreSQL, ``INSERT … ON DUPLICATE KEY UPDATE col = CASE … END``
 MySQL/MariaDB, whose CASEs implement :func:`tornado_signin.store.merge_records`.
 MySQL applies those assignments left to right, so a later CASE reading a
 column already assigned would see the new value: the issue-time columns that
-the conditions read are therefore assigned last. The merged row is read back
-in the same transaction, while the row lock is still held. Deadlocks and lock
+the conditions read are therefore assigned last. The merged row comes back
+from the statement itself (``RETURNING``: SQLite >= 3.35, PostgreSQL) or, on
+MySQL/MariaDB, is read back in the same transaction while the row lock is held. Deadlocks and lock
 timeouts (possible on MySQL under concurrent upserts) and SQLite "database is
 locked" are retried a few times; the statement is idempotent per transaction.
 
@@ -302,7 +303,12 @@ class SQLTokenStore(TokenStore):
 
         self._table = _define_table(table)
         self._dialect = backend
+        # One round trip where the database can return the merged row
+        # (SQLite >= 3.35, PostgreSQL): half the cost of a save on SQLite.
+        self._returning = backend not in _MYSQL_DIALECTS and bool(getattr(self._engine.dialect, "insert_returning", False))
         self._upsert = self._build_upsert()
+        if self._returning:
+            self._upsert = self._upsert.returning(*self._table.c)
         self._label = f"{parsed.render_as_string(hide_password=True)} table {table}"
         self._create_table = create_table
         self._schema_ready = False
@@ -419,6 +425,8 @@ class SQLTokenStore(TokenStore):
         statement, row = self._upsert, _incoming_row(record, time.time())
 
         def merge(conn: Connection) -> Any:
+            if self._returning:
+                return conn.execute(statement, row).one()
             conn.execute(statement, row)
             return conn.execute(select(table).where(table.c.sub == record.sub)).one()
 
