@@ -1,0 +1,44 @@
+"""Constants and small helpers shared by the benchmark's processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Any
+
+CLIENT_ID = "bench-client.apps.googleusercontent.com"
+CLIENT_SECRET = "GOCSPX-bench-secret-0123456789"
+COOKIE_SECRET = "bench-cookie-secret-" + "y" * 32
+#: A fixed Fernet key: the benchmark's databases are throwaway.
+ENCRYPTION_KEY = "i1VfQpUsE4-3xKp5mQ8mGmRVO0xg7H4vV1N4yD1tQ2k="
+SCOPE = "openid email profile"
+#: Core of the server under test; the load generator, the emulator (and Redis) get the other one.
+SERVER_CPU = 0
+LOAD_CPU = 1
+
+UPSERT_SQL = (
+    "INSERT INTO tokens (sub, email, refresh_token, access_token, expiry, updated) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(sub) DO UPDATE SET email = excluded.email, "
+    "refresh_token = COALESCE(excluded.refresh_token, tokens.refresh_token), "
+    "access_token = excluded.access_token, expiry = excluded.expiry, updated = excluded.updated"
+)
+CREATE_SQL = (
+    "CREATE TABLE IF NOT EXISTS tokens (sub TEXT PRIMARY KEY, email TEXT, refresh_token TEXT, "
+    "access_token TEXT, expiry REAL, updated REAL)"
+)
+
+
+def fetch_json(url: str, data: bytes | None = None, timeout: float = 30.0) -> Any:
+    """GET (or POST ``data``) ``url`` on the loopback and return its JSON."""
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def pin(cpu: int) -> None:
+    """Pin this process (and the threads it starts later) to ``cpu`` when the machine has it."""
+    if hasattr(os, "sched_setaffinity") and cpu in os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
