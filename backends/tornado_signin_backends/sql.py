@@ -278,6 +278,7 @@ class SQLTokenStore(TokenStore):
         options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         connect_args: dict[str, Any] = {}
         self._serial: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._write_serial: contextlib.AbstractContextManager[Any] = self._serial
         in_memory = backend == "sqlite" and (
             parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
         )
@@ -287,7 +288,12 @@ class SQLTokenStore(TokenStore):
                 # One connection holds the whole database; the lock keeps one
                 # transaction at a time on it.
                 options["poolclass"] = StaticPool
-                self._serial = threading.RLock()
+                self._serial = self._write_serial = threading.RLock()
+            else:
+                # SQLite has one writer at a time. Threads of this process queue
+                # on a lock rather than in SQLite's busy handler, which sleeps
+                # 1-100 ms between retries while the GIL delays the holder.
+                self._write_serial = threading.Lock()
         extra = dict(engine_options or {})
         connect_args.update(extra.pop("connect_args", {}) or {})
         options.update(extra)
@@ -346,7 +352,7 @@ class SQLTokenStore(TokenStore):
         self._ensure_schema()
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                with self._serial:
+                with self._write_serial if write else self._serial:
                     if write:
                         with self._engine.begin() as conn:
                             return work(conn)
