@@ -73,19 +73,26 @@ class EncryptingStore(TokenStore):
             access_token=self.cipher.encrypt(record.access_token) if record.access_token else None,
         )
 
-    def _open(self, record: TokenRecord | None) -> TokenRecord | None:
+    def _open(self, record: TokenRecord | None, known: dict[str, str] | None = None) -> TokenRecord | None:
+        # ``known`` maps ciphertexts this process just made to their plaintext:
+        # what a save wrote back need not be decrypted again.
         if record is None:
             return None
+        known = known or {}
         return record.replace(
-            refresh_token=self.cipher.decrypt(record.refresh_token) if record.refresh_token else None,
-            access_token=self.cipher.decrypt(record.access_token) if record.access_token else None,
+            refresh_token=(known.get(record.refresh_token) or self.cipher.decrypt(record.refresh_token))
+            if record.refresh_token else None,
+            access_token=(known.get(record.access_token) or self.cipher.decrypt(record.access_token))
+            if record.access_token else None,
         )
 
     def get(self, sub: str) -> TokenRecord | None:
         return self._open(self.inner.get(sub))
 
     def save(self, record: TokenRecord) -> TokenRecord:
-        return self._open(self.inner.save(self._seal(record)))
+        sealed = self._seal(record)
+        known = {sealed.refresh_token: record.refresh_token, sealed.access_token: record.access_token}
+        return self._open(self.inner.save(sealed), {k: v for k, v in known.items() if k and v})
 
     def delete(self, sub: str) -> bool:
         return self.inner.delete(sub)
