@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     path, top = argv[0], int(argv[1]) if len(argv) > 1 else 25
     inclusive: collections.Counter = collections.Counter()
     own: collections.Counter = collections.Counter()
+    per_file: collections.Counter = collections.Counter()
     threads: collections.Counter = collections.Counter()
     busy = idle = 0
     for line in open(path):
@@ -38,11 +39,15 @@ def main(argv: list[str] | None = None) -> None:
         for frame in set(frames):
             inclusive[frame] += n
         own[leaf] += n
+        per_file[leaf.rpartition("(")[2].split(":")[0]] += n
     print(f"busy samples {busy}, idle {idle}")
     for name, n in threads.most_common(6):
         print(f"  {100 * n / busy:5.1f}%  {name}")
     print("inclusive:")
     for name, n in inclusive.most_common(top):
+        print(f"  {100 * n / busy:5.1f}%  {name}")
+    print("self, by file:")
+    for name, n in per_file.most_common(top):
         print(f"  {100 * n / busy:5.1f}%  {name}")
     print("self:")
     for name, n in own.most_common(top):

@@ -94,14 +94,20 @@ class Fleet:
         self.ports: dict[str, int] = {}
         self.with_scale = with_scale
 
-    def start(self, name: str, argv: list[str], port: int, *, cpu: int | None, env: dict | None = None) -> None:
-        if cpu is not None and shutil.which("taskset"):
+    def start(self, name: str, argv: list[str], port: int, *, cpu: int | None, env: dict | None = None,
+              wait: bool = True) -> None:
+        if cpu is not None and shutil.which("taskset") and cpu < (os.cpu_count() or 1):
             argv = ["taskset", "-c", str(cpu), *argv]
         log = open(self.workdir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(env or {})}, start_new_session=True)
         self.ports[name] = port
-        wait_port(port, self.procs[name])
+        if wait:
+            wait_port(port, self.procs[name])
+
+    def wait_all(self) -> None:
+        for name, proc in self.procs.items():
+            wait_port(self.ports[name], proc)
 
     def start_all(self) -> None:
         ports = {name: free_port() for name in ("emulator", *SCENARIOS, "redis")}
@@ -113,15 +119,16 @@ class Fleet:
         server = [PYTHON, "-m", "bench.servers"]
         for kind in ("ceiling", "mixin", "echo"):
             self.start(kind, [*server, kind, "--port", str(ports[kind]), "--emulator", emulator_url,
-                              "--db", str(self.workdir / f"{kind}.db")], ports[kind], cpu=SERVER_CPU)
+                              "--db", str(self.workdir / f"{kind}.db")], ports[kind], cpu=SERVER_CPU, wait=False)
         self.start("signin", [*server, "signin", "--port", str(ports["signin"]), "--emulator", emulator_url,
-                              "--db", str(self.workdir / "signin.db")], ports["signin"], cpu=SERVER_CPU)
+                              "--db", str(self.workdir / "signin.db")], ports["signin"], cpu=SERVER_CPU, wait=False)
         self.start("flask", [PYTHON, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{ports['flask']}",
                              "--log-level", "warning", "bench.flask_peer:app"], ports["flask"], cpu=SERVER_CPU,
-                   env={"BENCH_EMULATOR": emulator_url, "BENCH_DB": str(self.workdir / "flask.db")})
+                   env={"BENCH_EMULATOR": emulator_url, "BENCH_DB": str(self.workdir / "flask.db")}, wait=False)
         if self.with_scale:
             self.start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no"], ports["redis"], cpu=LOAD_CPU)
+                                 "--save", "", "--appendonly", "no"], ports["redis"], cpu=LOAD_CPU, wait=False)
+            self.wait_all()
             redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
             for name, processes, cpu in (("signin_1p_redis", 1, SERVER_CPU), ("signin_2p_redis", 2, None)):
                 config = self.workdir / f"{name}.json"
@@ -129,9 +136,10 @@ class Fleet:
                 self.start(name, [PYTHON, "-m", "tornado_signin.cli", "serve", "--config", str(config),
                                   "--processes", str(processes)], ports[name], cpu=cpu,
                            env={"BENCH_CLIENT_SECRET": CLIENT_SECRET, "BENCH_COOKIE_SECRET": COOKIE_SECRET,
-                                "BENCH_ENCRYPTION_KEY": ENCRYPTION_KEY})
+                                "BENCH_ENCRYPTION_KEY": ENCRYPTION_KEY}, wait=False)
             self.start("ceiling_2p", [*server, "ceiling", "--port", str(ports["ceiling_2p"]), "--emulator",
-                                      emulator_url, "--processes", "2"], ports["ceiling_2p"], cpu=None)
+                                      emulator_url, "--processes", "2"], ports["ceiling_2p"], cpu=None, wait=False)
+        self.wait_all()
 
     def cli_config(self, port: int, emulator: str, redis_url: str, name: str) -> dict:
         return {
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="wait (up to 10 min) until the 1-minute load average is below this")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup, args.rounds, args.sockets, args.probes = 0.6, 0.3, 1, 200, 50
+        args.duration, args.warmup, args.rounds, args.sockets, args.probes = 0.5, 0.3, 1, 200, 50
         args.scenarios = ",".join(MAIN)
     scenarios = [s for s in args.scenarios.split(",") if s]
     if args.max_load is not None:
@@ -339,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fleet.start_all()
         warm = argparse.Namespace(**{**vars(args), "duration": max(args.warmup, 0.3), "warmup": 0.2})
-        for scenario in scenarios:  # warm-up: every server, once, unmeasured
+        for scenario in scenarios if not args.smoke else ():  # warm-up: every server, once, unmeasured
             measure(fleet, scenario, warm, estimate)
         for index in range(args.rounds):
             order = scenarios[index % len(scenarios):] + scenarios[:index % len(scenarios)]
