@@ -17,20 +17,32 @@ benchmark only:
   single-use, expiring code, the redirect_uri check, the JSON reply. Tokens
   are valid for an hour, so the pool outlives any run.
   ``--sign-per-request`` restores the emulator's own signing.
+* ``--token-port``: the token endpoint is also served on a second port by a
+  minimal asyncio HTTP/1.1 server (keep-alive) calling the same emulator
+  state: client authentication, ``State.exchange_code`` (single use, expiry,
+  redirect_uri), ``Emulator.token_response``, Google's error bodies. Tornado's
+  HTTP layer costs about as much per request in the emulator as in the server
+  under test, so with it the emulator's core, shared with the load generator,
+  saturated before the ceiling server's core did; this one costs a fraction.
+  The servers under test use this port as their ``token_uri``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
+import json
 import logging
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
 
 import tornado.web
 
 from tornado_signin.emulator import Emulator, EmulatorClient, TestAccount
 from tornado_signin.emulator.keys import at_hash
-from tornado_signin.emulator.state import IssuedTokens, _new_token, expand_scopes
+from tornado_signin.emulator.state import IssuedTokens, OAuthError, _new_token, expand_scopes
 
 from .common import CLIENT_ID, CLIENT_SECRET, SCOPE
 
@@ -88,6 +100,62 @@ class MintBatchHandler(tornado.web.RequestHandler):
         self.write({"codes": self.emulator.mint_batch(min(max(count, 1), 200_000))})
 
 
+class TokenProtocol(asyncio.Protocol):
+    """``POST /token`` (authorization_code grant, client_secret_post) over a bare keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, emulator: BenchEmulator) -> None:
+        self.emulator = emulator
+        self.buffer = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].decode("latin-1")
+            length, authorization = 0, ""
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "authorization":
+                    authorization = value.strip()
+            if len(self.buffer) < end + 4 + length:
+                return
+            body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+            status, payload = self.answer(head.split(" ", 2)[:2], body, authorization)
+            raw = json.dumps(payload).encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                                 b"Cache-Control: no-cache, no-store, max-age=0, must-revalidate\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % (status, b"OK" if status == 200 else b"Bad Request",
+                                                                    len(raw)) + raw)
+
+    def answer(self, request_line: list[str], body: bytes, authorization: str) -> tuple[int, dict]:
+        if request_line != ["POST", "/token"]:
+            return 404, {"error": "not_found", "error_description": "Not Found"}
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        state = self.emulator.state
+        try:
+            if form.get("grant_type") != "authorization_code":
+                raise OAuthError("unsupported_grant_type", f"Invalid grant_type: {form.get('grant_type')}")
+            client_id, client_secret = form.get("client_id"), form.get("client_secret")
+            if authorization.lower().startswith("basic "):  # client_secret_basic (requests-oauthlib's default)
+                client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+                client_id, client_secret = unquote_plus(client_id), unquote_plus(client_secret)
+            client = state.authenticate(client_id, client_secret)
+            issued = state.exchange_code(client, form.get("code"), form.get("redirect_uri"))
+        except OAuthError as exc:
+            return (401 if exc.error == "invalid_client" else 400), {"error": exc.error,
+                                                                   "error_description": exc.description}
+        self.emulator.stats["token.authorization_code"] += 1
+        return 200, self.emulator.token_response(issued, client, "token.authorization_code")
+
+
 def make_bench_app(emulator: BenchEmulator) -> tornado.web.Application:
     """Return the emulator's application plus ``POST /bench/mint``."""
     app = emulator.make_app()
@@ -101,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--origin", action="append", default=[], help="allowed JavaScript origin of the client")
     parser.add_argument("--sign-per-request", action="store_true")
+    parser.add_argument("--token-port", type=int, help="also serve POST /token on this port (bare asyncio HTTP)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = f"http://127.0.0.1:{args.port}"
@@ -112,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
             sign_per_request=args.sign_per_request,
         )
         make_bench_app(emulator).listen(args.port, address="127.0.0.1")
+        if args.token_port:
+            await asyncio.get_running_loop().create_server(lambda: TokenProtocol(emulator), "127.0.0.1",
+                                                           args.token_port)
         print("ready", flush=True)
         await asyncio.Event().wait()
 

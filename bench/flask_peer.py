@@ -1,7 +1,7 @@
 """The Flask peer: google-auth-oauthlib's ``Flow.fetch_token``, google-auth verification, a sqlite3 upsert.
 
 Run by bench.run as ``gunicorn -w 2 bench.flask_peer:app`` (sync workers) with
-``BENCH_EMULATOR`` (the emulator's URL) and ``BENCH_DB`` (the SQLite file) in
+``BENCH_EMULATOR`` (the emulator's URL) and ``BENCH_DB`` (the SQLite file), ``BENCH_TOKEN_URI`` in
 the environment. ``POST /exchange`` with the code as the body, like the
 other peers. A Flow per request, as the library's examples do.
 """
@@ -21,7 +21,8 @@ from .servers import open_peer_db, peer_store, verify_peer  # noqa: E402
 
 EMULATOR = os.environ.get("BENCH_EMULATOR", "http://127.0.0.1:8081")
 CLIENT_CONFIG = {"web": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                         "auth_uri": EMULATOR + "/o/oauth2/v2/auth", "token_uri": EMULATOR + "/token"}}
+                         "auth_uri": EMULATOR + "/o/oauth2/v2/auth",
+                         "token_uri": os.environ.get("BENCH_TOKEN_URI", EMULATOR + "/token")}}
 SCOPES = ["openid", "https://www.googleapis.com/auth/userinfo.email",
           "https://www.googleapis.com/auth/userinfo.profile"]
 

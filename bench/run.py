@@ -86,8 +86,10 @@ def tree_cpu_seconds(pid: int) -> float:
 class Fleet:
     """The processes of one benchmark run; stopped (by pid) at exit."""
 
-    def __init__(self, workdir: Path, smoke: bool, with_scale: bool, profile: str | None = None) -> None:
+    def __init__(self, workdir: Path, smoke: bool, with_scale: bool, profile: str | None = None,
+                 tornado_token: bool = False) -> None:
         self.profile = profile
+        self.tornado_token = tornado_token
         self.workdir = workdir
         self.smoke = smoke
         self.procs: dict[str, subprocess.Popen] = {}
@@ -110,13 +112,16 @@ class Fleet:
             wait_port(self.ports[name], proc)
 
     def start_all(self) -> None:
-        ports = {name: free_port() for name in ("emulator", *SCENARIOS, "redis")}
+        ports = {name: free_port() for name in ("emulator", "token", *SCENARIOS, "redis")}
         emulator_url = f"http://127.0.0.1:{ports['emulator']}"
         self.emulator_url = emulator_url
+        token_uri = emulator_url + "/token" if self.tornado_token else f"http://127.0.0.1:{ports['token']}/token"
         accounts = ["--accounts", "5"] if self.smoke else ["--accounts", "100"]
-        self.start("emulator", [PYTHON, "-m", "bench.emulator", "--port", str(ports["emulator"]), *accounts],
-                   ports["emulator"], cpu=LOAD_CPU)
-        server = [PYTHON, "-m", "bench.servers"]
+        self.start("emulator", [PYTHON, "-m", "bench.emulator", "--port", str(ports["emulator"]), *accounts,
+                                "--token-port", str(ports["token"])], ports["emulator"], cpu=LOAD_CPU)
+        wait_port(ports["token"], self.procs["emulator"])
+        self.token_uri = token_uri
+        server = [PYTHON, "-m", "bench.servers", "--token-uri", token_uri]
         for kind in ("ceiling", "mixin", "echo"):
             self.start(kind, [*server, kind, "--port", str(ports[kind]), "--emulator", emulator_url,
                               "--db", str(self.workdir / f"{kind}.db")], ports[kind], cpu=SERVER_CPU, wait=False)
@@ -124,7 +129,8 @@ class Fleet:
                               "--db", str(self.workdir / "signin.db")], ports["signin"], cpu=SERVER_CPU, wait=False)
         self.start("flask", [PYTHON, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{ports['flask']}",
                              "--log-level", "warning", "bench.flask_peer:app"], ports["flask"], cpu=SERVER_CPU,
-                   env={"BENCH_EMULATOR": emulator_url, "BENCH_DB": str(self.workdir / "flask.db")}, wait=False)
+                   env={"BENCH_EMULATOR": emulator_url, "BENCH_DB": str(self.workdir / "flask.db"),
+                        "BENCH_TOKEN_URI": token_uri}, wait=False)
         if self.with_scale:
             self.start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no"], ports["redis"], cpu=LOAD_CPU, wait=False)
@@ -149,7 +155,7 @@ class Fleet:
                        "allowed_origins": [f"http://127.0.0.1:{port}"]},
             "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "BENCH_CLIENT_SECRET"},
                        "client_script_url": emulator + "/gsi/client",
-                       "endpoints": {"auth_uri": emulator + "/o/oauth2/v2/auth", "token_uri": emulator + "/token",
+                       "endpoints": {"auth_uri": emulator + "/o/oauth2/v2/auth", "token_uri": self.token_uri,
                                      "certs_uri": emulator + "/oauth2/v1/certs",
                                      "revoke_uri": emulator + "/revoke"}},
             "store": {"backend": "sql", "url": f"sqlite:///{self.workdir / (name + '.db')}",
@@ -192,13 +198,15 @@ def measure(fleet: Fleet, scenario: str, args: argparse.Namespace, estimate: dic
                                               warmup=args.warmup, duration=args.duration))
         await asyncio.sleep(args.warmup)
         spy = None
-        if args.profile == scenario:
+        target = (args.profile or "").split(":")
+        if target[0] == scenario:
+            profiled = fleet.procs["emulator" if target[1:] == ["emulator"] else server].pid
             # Sampled during the measured window only, from the load generator's core.
             spy = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), shutil.which("py-spy") or
                                     str(Path(PYTHON).parent / "py-spy"), "record", "--pid",
-                                    str(fleet.procs[server].pid), "--subprocesses", "--gil", "--rate", "200",
+                                    str(profiled), "--subprocesses", "--gil", "--rate", "200",
                                     "--duration", str(int(args.duration)), "--format", "raw", "--nonblocking",
-                                    "-o", str(Path(args.out) / f"profile-{scenario}.txt")],
+                                    "-o", str(Path(args.out) / f"profile-{'-'.join(target)}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0 = (tree_cpu_seconds(fleet.procs[server].pid), time.process_time(),
                 tree_cpu_seconds(fleet.procs["emulator"].pid))
@@ -318,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sockets", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="a few seconds: one short round, 200 sockets")
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--profile", metavar="SCENARIO", help="sample SCENARIO's server with py-spy during its measured window (raw stacks in --out)")
+    parser.add_argument("--profile", metavar="SCENARIO", help="sample SCENARIO's server (SCENARIO:emulator: the emulator) with py-spy during its measured window "
+                             "(raw stacks in --out)")
+    parser.add_argument("--tornado-token-endpoint", action="store_true",
+                        help="exchange codes at the emulator's own (Tornado) /token instead of its bare-asyncio twin")
     parser.add_argument("--max-load", type=float, default=None,
                         help="wait (up to 10 min) until the 1-minute load average is below this")
     args = parser.parse_args(argv)
@@ -336,11 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         "started": started, "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "duration": args.duration, "warmup": args.warmup, "rounds": args.rounds, "connections": args.connections,
         "smoke": args.smoke, "python": sys.version.split()[0],
+        "token_endpoint": "tornado" if args.tornado_token_endpoint else "bare-asyncio",
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip(),
     }
     workdir = Path(tempfile.mkdtemp(prefix="tornado-signin-bench-"))
-    fleet = Fleet(workdir, args.smoke, with_scale=any(s in SCALE for s in scenarios), profile=args.profile)
+    fleet = Fleet(workdir, args.smoke, with_scale=any(s in SCALE for s in scenarios), profile=args.profile,
+                  tornado_token=args.tornado_token_endpoint)
     rounds: list[dict[str, Any]] = []
     sockets = None
     estimate: dict[str, float] = {}

@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 from .common import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, CREATE_SQL, ENCRYPTION_KEY, UPSERT_SQL, fetch_json
 
 
-def signin_config(port: int, emulator: str, db: str, hub_url: str | None = None) -> Any:
+def signin_config(port: int, emulator: str, db: str, hub_url: str | None = None, token_uri: str | None = None) -> Any:
     """Return the tornado-signin Config the benchmark serves."""
     from tornado_signin.config import config_from_dict
 
@@ -45,7 +45,7 @@ def signin_config(port: int, emulator: str, db: str, hub_url: str | None = None)
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "client_script_url": emulator + "/gsi/client",
-            "endpoints": {"auth_uri": emulator + "/o/oauth2/v2/auth", "token_uri": emulator + "/token",
+            "endpoints": {"auth_uri": emulator + "/o/oauth2/v2/auth", "token_uri": token_uri or emulator + "/token",
                           "certs_uri": emulator + "/oauth2/v1/certs", "revoke_uri": emulator + "/revoke"},
         },
         "store": {"backend": "sql", "url": f"sqlite:///{db}", "encryption": {"keys": [ENCRYPTION_KEY]}},
@@ -64,7 +64,7 @@ def serve_signin(args: argparse.Namespace) -> None:
 
     from tornado_signin.app import make_app, make_server
 
-    config = signin_config(args.port, args.emulator, args.db, args.hub_url)
+    config = signin_config(args.port, args.emulator, args.db, args.hub_url, args.token_uri)
     logging.basicConfig(level=logging.WARNING)
     sockets = bind_sockets(args.port, address="127.0.0.1", reuse_port=args.reuse_port)
 
@@ -95,7 +95,7 @@ def serve_ceiling(args: argparse.Namespace) -> None:
     from tornado.httpclient import HTTPRequest
     from tornado.web import Application, RequestHandler
 
-    token_uri = args.emulator + "/token"
+    token_uri = args.token_uri
 
     class ExchangeHandler(RequestHandler):
         def initialize(self, http: Any) -> None:
@@ -161,7 +161,7 @@ def serve_mixin(args: argparse.Namespace) -> None:
     db = open_peer_db(args.db)
 
     class ExchangeHandler(RequestHandler, GoogleOAuth2Mixin):
-        _OAUTH_ACCESS_TOKEN_URL = args.emulator + "/token"
+        _OAUTH_ACCESS_TOKEN_URL = args.token_uri
 
         async def post(self) -> None:
             tokens = await self.get_authenticated_user(redirect_uri="postmessage", code=self.request.body.decode())
@@ -221,9 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--emulator", default="")
     parser.add_argument("--db", default=os.devnull)
     parser.add_argument("--hub-url")
+    parser.add_argument("--token-uri", help="the token endpoint (default: the emulator's /token)")
     parser.add_argument("--reuse-port", action="store_true")
     parser.add_argument("--processes", type=int, default=1, help="ceiling: fork this many processes")
     args = parser.parse_args(argv)
+    args.token_uri = args.token_uri or args.emulator + "/token"
     {"ceiling": serve_ceiling, "signin": serve_signin, "mixin": serve_mixin, "echo": serve_echo}[args.kind](args)
 
 
