@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="wait (up to 10 min) until the 1-minute load average is below this")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup, args.rounds, args.sockets, args.probes = 0.5, 0.3, 1, 200, 50
+        args.duration, args.warmup, args.rounds, args.sockets, args.probes = 1.0, 0.3, 1, 200, 50
         args.scenarios = ",".join(MAIN)
     scenarios = [s for s in args.scenarios.split(",") if s]
     if args.max_load is not None:
