@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,30 @@ def redis_url() -> str:
 def unique_name() -> str:
     """A name no other test uses (tables, channels, keys), so tests can share servers."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+CHROMIUM = "/usr/bin/chromium"
+#: Debian's Chromium on this machine: no sandbox as root, and nothing that reaches the network.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's headless Chromium driven by Playwright (never `playwright install`).
+
+    Module-scoped: Playwright's sync API runs its own event loop, which must
+    not outlive the module into pytest-tornado's IOLoop tests.
+    """
+    if not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail("Debian's chromium is not installed; .ci/run must install it")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield browser
+        browser.close()

@@ -9,68 +9,30 @@ picks an account in the emulator's popup, presses ``#approve``, and reads
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
+from procs import free_port, wait_port
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open")
-
-
-@pytest.fixture(scope="module")
-def playwright_browser():
-    if not Path(CHROMIUM).exists():
-        if IN_CI:
-            pytest.fail("Debian's chromium is not installed; .ci/run must install it")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield browser
-        browser.close()
+@pytest.fixture
+def playwright_browser(chromium):
+    return chromium
 
 
 def start_demo(folder: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port, emulator_port = _free_port(), _free_port()
+    port, emulator_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tornado_signin.cli", "serve", "--port", str(port),
          "--emulator-port", str(emulator_port), *extra],
         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    _wait_port(port, process)
-    _wait_port(emulator_port, process)
+    wait_port(port, proc=process, timeout=20)
+    wait_port(emulator_port, proc=process, timeout=20)
     return process, f"http://127.0.0.1:{port}"
 
 

@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import IN_CI
 from tornado_signin.emulator import EmulatorClient, EmulatorThread
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 CLIENT_ID = "browser.apps.googleusercontent.com"
 
 HOST_PAGE = """<!DOCTYPE html>
@@ -52,17 +49,8 @@ HOST_PAGE = """<!DOCTYPE html>
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if IN_CI:
-            pytest.fail("Debian's chromium is not installed; .ci/run must install it")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield chromium
-        chromium.close()
+def browser(chromium):
+    return chromium
 
 
 @pytest.fixture(scope="module")
