@@ -204,7 +204,7 @@ class LoadResult:
 async def run_load(kind: str, ports: list[int], codes: list[str], *, connections: int, warmup: float,
                    duration: float, websockets: bool = True) -> LoadResult:
     """Drive ``kind`` ("exchange": one POST /exchange per login; "login": GET /state + POST
-    /storeauthcode; "echo": GET /) with ``connections`` virtual clients spread over ``ports``.
+    /storeauthcode; "state": GET /state alone; "echo": GET /) with ``connections`` virtual clients spread over ``ports``.
 
     Return the LoadResult of the ``duration`` seconds after ``warmup``.
     """
@@ -221,15 +221,19 @@ async def run_load(kind: str, ports: list[int], codes: list[str], *, connections
         jar: dict[str, str] = {}
         origin = f"Origin: http://127.0.0.1:{port}\r\n"
         try:
-            if kind == "login":
+            if kind in ("login", "state"):
                 status, headers, _ = await http.request("GET", "/state")
                 _cookies(headers, jar)
-                if websockets:
+                if websockets and kind == "login":
                     sockets.append(await open_socket(port, _cookie_header(jar)))
             while loop.time() < window[1]:
                 began = loop.time()
                 if kind == "echo":
                     status, headers, _ = await http.request("GET", "/")
+                    ok = status == 200
+                elif kind == "state":
+                    status, headers, _ = await http.request("GET", "/state", headers=_cookie_header(jar))
+                    _cookies(headers, jar)
                     ok = status == 200
                 else:
                     if not codes:

@@ -40,11 +40,12 @@ SCENARIOS = {
     "mixin": ("mixin", "exchange"),
     "flask": ("flask", "exchange"),
     "echo": ("echo", "echo"),
+    "signin_state_only": ("signin", "state"),
     "signin_1p_redis": ("signin_1p_redis", "login"),
     "signin_2p_redis": ("signin_2p_redis", "login"),
     "ceiling_2p": ("ceiling_2p", "exchange"),
 }
-MAIN = ("ceiling", "signin", "mixin", "flask", "echo")
+MAIN = ("ceiling", "signin", "mixin", "flask", "echo", "signin_state_only")
 SCALE = ("signin_1p_redis", "signin_2p_redis", "ceiling_2p")
 
 
@@ -98,8 +99,10 @@ class Fleet:
 
     def start(self, name: str, argv: list[str], port: int, *, cpu: int | None, env: dict | None = None,
               wait: bool = True) -> None:
-        if cpu is not None and shutil.which("taskset") and cpu < (os.cpu_count() or 1):
-            argv = ["taskset", "-c", str(cpu), *argv]
+        if shutil.which("taskset") and (cpu is None or cpu < (os.cpu_count() or 1)):
+            # Unpinned means every CPU: children would otherwise inherit this process's pin to LOAD_CPU.
+            every = ",".join(str(c) for c in range(os.cpu_count() or 1))
+            argv = ["taskset", "-c", every if cpu is None else str(cpu), *argv]
         log = open(self.workdir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(env or {})}, start_new_session=True)
@@ -190,7 +193,7 @@ def measure(fleet: Fleet, scenario: str, args: argparse.Namespace, estimate: dic
     """Run one scenario once; return its summary."""
     server, kind = SCENARIOS[scenario]
     port = fleet.ports[server]
-    need = 0 if kind == "echo" else int(estimate.get(scenario, 3000) * (args.warmup + args.duration) * 1.6) + 500
+    need = 0 if kind in ("echo", "state") else int(estimate.get(scenario, 3000) * (args.warmup + args.duration) * 1.6) + 500
     codes = mint(fleet.emulator_url, need) if need else []
 
     async def go() -> Any:

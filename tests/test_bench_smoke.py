@@ -28,7 +28,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert set(report) >= {"meta", "rounds", "sockets", "analysis"}
     assert report["meta"]["smoke"] is True
     (results,) = report["rounds"]
-    assert set(results) == {"ceiling", "signin", "mixin", "flask", "echo"}
+    assert set(results) == {"ceiling", "signin", "mixin", "flask", "echo", "signin_state_only"}
     for name, result in results.items():
         assert result["throughput"] > 0, name
         assert result["completed"] > 0, name
