@@ -298,6 +298,12 @@ def table(report: dict[str, Any]) -> str:
     extra = report["analysis"]["ratios"].get("ceiling_two_vs_one")
     if extra is not None:
         lines.append(f"| (for scale: the ceiling's own two / one processes) | {extra:.2f} | | |")
+    sockets = report.get("sockets")
+    if sockets:
+        lines += ["", f"Sockets: {sockets['sockets']:,} opened in {sockets['open_seconds']:.1f} s ({sockets['failed']} "
+                      f"failed, {sockets['open_at_end']:,} still open at the end); server RSS {sockets['rss_before_mb']:.0f} "
+                      f"→ {sockets['rss_after_mb']:.0f} MB; delivery to one socket p50 {sockets['delivery_p50_ms']:.2f} ms, "
+                      f"p99 {sockets['delivery_p99_ms']:.2f} ms over {sockets['probes']:,} probes."]
     return "\n".join(lines)
 
 
@@ -387,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = "smoke.json" if args.smoke else f"{started.replace(':', '')}.json"
     (out / name).write_text(json.dumps(report, indent=2))
-    if not args.smoke:
+    if not args.smoke and out.resolve() == (HERE / "results").resolve():
         (out / "latest.json").write_text(json.dumps(report, indent=2))
         update_readme(table(report), meta)
     print(table(report))
