@@ -162,6 +162,7 @@ class Fleet:
                                      "certs_uri": emulator + "/oauth2/v1/certs",
                                      "revoke_uri": emulator + "/revoke"}},
             "store": {"backend": "sql", "url": f"sqlite:///{self.workdir / (name + '.db')}",
+                      "sqlite_synchronous": "NORMAL",
                       "encryption": {"keys": [{"$env": "BENCH_ENCRYPTION_KEY"}]}},
             "hub": {"backend": "redis", "url": redis_url},
             "limits": {"code_posts_per_minute": 100_000_000},

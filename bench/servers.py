@@ -48,7 +48,8 @@ def signin_config(port: int, emulator: str, db: str, hub_url: str | None = None,
             "endpoints": {"auth_uri": emulator + "/o/oauth2/v2/auth", "token_uri": token_uri or emulator + "/token",
                           "certs_uri": emulator + "/oauth2/v1/certs", "revoke_uri": emulator + "/revoke"},
         },
-        "store": {"backend": "sql", "url": f"sqlite:///{db}", "encryption": {"keys": [ENCRYPTION_KEY]}},
+        "store": {"backend": "sql", "url": f"sqlite:///{db}", "sqlite_synchronous": "NORMAL",
+                  "encryption": {"keys": [ENCRYPTION_KEY]}},
         # The rate limit stays on (its bookkeeping is part of every login) but high
         # enough that one loopback client is never refused.
         "limits": {"code_posts_per_minute": 100_000_000},
@@ -130,7 +131,7 @@ def open_peer_db(path: str) -> sqlite3.Connection:
     """Return a sqlite3 connection in WAL mode with the peers' table."""
     db = sqlite3.connect(path, timeout=30, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")  # as the product's sql backend
+    db.execute("PRAGMA synchronous = NORMAL")  # as the product's sql backend is configured here
     db.execute(CREATE_SQL)
     db.commit()
     return db
