@@ -91,6 +91,7 @@ def test_installed_client_secrets_are_refused(tmp_path):
     ({"store": {"encryption": {"keys": []}}}, "store.encryption.keys"),
     ({"hub": {"backend": "redis"}}, "hub.url"),
     ({"limits": {"max_body_bytes": 10_000_000}}, "limits.max_body_bytes"),
+    ({"limits": {"websocket_ping_interval": 20.0, "websocket_ping_timeout": 30.0}}, "limits.websocket_ping_timeout"),
     ({"log_level": "LOUD"}, "log_level"),
     ({"colour": "blue"}, "colour"),
 ])

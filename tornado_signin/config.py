@@ -137,7 +137,8 @@ class LimitsConfig:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     websocket_ping_interval: float = 20.0
-    websocket_ping_timeout: float = 30.0
+    #: At most the ping interval (Tornado warns otherwise): a peer silent this long after a ping is dropped.
+    websocket_ping_timeout: float = 15.0
     websocket_max_message_bytes: int = 1024
     #: Code POSTs per client address per minute (0 disables).
     code_posts_per_minute: int = 30
@@ -448,6 +449,8 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
             limit_values[f.name] = lm.number(f.name, default)
         else:
             limit_values[f.name] = lm.integer(f.name, default)
+    if limit_values["websocket_ping_timeout"] > limit_values["websocket_ping_interval"] > 0:
+        raise ConfigError("limits.websocket_ping_timeout", "must not exceed limits.websocket_ping_interval")
     if limit_values["max_body_bytes"] > 64 * 1024:
         raise ConfigError("limits.max_body_bytes", "must be at most 65536: a one-time code is a few hundred bytes")
     lm.reject_unknown()
