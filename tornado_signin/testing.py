@@ -48,7 +48,7 @@ import pytest
 from .errors import StorageError
 from .store import MAX_SUB_LENGTH, TokenRecord, TokenStore, merge_records
 
-__all__ = ["TokenStoreContract", "full_record", "assert_process_safe", "EDGE_SUBS"]
+__all__ = ["TokenStoreContract", "full_record", "contended_record", "assert_process_safe", "EDGE_SUBS"]
 
 #: ``sub`` values every backend must keep apart and return unchanged.
 EDGE_SUBS = (
@@ -101,6 +101,25 @@ def full_record(sub: str = "108204268033311374519", **changes: Any) -> TokenReco
     return record.replace(**changes)
 
 
+def contended_record(sub: str, order: int, *, email: str) -> TokenRecord:
+    """Return save number ``order`` of a concurrency test: tokens issued at ``1000 + order``.
+
+    Every third save carries no refresh token, so the merge must keep the
+    newest one stored.
+    """
+    record = TokenRecord(
+        sub=sub,
+        email=email,
+        access_token=f"at-{order}",
+        access_token_issued_at=1000.0 + order,
+        access_token_expiry=5000.0 + order,
+        scopes=(f"scope-{order}",),
+    )
+    if order % 3 != 1:
+        record = record.replace(refresh_token=f"rt-{order}", refresh_token_issued_at=1000.0 + order)
+    return record
+
+
 def _same_fields(actual: TokenRecord | None, expected: TokenRecord, fields: tuple[str, ...] = _FIELDS) -> None:
     assert actual is not None, f"no record stored for {expected.sub!r}"
     for name in fields:
@@ -124,16 +143,7 @@ def _process_worker(
             barrier.wait(timeout=60)
             for step in range(saves):
                 order = step * processes + index
-                record = TokenRecord(
-                    sub=sub,
-                    email=f"p{index}@example.com",
-                    access_token=f"at-{order}",
-                    access_token_issued_at=1000.0 + order,
-                    access_token_expiry=5000.0 + order,
-                    scopes=(f"scope-{order}",),
-                )
-                if order % 3 != 1:
-                    record = record.replace(refresh_token=f"rt-{order}", refresh_token_issued_at=1000.0 + order)
+                record = contended_record(sub, order, email=f"p{index}@example.com")
                 merged = store.save(record)
                 outcome.append((order, record.refresh_token is not None, merged.refresh_token_issued_at,
                                 merged.access_token_issued_at))
@@ -455,17 +465,7 @@ class TokenStoreContract:
         lock = threading.Lock()
 
         def incoming(order: int) -> TokenRecord:
-            record = TokenRecord(
-                sub=sub,
-                email=f"t{order}@example.com",
-                access_token=f"at-{order}",
-                access_token_issued_at=1000.0 + order,
-                access_token_expiry=5000.0 + order,
-                scopes=(f"scope-{order}",),
-            )
-            if order % 3 != 1:
-                record = record.replace(refresh_token=f"rt-{order}", refresh_token_issued_at=1000.0 + order)
-            return record
+            return contended_record(sub, order, email=f"t{order}@example.com")
 
         def work(index: int) -> None:
             try:
