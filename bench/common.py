@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import urllib.request
 from typing import Any
 
+from cryptography.fernet import Fernet
+
+def _run_secret(name: str, make: Any) -> str:
+    """Return this run's value of secret ``name``: made once by the first process, inherited by the others.
+
+    The orchestrator imports this module first and its children inherit
+    ``os.environ``, so every process of one run shares the values; nothing
+    secret-looking is committed.
+    """
+    value = os.environ.get(name)
+    if not value:
+        value = os.environ[name] = make()
+    return value
+
+
 CLIENT_ID = "bench-client.apps.googleusercontent.com"
-CLIENT_SECRET = "GOCSPX-bench-secret-0123456789"
-COOKIE_SECRET = "bench-cookie-secret-" + "y" * 32
-#: A fixed Fernet key: the benchmark's databases are throwaway.
-ENCRYPTION_KEY = "i1VfQpUsE4-3xKp5mQ8mGmRVO0xg7H4vV1N4yD1tQ2k="
+CLIENT_SECRET = _run_secret("BENCH_RUN_CLIENT_SECRET", lambda: "GOCSPX-bench-" + secrets.token_urlsafe(18))
+COOKIE_SECRET = _run_secret("BENCH_RUN_COOKIE_SECRET", lambda: secrets.token_urlsafe(48))
+#: The benchmark's databases are throwaway: a key per run.
+ENCRYPTION_KEY = _run_secret("BENCH_RUN_ENCRYPTION_KEY", lambda: Fernet.generate_key().decode("ascii"))
 SCOPE = "openid email profile"
 #: Core of the server under test; the load generator, the emulator (and Redis) get the other one.
 SERVER_CPU = 0
