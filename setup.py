@@ -21,6 +21,10 @@ TEST = [
     "setuptools<81",
     "moto[dynamodb,server]>=5.0",
     "playwright>=1.40",
+    # The benchmark's peers, run by its CI smoke (tests/test_bench_smoke.py).
+    "flask>=3",
+    "gunicorn>=21",
+    "google-auth-oauthlib>=1.0",
 ]
 
 setup(
