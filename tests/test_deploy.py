@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 from harness import PageClient, json_body
 from procs import (

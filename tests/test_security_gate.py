@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket as socketlib
 import time
 
 import pytest

@@ -22,7 +22,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from harness import CLIENT_ID, json_body
+from harness import CLIENT_ID
 from security_oracle import assert_logs_clean, assert_rejected, close_stack, open_stack
 from tornado_signin.config import GoogleConfig
 from tornado_signin.errors import TokenVerificationError

@@ -28,7 +28,7 @@ from tornado.websocket import websocket_connect
 
 from harness import CLIENT_ID, CLIENT_SECRET, PageClient, Stack, json_body, make_config
 from security_oracle import assert_logs_clean, close_stack, drain, open_stack, session_of
-from tornado_signin.app import make_app, make_server
+from tornado_signin.app import make_app
 from tornado_signin.emulator import Emulator, EmulatorClient
 
 pytestmark = pytest.mark.gen_test(timeout=30)

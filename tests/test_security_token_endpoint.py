@@ -9,7 +9,6 @@ error codes), RFC 9700 §4.x, RFC 6819 §5.1.5.3 (no code replay), OWASP ASVS
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest

@@ -16,7 +16,7 @@ import socket as socketlib
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClosedError, WebSocketError, websocket_connect
+from tornado.websocket import WebSocketError, websocket_connect
 
 from harness import json_body
 from security_oracle import assert_logs_clean, close_stack, drain, open_stack, session_of

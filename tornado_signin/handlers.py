@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +22,6 @@ from .logctx import accept_request_id, request_id
 from .errors import (
     ClientConfigError,
     GoogleError,
-    GoogleProtocolError,
     GoogleUnavailableError,
     InvalidGrantError,
     OverloadedError,
@@ -182,6 +180,19 @@ class BaseHandler(RequestHandler):
         if not await self.ctx.hub.consume_once(f"state:{nonce}", self.ctx.states.ttl + 60):
             raise self.fail(403, "invalid state", "state reused")
 
+    async def publish(self, channel: str, frame: dict[str, Any], **extra: Any) -> None:
+        """Publish ``frame`` on ``channel``; a hub failure is logged, never raised (the request's own
+        answer already tells the page, and a reconnecting socket reads the record)."""
+        try:
+            await self.ctx.hub.publish(channel, {"frame": frame, **extra})
+        except Exception as exc:
+            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+
+    async def end_session(self, session: Session) -> None:
+        """Clear the session cookie and close the session's sockets (in every process)."""
+        self.clear_session()
+        await self.publish(session.sid, {"type": "signed_out"}, close=True)
+
     def require_session(self) -> Session:
         session = self.read_session()
         if session is None:
@@ -299,12 +310,6 @@ class StoreAuthCodeHandler(BaseHandler):
         finally:
             ctx.logins_in_flight -= 1
 
-    async def _publish(self, channel: str, frame: dict[str, Any], **extra: Any) -> None:
-        try:
-            await self.ctx.hub.publish(channel, {"frame": frame, **extra})
-        except Exception as exc:  # the login itself succeeded or failed already; the page can poll /state
-            log.error("confirmation hub publish failed: %s", type(exc).__name__)
-
     async def _complete(self, session: Session, code: str) -> None:
         ctx = self.ctx
         try:
@@ -323,20 +328,18 @@ class StoreAuthCodeHandler(BaseHandler):
         except GoogleUnavailableError as exc:
             await self._failed(session, "google unavailable", str(exc), 504, "google_unavailable")
             return
-        except (GoogleProtocolError, GoogleError) as exc:
+        except GoogleError as exc:
             await self._failed(session, "bad reply from google", str(exc), 502, "google_protocol")
             return
-        except StorageError as exc:
+        except (StorageError, OverloadedError) as exc:
             # Google spent the code and may have issued the only refresh token
             # we will ever get for this grant: steer the next sign-in through consent.
             log.error("tokens could not be stored after the exchange: %s", exc)
             self.write_session(Session(sid=session.sid, needs_consent=True))
-            await self._failed(session, "storage unavailable", None, 503, "storage_error")
-            return
-        except OverloadedError:
-            # As for StorageError: the code is spent, the next sign-in must ask for consent.
-            self.write_session(Session(sid=session.sid, needs_consent=True))
-            await self._failed(session, "server busy", "worker pool full after the exchange", 503, "overloaded")
+            if isinstance(exc, OverloadedError):
+                await self._failed(session, "server busy", None, 503, "overloaded")
+            else:
+                await self._failed(session, "storage unavailable", None, 503, "storage_error")
             return
 
         claims = outcome.claims
@@ -345,7 +348,7 @@ class StoreAuthCodeHandler(BaseHandler):
             log.info("sign-in needs consent again: no usable refresh token for this user")
             await self._revoke_stale_grant(outcome.record.access_token)
             self.write_session(Session(sid=session.sid, needs_consent=True))
-            await self._publish(session.sid, {"type": CONSENT_REQUIRED})
+            await self.publish(session.sid, {"type": CONSENT_REQUIRED})
             self.write_json({"status": CONSENT_REQUIRED}, 409)
             return
 
@@ -354,11 +357,12 @@ class StoreAuthCodeHandler(BaseHandler):
         # the old id are told to follow the new one.
         new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
         self.write_session(new_session)
-        frame = {"type": SIGNED_IN, "user": claims.public()}
-        await self._publish(new_session.sid, {"type": SIGNED_IN, "user": claims.public()})
-        await self._publish(session.sid, frame, rebind=new_session.sid)
+        user = claims.public()
+        frame = {"type": SIGNED_IN, "user": user}
+        await self.publish(new_session.sid, frame)
+        await self.publish(session.sid, frame, rebind=new_session.sid)
         log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
-        self.write_json({"status": SIGNED_IN, "user": claims.public()})
+        self.write_json({"status": SIGNED_IN, "user": user})
 
     async def _revoke_stale_grant(self, access_token: str | None) -> None:
         # Google issues a refresh token only on a grant's first consent. With
@@ -376,7 +380,7 @@ class StoreAuthCodeHandler(BaseHandler):
         self.ctx.metrics.inc("signin_logins_total", outcome=outcome)
         if log_message:
             log.warning("sign-in failed: %s", log_message)
-        await self._publish(session.sid, {"type": "failed", "reason": reason})
+        await self.publish(session.sid, {"type": "failed", "reason": reason})
         self.write_json({"error": reason}, status)
 
 
@@ -387,11 +391,7 @@ class SignoutHandler(BaseHandler):
         self.check_request_origin()
         session = self.require_session()
         await self.consume_state(session)
-        self.clear_session()
-        try:
-            await self.ctx.hub.publish(session.sid, {"frame": {"type": "signed_out"}, "close": True})
-        except Exception as exc:
-            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+        await self.end_session(session)
         self.write_json({"status": "signed_out"})
 
 
@@ -414,11 +414,7 @@ class DisconnectHandler(BaseHandler):
             raise self.fail(503, "storage unavailable") from exc
         except UnknownUserError:
             log.info("disconnect: user already forgotten")
-        self.clear_session()
-        try:
-            await self.ctx.hub.publish(session.sid, {"frame": {"type": "signed_out"}, "close": True})
-        except Exception as exc:
-            log.error("confirmation hub publish failed: %s", type(exc).__name__)
+        await self.end_session(session)
         self.write_json({"status": "disconnected"})
 
 

@@ -25,11 +25,11 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from .errors import ConfigError, StorageError
+from .errors import ConfigError
 
 __all__ = [
     "ENTRY_POINT_GROUP",

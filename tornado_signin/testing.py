@@ -43,8 +43,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from .errors import StorageError
 from .store import MAX_SUB_LENGTH, TokenRecord, TokenStore, merge_records
 

@@ -28,7 +28,6 @@ import tornado.iostream
 import tornado.web
 
 from .faults import Fault, FaultError
-from .keys import at_hash
 from .state import OAuthError, expand_scopes, format_scopes
 
 if TYPE_CHECKING:
