@@ -228,3 +228,8 @@ async def test_json_endpoints_carry_the_security_headers(stack, path):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert "no-store" in response.headers["Cache-Control"]
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert len(response.headers["X-Request-Id"]) >= 8
+    # Per-session, no-store answers: no server banner, nothing to revalidate.
+    assert "Server" not in response.headers and "Etag" not in response.headers

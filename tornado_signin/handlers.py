@@ -49,6 +49,14 @@ log = logging.getLogger(__name__)
 #: Google's one-time codes are URL-safe text ("4/0AX4Xf…"); nothing else is accepted.
 CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a trailing LF through
 STATE_HEADER = "X-Signin-State"
+#: On every response (the page's own CSP replaces the strict default one).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
 
 
 def origin_of(url: str) -> str | None:
@@ -82,15 +90,20 @@ class BaseHandler(RequestHandler):
         return rid
 
     def set_default_headers(self) -> None:
-        self.set_header("X-Request-Id", self.request_id)
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        headers = self._headers
+        # Constants (and an id accept_request_id has sanitised): assigned
+        # directly, skipping set_header's per-call value checks on every response.
+        for name, value in SECURITY_HEADERS:
+            headers[name] = value
+        headers["X-Request-Id"] = self.request_id
         if self.request.protocol == "https":
-            self.set_header("Strict-Transport-Security", "max-age=31536000")
-        self.clear_header("Server")
+            headers["Strict-Transport-Security"] = "max-age=31536000"
+        del headers["Server"]
+
+    def compute_etag(self) -> None:
+        # Every answer here is per-session and no-store: an ETag (a SHA-1 of
+        # each GET body) could never be used for revalidation.
+        return None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # The reason is a short fixed phrase chosen by the handler; exception
