@@ -40,12 +40,13 @@ SCENARIOS = {
     "mixin": ("mixin", "exchange"),
     "flask": ("flask", "exchange"),
     "echo": ("echo", "echo"),
+    "tornado_get": ("get", "echo"),
     "signin_state_only": ("signin", "state"),
     "signin_1p_redis": ("signin_1p_redis", "login"),
     "signin_2p_redis": ("signin_2p_redis", "login"),
     "ceiling_2p": ("ceiling_2p", "exchange"),
 }
-MAIN = ("ceiling", "signin", "mixin", "flask", "echo", "signin_state_only")
+MAIN = ("ceiling", "signin", "mixin", "flask", "echo", "signin_state_only", "tornado_get")
 SCALE = ("signin_1p_redis", "signin_2p_redis", "ceiling_2p")
 
 
@@ -115,7 +116,7 @@ class Fleet:
             wait_port(self.ports[name], proc)
 
     def start_all(self) -> None:
-        ports = {name: free_port() for name in ("emulator", "token", *SCENARIOS, "redis")}
+        ports = {name: free_port() for name in ("emulator", "token", "get", *SCENARIOS, "redis")}
         emulator_url = f"http://127.0.0.1:{ports['emulator']}"
         self.emulator_url = emulator_url
         token_uri = emulator_url + "/token" if self.tornado_token else f"http://127.0.0.1:{ports['token']}/token"
@@ -125,7 +126,7 @@ class Fleet:
         wait_port(ports["token"], self.procs["emulator"])
         self.token_uri = token_uri
         server = [PYTHON, "-m", "bench.servers", "--token-uri", token_uri]
-        for kind in ("ceiling", "mixin", "echo"):
+        for kind in ("ceiling", "mixin", "echo", "get"):
             self.start(kind, [*server, kind, "--port", str(ports[kind]), "--emulator", emulator_url,
                               "--db", str(self.workdir / f"{kind}.db")], ports[kind], cpu=SERVER_CPU, wait=False)
         self.start("signin", [*server, "signin", "--port", str(ports["signin"]), "--emulator", emulator_url,
@@ -270,6 +271,13 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None) -> dic
         "p99_vs_ceiling": per_round("signin", "ceiling", "p99_ms"),
         "two_vs_one": per_round("signin_2p_redis", "signin_1p_redis"),
         "ceiling_two_vs_one": per_round("ceiling_2p", "ceiling"),
+        # The most a login of two Tornado requests (a GET like /state, then the
+        # ceiling's POST) could reach with no work of its own, by server CPU.
+        "two_request_bound": _median([
+            r["ceiling"]["server_cpu_ms_per_login"]
+            / (r["ceiling"]["server_cpu_ms_per_login"] + r["tornado_get"]["server_cpu_ms_per_login"])
+            for r in rounds if "ceiling" in r and "tornado_get" in r
+            and r["ceiling"]["server_cpu_ms_per_login"] and r["tornado_get"]["server_cpu_ms_per_login"]]) or None,
         "kb_per_socket": sockets["kb_per_socket"] if sockets else None,
         "delivery_p99_ms": sockets["delivery_p99_ms"] if sockets else None,
     }
@@ -296,6 +304,9 @@ def table(report: dict[str, Any]) -> str:
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| {t['what']} | {value} | {t['target']} | {met} |")
+    bound = report["analysis"]["ratios"].get("two_request_bound")
+    if bound is not None:
+        lines.append(f"| (bound for any login of GET + the ceiling's POST doing nothing else, by CPU) | {bound:.2f} | | |")
     extra = report["analysis"]["ratios"].get("ceiling_two_vs_one")
     if extra is not None:
         lines.append(f"| (for scale: the ceiling's own two / one processes) | {extra:.2f} | | |")
@@ -361,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip(),
     }
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # py-spy writes its profile there mid-run
     workdir = Path(tempfile.mkdtemp(prefix="tornado-signin-bench-"))
     fleet = Fleet(workdir, args.smoke, with_scale=any(s in SCALE for s in scenarios), profile=args.profile,
                   tornado_token=args.tornado_token_endpoint)

@@ -15,6 +15,9 @@ KIND:
   raw sqlite3 upsert, ``POST /exchange``.
 * ``flask``: see :mod:`bench.flask_peer` (run under gunicorn by bench.run).
 * ``echo``: a minimal asyncio HTTP responder, to measure the load generator's own ceiling.
+* ``get``: a bare Tornado ``RequestHandler`` answering ``GET /`` with a small
+  JSON body: what one inbound request costs Tornado before any work of ours
+  (the floor under ``GET /state``).
 """
 
 from __future__ import annotations
@@ -182,6 +185,22 @@ def serve_mixin(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def serve_get(args: argparse.Namespace) -> None:
+    from tornado.web import Application, RequestHandler
+
+    class StateLike(RequestHandler):
+        def get(self) -> None:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(b'{"state":"0123456789abcdef0123456789abcdef.1700000000.0123456789abcdef"}')
+
+    async def main() -> None:
+        Application([(r"/", StateLike)]).listen(args.port, address="127.0.0.1")
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 def serve_echo(args: argparse.Namespace) -> None:
     response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -216,7 +235,7 @@ def serve_echo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="a server under test")
-    parser.add_argument("kind", choices=("ceiling", "signin", "mixin", "echo"))
+    parser.add_argument("kind", choices=("ceiling", "signin", "mixin", "echo", "get"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--emulator", default="")
     parser.add_argument("--db", default=os.devnull)
@@ -226,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="ceiling: fork this many processes")
     args = parser.parse_args(argv)
     args.token_uri = args.token_uri or args.emulator + "/token"
-    {"ceiling": serve_ceiling, "signin": serve_signin, "mixin": serve_mixin, "echo": serve_echo}[args.kind](args)
+    {"ceiling": serve_ceiling, "signin": serve_signin, "mixin": serve_mixin, "echo": serve_echo,
+     "get": serve_get}[args.kind](args)
 
 
 if __name__ == "__main__":

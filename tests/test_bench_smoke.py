@@ -28,7 +28,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert set(report) >= {"meta", "rounds", "sockets", "analysis"}
     assert report["meta"]["smoke"] is True
     (results,) = report["rounds"]
-    assert set(results) == {"ceiling", "signin", "mixin", "flask", "echo", "signin_state_only"}
+    assert set(results) == {"ceiling", "signin", "mixin", "flask", "echo", "signin_state_only", "tornado_get"}
     for name, result in results.items():
         assert result["throughput"] > 0, name
         assert result["completed"] > 0, name
@@ -42,6 +42,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     analysis = report["analysis"]
     assert analysis["ratios"]["login_vs_ceiling"] > 0
+    assert 0 < analysis["ratios"]["two_request_bound"] < 1
     assert {t["name"] for t in analysis["targets"]} >= {"login_vs_ceiling", "login_vs_mixin", "login_vs_flask",
                                                           "p99_vs_ceiling", "kb_per_socket", "delivery_p99_ms",
                                                           "two_vs_one"}
