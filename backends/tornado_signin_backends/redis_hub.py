@@ -9,10 +9,15 @@ Config (``hub:`` section)::
 
 How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
 
-- ``publish``: one ``MULTI`` with ``SET <prefix>last:<channel> <message> EX
-  <record_ttl>`` and ``PUBLISH <prefix>ch:<channel> <message>``, so the
-  outcome is *recorded* before anybody can be told, and a socket that
-  connects late (on any process) reads it with ``last``.
+- ``publish``: one server-side script (``EVALSHA``) that runs ``SET
+  <prefix>last:<channel> <message> EX <record_ttl>`` then ``PUBLISH
+  <prefix>ch:<channel> <message>`` atomically, so the outcome is *recorded*
+  before anybody can be told, and a socket that connects late (on any process)
+  reads it with ``last``. A Redis that lost the script (restart, failover,
+  ``SCRIPT FLUSH``) answers ``NOSCRIPT``: the hub then sends it with ``EVAL``,
+  which caches it again. A Redis that refuses scripts (an ACL without
+  ``@scripting``, a renamed command) gets the same two commands in one
+  ``MULTI``/``EXEC`` instead.
 - ``subscribe``: one pub/sub connection per hub (per process), subscribed to
   the channels that have local subscribers and dispatching each message to
   their callbacks.
@@ -36,6 +41,8 @@ Only :meth:`RedisHub.check` (readiness) reports the outage.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import logging
 import time
@@ -49,7 +56,7 @@ from tornado_signin.hub import Callback, ConfirmationHub, Message, Subscription
 try:
     import redis.asyncio as aioredis
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra path of load_hub
     raise ImportError("the redis hub needs redis-py: pip install 'tornado-signin[redis]'", name="redis") from exc
@@ -63,6 +70,20 @@ _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
 #: How often an idle pub/sub loop (no channel subscribed) checks that Redis answers.
 _IDLE_PING = 2.0
+
+#: ``publish`` with ``record``, in one command (one reply to parse instead of MULTI/EXEC's four).
+#: KEYS[1] = last:<channel>; ARGV = envelope, seconds to keep it, ch:<channel> (a
+#: pub/sub channel is not a key). SET first: the outcome is recorded before anyone is told.
+_RECORD_AND_PUBLISH = """\
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return redis.call('PUBLISH', ARGV[3], ARGV[1])
+"""
+_RECORD_AND_PUBLISH_SHA = hashlib.sha1(_RECORD_AND_PUBLISH.encode()).hexdigest()
+
+
+def _refused(exc: ResponseError) -> bool:
+    """Return whether ``exc`` says this Redis will never run the command (ACL, renamed command)."""
+    return isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower()
 
 
 class _RedisSubscription(Subscription):
@@ -107,6 +128,11 @@ class RedisHub(ConfirmationHub):
         self._wake = asyncio.Event()
         self._available = False
         self._closed = False
+        self._use_script = True
+        # Message ids: this hub's random origin and a counter (unique without a
+        # uuid4 per message, and they tell this hub's own messages apart).
+        self._origin = uuid.uuid4().hex
+        self._sequence = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<RedisHub prefix={self.prefix!r}>"
@@ -121,6 +147,10 @@ class RedisHub(ConfirmationHub):
 
     def _once_key(self, key: str) -> str:
         return f"{self.prefix}once:{key}"
+
+    @staticmethod
+    def _wrap(message_id: str, message: Message) -> str:
+        return f'{{"id":"{message_id}","message":{json.dumps(message, separators=(",", ":"))}}}'
 
     @staticmethod
     def _unwrap(raw: str | None) -> tuple[str, Message] | None:
@@ -201,10 +231,7 @@ class RedisHub(ConfirmationHub):
             self._consumed_locally.pop(key, None)
         for channel, (expires, raw) in list(self._outbox.items()):
             if expires > now:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.set(self._last_key(channel), raw, ex=max(1, int(expires - now)))
-                    pipe.publish(self._channel_key(channel), raw)
-                    await pipe.execute()
+                await self._record_and_publish(channel, raw, max(1, int(expires - now)))
             if self._outbox.get(channel, (None, None))[1] == raw:
                 del self._outbox[channel]
         if self._outbox or self._consumed_locally:
@@ -259,16 +286,36 @@ class RedisHub(ConfirmationHub):
 
     # -- ConfirmationHub -------------------------------------------------
 
+    async def _record_and_publish(self, channel: str, raw: str, ttl: int) -> None:
+        """SET last:<channel> with ``ttl`` seconds, then PUBLISH, atomically; raise a RedisError/OSError."""
+        last_key, channel_key = self._last_key(channel), self._channel_key(channel)
+        if self._use_script:
+            try:
+                try:
+                    await self._client.evalsha(_RECORD_AND_PUBLISH_SHA, 1, last_key, raw, ttl, channel_key)
+                except NoScriptError:
+                    # Redis restarted, failed over or flushed its scripts: EVAL runs and caches it again.
+                    await self._client.eval(_RECORD_AND_PUBLISH, 1, last_key, raw, ttl, channel_key)
+                return
+            except ResponseError as exc:
+                if not _refused(exc):
+                    raise
+                log.warning("redis hub: Redis refuses scripts (%s); publishing with MULTI/EXEC", exc)
+                self._use_script = False
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(last_key, raw, ex=ttl)
+            pipe.publish(channel_key, raw)
+            await pipe.execute()
+
     async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
         self._ensure_running()
-        message_id = uuid.uuid4().hex
-        raw = json.dumps({"id": message_id, "message": message})
+        message_id = f"{self._origin}-{next(self._sequence)}"
+        raw = self._wrap(message_id, message)
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                if record:
-                    pipe.set(self._last_key(channel), raw, ex=int(self.record_ttl))
-                pipe.publish(self._channel_key(channel), raw)
-                await pipe.execute()
+            if record:
+                await self._record_and_publish(channel, raw, int(self.record_ttl))
+            else:
+                await self._client.publish(self._channel_key(channel), raw)
             return
         except _FAILURES as exc:
             self._mark_down(exc)
