@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import queue
 import stat
 
 import pytest
@@ -232,3 +234,100 @@ def test_mysql_assignment_order_reads_old_issue_times(mariadb_url, unique_name):
     finally:
         store.drop_schema()
         store.close()
+
+
+# -- the cross-process write lock of a SQLite file ------------------------------------
+
+
+def _save_in_child(url: str, sub: str, started, results) -> None:
+    """Spawned: save ``sub`` to ``url``, saying when the save starts and how it ended."""
+    store = SQLTokenStore(url=url)
+    try:
+        store.check()  # connected and schema ready: what is left to wait for is the write itself
+        started.set()
+        results.put(store.save(TokenRecord(sub=sub, email="child@example.com")).email)
+    except BaseException as exc:  # reported to the test
+        results.put(repr(exc))
+    finally:
+        store.close()
+
+
+def test_sqlite_writes_queue_on_a_lock_file_across_processes(sqlite_url, tmp_path):
+    """A save in another process waits while this one holds the lock file, then succeeds."""
+    holder = SQLTokenStore(url=sqlite_url)
+    holder.save(full_record())
+    lock_path = tmp_path / "tokens.sqlite3.lock"
+    assert stat.S_IMODE(os.stat(lock_path).st_mode) == 0o600
+    ctx = multiprocessing.get_context("spawn")
+    started, results = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_save_in_child, args=(sqlite_url, "child-user", started, results))
+    try:
+        with holder._write_lock():  # what a save holds around its transaction
+            child.start()
+            assert started.wait(timeout=60), "the child never got to its save"
+            with pytest.raises(queue.Empty):
+                results.get(timeout=1.0)  # blocked on the lock file (SQLite itself is not locked)
+            assert holder.get("child-user") is None  # readers do not wait
+        assert results.get(timeout=30) == "child@example.com"
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert holder.get("child-user").email == "child@example.com"
+    holder.close()
+
+
+def _save_after_fork(store: SQLTokenStore, go, results) -> None:
+    """Forked with ``store``: on ``go``, save through it (a fresh pool: SQLite connections must not cross fork)."""
+    try:
+        store.engine.dispose(close=False)
+        go.wait(timeout=60)
+        results.put(store.save(TokenRecord(sub="forked-user", email="fork@example.com")).email)
+    except BaseException as exc:
+        results.put(repr(exc))
+
+
+def test_sqlite_lock_file_is_reopened_after_fork(sqlite_url):
+    """A forked child does not share the parent's flock (same open file), which would let both write."""
+    store = SQLTokenStore(url=sqlite_url)
+    store.save(full_record())  # the lock file is open in the parent now
+    ctx = multiprocessing.get_context("fork")
+    go, results = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_save_after_fork, args=(store, go, results))
+    try:
+        child.start()  # before taking the lock: a fork copies held threading locks, held forever
+        with store._write_lock():
+            go.set()
+            with pytest.raises(queue.Empty):
+                results.get(timeout=1.0)
+        assert results.get(timeout=30) == "fork@example.com"
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert store.get("forked-user").email == "fork@example.com"
+    store.close()
+
+
+def test_sqlite_lock_file_of_a_uri_and_none_in_memory(tmp_path):
+    uri_store = SQLTokenStore(url=f"sqlite:///file:{tmp_path / 'uri db.sqlite3'}?uri=true")
+    uri_store.save(full_record())
+    uri_store.close()
+    assert (tmp_path / "uri db.sqlite3.lock").exists()
+    memory = SQLTokenStore(url="sqlite://")
+    memory.save(full_record())
+    assert memory._lock_path is None and memory._lock_fd is None
+    memory.close()
+
+
+def test_closed_store_releases_its_lock_file(sqlite_url):
+    store = SQLTokenStore(url=sqlite_url)
+    store.save(full_record())
+    lock_path = os.path.realpath(store._lock_path)
+
+    def open_on_lock_file() -> list[str]:
+        return [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == lock_path]
+
+    assert len(open_on_lock_file()) == 1
+    store.close()
+    assert open_on_lock_file() == []

@@ -35,6 +35,24 @@ on). SQLite files run in WAL mode with a 30 s busy timeout, so threads and
 processes can write the same file. An in-memory SQLite URL uses one shared
 connection guarded by a lock (one process only, lost at exit).
 
+SQLite has one writer at a time, and a writer that finds the file locked
+waits in SQLite's busy handler, which polls: it sleeps 1, 2, 5, 10 … up to
+100 ms between tries and does not wake when the lock is released. With
+several server processes on one file (``serve --processes N``) the writers
+then spend their time asleep: two processes logged in fewer users per second
+than one. So the writes of a store on a SQLite file queue instead: threads of
+a process on an in-process lock, then the processes on an exclusive
+``fcntl.flock`` of ``<database file>.lock`` (created next to the database,
+mode 0600, never deleted), held around each write transaction and released
+after its commit. The kernel wakes the next waiting process at once. Readers
+take neither (WAL readers do not block the writer, nor it them). Other
+programs writing the file without the lock are still waited for by the busy
+handler. The lock is per host, like SQLite's own locking (not for network
+file systems). A writer stopped while holding it (SIGSTOP, a debugger) holds
+up the other processes' writes until it resumes or exits (the kernel releases
+the lock of a dead process), where SQLite alone would have failed them after
+the busy timeout.
+
 On MySQL/MariaDB the ``sub`` column is ``VARBINARY`` (UTF-8 bytes): the usual
 text collations are case-insensitive or pad spaces, which would make two
 distinct subs collide.
@@ -48,12 +66,15 @@ message carries a token value.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import (
     Column,
@@ -230,6 +251,13 @@ def _is_transient(exc: DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
+def _sqlite_lock_path(database: str, uri: bool) -> str:
+    """Return the path of the write lock file of the SQLite database file ``database`` (a path, or a URI if ``uri``)."""
+    if uri and database.startswith("file:"):
+        database = unquote(urlsplit(database).path)
+    return database + ".lock"
+
+
 def _sqlite_pragmas(synchronous: str) -> Any:
     def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -284,6 +312,11 @@ class SQLTokenStore(TokenStore):
 
         options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         connect_args: dict[str, Any] = {}
+        # The cross-process write lock of a SQLite file: its path, and the
+        # descriptor open on it with the pid that opened it (see _write_lock).
+        self._lock_path: str | None = None
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         self._serial: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._write_serial: contextlib.AbstractContextManager[Any] = self._serial
         in_memory = backend == "sqlite" and (
@@ -299,8 +332,11 @@ class SQLTokenStore(TokenStore):
             else:
                 # SQLite has one writer at a time. Threads of this process queue
                 # on a lock rather than in SQLite's busy handler, which sleeps
-                # 1-100 ms between retries while the GIL delays the holder.
+                # 1-100 ms between retries while the GIL delays the holder;
+                # processes then queue on the lock file (see the module docstring).
                 self._write_serial = threading.Lock()
+                uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+                self._lock_path = _sqlite_lock_path(parsed.database, uri)
         extra = dict(engine_options or {})
         connect_args.update(extra.pop("connect_args", {}) or {})
         options.update(extra)
@@ -354,12 +390,46 @@ class SQLTokenStore(TokenStore):
             cause = type(getattr(exc, "orig", None) or exc).__name__
             raise StorageError(f"SQL token store {self._label}: cannot {operation} ({cause})") from exc
 
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold this store's write serialisation: the in-process lock, then, on a SQLite file, the lock file's flock.
+
+        Only one thread of a process reaches the flock (threads share the
+        descriptor, and flock would not exclude them from each other).
+        """
+        with self._write_serial:
+            if self._lock_path is None:
+                yield
+                return
+            fd = self._open_lock_file()
+            fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open_lock_file(self) -> int:
+        """Return the descriptor of the lock file, opened by this process (the caller holds ``_write_serial``)."""
+        if self._closed:
+            raise StorageError(f"SQL token store {self._label}: cannot write: the store is closed")
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            # A descriptor inherited across fork() shares its flock with the
+            # parent's, which would let both write at once: open our own.
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # our copy only: the parent's lock is untouched
+                self._lock_fd = None
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_pid = pid
+        assert self._lock_fd is not None
+        return self._lock_fd
+
     def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
         """Run ``work`` in one transaction, retrying transient lock conflicts."""
         self._ensure_schema()
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                with self._write_serial if write else self._serial:
+                with self._write_lock() if write else self._serial:
                     if write:
                         with self._engine.begin() as conn:
                             return work(conn)
@@ -479,4 +549,8 @@ class SQLTokenStore(TokenStore):
         if self._closed:
             return
         self._closed = True
+        with self._write_serial:  # after any write in flight, which may hold the lock file
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         self._engine.dispose()
