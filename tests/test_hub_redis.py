@@ -32,13 +32,26 @@ def hubs(io_loop, redis_url, unique_name):
     io_loop.run_sync(close_all)
 
 
+class PrivateRedis:
+    """A redis-server of this test's own, on a free port: for SCRIPT FLUSH, ACLs, outages."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path, self.port = tmp_path, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = start_redis(self.port, tmp_path)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def restart(self) -> None:
+        self.proc = start_redis(self.port, self.tmp_path)
+
+
 @pytest.fixture
 def private_redis(tmp_path):
-    """A redis-server of this test's own (for SCRIPT FLUSH and ACL changes); yields its port."""
-    port = free_port()
-    proc = start_redis(port, tmp_path)
-    yield port
-    proc.stop()
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.stop()
 
 
 async def until(predicate, timeout: float = 5.0) -> None:
@@ -107,7 +120,7 @@ async def test_unreachable_redis_fails_check_but_not_the_other_methods(io_loop):
 
 
 async def test_publish_runs_its_script_again_after_redis_forgot_it(hubs, private_redis):
-    url = f"redis://127.0.0.1:{private_redis}/0"
+    url = private_redis.url
     a, b = hubs(url=url), hubs(url=url)
     admin = aioredis.from_url(url)
     try:
@@ -128,11 +141,11 @@ async def test_publish_runs_its_script_again_after_redis_forgot_it(hubs, private
 
 
 async def test_a_redis_that_refuses_scripts_gets_multi_exec(hubs, private_redis):
-    admin = aioredis.from_url(f"redis://127.0.0.1:{private_redis}/0")
+    admin = aioredis.from_url(private_redis.url)
     try:
         await admin.acl_setuser("hub", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
                                 commands=["+@all", "-@scripting"])
-        url = f"redis://hub:pw@127.0.0.1:{private_redis}/0"
+        url = f"redis://hub:pw@127.0.0.1:{private_redis.port}/0"
         a, b = hubs(url=url), hubs(url=url)
         got: list[dict] = []
         await b.subscribe("chan", got.append)
@@ -144,5 +157,55 @@ async def test_a_redis_that_refuses_scripts_gets_multi_exec(hubs, private_redis)
         assert await b.last("chan") == {"n": 2}  # recorded
         assert a.available
         assert await admin.script_exists(_RECORD_AND_PUBLISH_SHA) == [False]
+    finally:
+        await admin.aclose()
+
+
+async def test_own_subscribers_have_a_message_when_publish_returns_and_get_it_once(hubs, redis_url):
+    a, b = hubs(), hubs()
+    admin = aioredis.from_url(redis_url)
+    try:
+        got_a: list[dict] = []
+        got_b: list[dict] = []
+        await a.subscribe("chan", got_a.append)
+        await b.subscribe("chan", got_b.append)
+        await subscribed(admin, a, "chan", 2)
+        await a.publish("chan", {"n": 1})
+        assert got_a == [{"n": 1}]  # no wait for the echo from Redis
+        await a.publish("chan", {"n": 2}, record=False)
+        assert got_a == [{"n": 1}, {"n": 2}]
+        # a's connection carries the echoes of 1 and 2 before b's message 3: once 3
+        # is in, the echoes were read, and dropped.
+        await b.publish("chan", {"n": 3})
+        await until(lambda: len(got_a) >= 3 and len(got_b) >= 3)
+        assert got_a == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert sorted(m["n"] for m in got_b) == [1, 2, 3]
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.slow
+async def test_an_outcome_kept_during_an_outage_reaches_each_subscriber_once(hubs, private_redis):
+    a, b = hubs(url=private_redis.url), hubs(url=private_redis.url)
+    got_a: list[dict] = []
+    got_b: list[dict] = []
+    await a.subscribe("chan", got_a.append)
+    await b.subscribe("chan", got_b.append)
+    admin = aioredis.from_url(private_redis.url)
+    await subscribed(admin, a, "chan", 2)
+    await admin.aclose()
+    private_redis.stop()
+    await a.publish("chan", {"n": 1})  # kept in a's outbox, delivered on a now
+    assert got_a == [{"n": 1}] and not a.available
+    private_redis.restart()  # empty: a writes its outbox again, b catches up
+    admin = aioredis.from_url(private_redis.url)
+    try:
+        await until(lambda: a.available and b.available and got_b, timeout=15)
+        await subscribed(admin, a, "chan", 2)
+        await b.publish("chan", {"n": 2})  # behind any replayed copy of 1 on every connection
+        await until(lambda: len(got_a) >= 2 and len(got_b) >= 2)
+        assert got_a == [{"n": 1}, {"n": 2}]
+        assert got_b == [{"n": 1}, {"n": 2}]
+        assert await b.last("chan") == {"n": 2}
     finally:
         await admin.aclose()

@@ -18,9 +18,16 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
   which caches it again. A Redis that refuses scripts (an ACL without
   ``@scripting``, a renamed command) gets the same two commands in one
   ``MULTI``/``EXEC`` instead.
+  Once recorded, the message goes straight to this process's own subscribers
+  (before ``publish`` returns); its echo from Redis is recognised by its id and
+  dropped, so this process delivers its own messages exactly once, whatever
+  an outage replays. Order: a process's subscribers get its own messages in
+  publish order, and other processes' messages as they arrive; a message that
+  Redis published just before one of ours may still be unread on the pub/sub
+  connection and come second (a window of one loop turn).
 - ``subscribe``: one pub/sub connection per hub (per process), subscribed to
-  the channels that have local subscribers and dispatching each message to
-  their callbacks.
+  the channels that have local subscribers and dispatching the messages of
+  other processes to their callbacks.
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
 - ``check``: ``PING``.
 
@@ -34,7 +41,8 @@ session and its TTL). A background task reconnects with backoff (0.1 s to
 remaining TTL, then ``PUBLISH``), re-marks the locally consumed keys, re-subscribes,
 and re-reads the recorded message of every subscribed channel so that a
 message published by another process during the outage is still delivered.
-Each message carries an id; a subscriber never gets the same one twice.
+Each message carries an id (the publishing hub's random origin and a
+counter); a subscriber never gets the same one twice.
 Only :meth:`RedisHub.check` (readiness) reports the outage.
 """
 
@@ -133,6 +141,8 @@ class RedisHub(ConfirmationHub):
         # uuid4 per message, and they tell this hub's own messages apart).
         self._origin = uuid.uuid4().hex
         self._sequence = itertools.count(1)
+        # How _wrap begins each envelope of this hub: '{"id":"<origin>-'.
+        self._own_prefix = f'{{"id":"{self._origin}-'
 
     def __repr__(self) -> str:
         return f"<RedisHub prefix={self.prefix!r}>"
@@ -150,7 +160,12 @@ class RedisHub(ConfirmationHub):
 
     @staticmethod
     def _wrap(message_id: str, message: Message) -> str:
+        # The id comes first, so that _is_own can tell an envelope without parsing it.
         return f'{{"id":"{message_id}","message":{json.dumps(message, separators=(",", ":"))}}}'
+
+    def _is_own(self, raw: str) -> bool:
+        """Return whether ``raw`` was published by this hub (and so already delivered here)."""
+        return raw.startswith(self._own_prefix)
 
     @staticmethod
     def _unwrap(raw: str | None) -> tuple[str, Message] | None:
@@ -218,7 +233,8 @@ class RedisHub(ConfirmationHub):
         self._wake.clear()
         if catch_up:
             for channel in list(self._subscribers):
-                found = self._unwrap(await self._client.get(self._last_key(channel)))
+                raw = await self._client.get(self._last_key(channel))
+                found = None if raw is None or self._is_own(raw) else self._unwrap(raw)
                 if found is not None:
                     await self._dispatch(channel, *found)
 
@@ -256,8 +272,11 @@ class RedisHub(ConfirmationHub):
             message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
+            raw = message["data"]
+            if self._is_own(raw):
+                continue  # delivered when it was published
             channel = str(message["channel"])[len(self.prefix) + 3:]
-            found = self._unwrap(message["data"])
+            found = self._unwrap(raw)
             if found is not None:
                 await self._dispatch(channel, *found)
 
@@ -270,11 +289,18 @@ class RedisHub(ConfirmationHub):
                 pass
 
     async def _dispatch(self, channel: str, message_id: str, message: Message) -> None:
-        subscribers = self._subscribers.get(channel)
-        if not subscribers or self._delivered.get(channel) == message_id:
+        """Deliver another process's message, unless this channel's subscribers already had it.
+
+        It can come twice: from pub/sub, and from the catch-up read after a reconnect.
+        """
+        if channel not in self._subscribers or self._delivered.get(channel) == message_id:
             return
         self._delivered[channel] = message_id
-        for subscription in list(subscribers):
+        await self._deliver(channel, message)
+
+    async def _deliver(self, channel: str, message: Message) -> None:
+        """Call this process's subscribers of ``channel``; a failing callback is logged, not raised."""
+        for subscription in list(self._subscribers.get(channel, ())):
             if subscription.closed:
                 continue
             try:
@@ -316,13 +342,13 @@ class RedisHub(ConfirmationHub):
                 await self._record_and_publish(channel, raw, int(self.record_ttl))
             else:
                 await self._client.publish(self._channel_key(channel), raw)
-            return
         except _FAILURES as exc:
             self._mark_down(exc)
-        if record:
-            self._outbox[channel] = (self.clock() + self.record_ttl, raw)
-        # Redis is away: at least this process's sockets learn it now.
-        await self._dispatch(channel, message_id, message)
+            if record:
+                self._outbox[channel] = (self.clock() + self.record_ttl, raw)
+        # Recorded (in Redis, or in the outbox while Redis is away): this
+        # process's subscribers are told now; the echo from Redis is dropped.
+        await self._deliver(channel, message)
 
     async def subscribe(self, channel: str, callback: Callback) -> Subscription:
         self._ensure_running()
