@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from procs import free_port, start_redis
 from tornado_signin.hub import ConfirmationHub, load_hub
-from tornado_signin_backends.redis_hub import _RECORD_AND_PUBLISH_SHA
+from tornado_signin_backends.redis_hub import _RECORD_AND_PUBLISH_SHA, RedisHub
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -207,5 +207,46 @@ async def test_an_outcome_kept_during_an_outage_reaches_each_subscriber_once(hub
         assert got_a == [{"n": 1}, {"n": 2}]
         assert got_b == [{"n": 1}, {"n": 2}]
         assert await b.last("chan") == {"n": 2}
+    finally:
+        await admin.aclose()
+
+
+async def test_a_redis_that_never_answers_costs_one_deadline_not_a_hang(io_loop):
+    held: list[asyncio.StreamWriter] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepts the connection, reads nothing, answers nothing
+
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hub = RedisHub(url=f"redis://127.0.0.1:{port}/0", key_prefix="hole:", timeout=0.3)
+    try:
+        got: list[dict] = []
+        await hub.subscribe("chan", got.append)
+        assert await hub.consume_once("state:x", 60)  # the local marker, after the deadline
+        await hub.publish("chan", {"n": 1})
+        assert got == [{"n": 1}] and not hub.available
+        assert await hub.last("chan") == {"n": 1}
+        with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+            await hub.check()
+    finally:
+        await hub.close()
+        server.close()
+        for writer in held:
+            writer.close()
+
+
+@pytest.mark.slow
+async def test_a_redis_restart_between_two_calls_costs_no_outage(hubs, private_redis):
+    hub = hubs(url=private_redis.url)
+    assert await hub.consume_once("state:a", 60)  # leaves an idle connection behind
+    private_redis.stop()
+    private_redis.restart()
+    await hub.check()  # the idle connection died with the old server: sent again on a new one
+    assert await hub.consume_once("state:b", 60)
+    admin = aioredis.from_url(private_redis.url)
+    try:
+        assert await admin.exists(f"{hub.prefix}once:state:b") == 1  # marked in Redis, not locally
+        assert hub.available
     finally:
         await admin.aclose()

@@ -31,6 +31,14 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
 - ``check``: ``PING``.
 
+Single commands (the script, ``SET NX``, ``GET``, ``PING``) go out on
+connections the hub keeps for itself, through redis-py's connection API, under
+one deadline (``timeout``) per command: redis-py's client would check one out
+of its pool, wrap the call in its retry helper and the write in a task of its
+own each time, which cost more CPU than the rest of the call. A connection
+that fails is closed; when one that was kept idle turns out dead (Redis
+restarted), the command is sent once more, on a new connection.
+
 Redis down. Logins must not depend on the hub, so no method raises for an
 unreachable Redis: ``publish`` delivers to this process's subscribers at once
 and keeps the message in a local outbox, ``last`` answers from that outbox,
@@ -53,6 +61,7 @@ import hashlib
 import itertools
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -64,10 +73,17 @@ from tornado_signin.hub import Callback, ConfirmationHub, Message, Subscription
 try:
     import redis.asyncio as aioredis
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra path of load_hub
     raise ImportError("the redis hub needs redis-py: pip install 'tornado-signin[redis]'", name="redis") from exc
+
+# As redis-py chooses: asyncio.timeout is broken before 3.11.3, where redis-py requires async-timeout.
+if sys.version_info >= (3, 11, 3):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - older Pythons
+    from async_timeout import timeout as _deadline
 
 __all__ = ["RedisHub", "DEFAULT_PREFIX"]
 
@@ -127,10 +143,12 @@ class RedisHub(ConfirmationHub):
             raise ConfigError("hub.url", f"not a Redis URL redis-py accepts: {exc}") from exc
         self.prefix = key_prefix
         self.clock = clock
+        self.timeout = timeout
         self._subscribers: dict[str, set[_RedisSubscription]] = {}
         self._delivered: dict[str, str] = {}
         self._outbox: dict[str, tuple[float, str]] = {}
         self._consumed_locally: dict[str, float] = {}
+        self._idle: list[Any] = []  # connected redis-py connections for _command, last used last
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -178,6 +196,55 @@ class RedisHub(ConfirmationHub):
             log.warning("redis hub: ignored a malformed message")
             return None
 
+    # -- single commands -------------------------------------------------
+
+    async def _command(self, *args: Any) -> Any:
+        """Send one command and return its reply; raise RedisError/OSError as redis-py does.
+
+        It goes out on an idle connection when there is one. If that connection
+        died while idle (Redis restarted), the command is sent once more on a new
+        one, as redis-py's single retry did; a timeout is not retried.
+        """
+        if self._idle:
+            try:
+                return await self._call(self._idle.pop(), args)
+            except RedisConnectionError:
+                if self._closed:
+                    raise
+        pool = self._client.connection_pool
+        # No socket timeout of its own: _call puts one deadline on the whole
+        # exchange (with one, redis-py wraps each write in asyncio.wait_for: a task per command).
+        return await self._call(pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}), args)
+
+    async def _call(self, connection: Any, args: tuple[Any, ...]) -> Any:
+        """Run one command on ``connection`` (it connects when new), then keep it idle.
+
+        A reply error (ResponseError) leaves the connection usable; any other
+        failure, a timeout or a cancellation closes it: its state is unknown.
+        """
+        try:
+            async with _deadline(self.timeout):
+                await connection.send_packed_command(connection.pack_command(*args), check_health=False)
+                reply = await connection.read_response()
+        except ResponseError:
+            self._idle.append(connection)
+            raise
+        except BaseException:
+            await self._disconnect(connection)
+            raise
+        if self._closed:
+            await self._disconnect(connection)
+        else:
+            self._idle.append(connection)
+        return reply
+
+    @staticmethod
+    async def _disconnect(connection: Any) -> None:
+        try:
+            await connection.disconnect(nowait=True)  # nowait: a broken peer cannot hold the caller
+        except Exception:
+            pass  # being dropped anyway
+
     # -- the background loop ---------------------------------------------
 
     def _ensure_running(self) -> None:
@@ -219,7 +286,7 @@ class RedisHub(ConfirmationHub):
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _connect(self, *, catch_up: bool) -> None:
-        await self._client.ping()
+        await self._command("PING")
         # No await between creating the pub/sub and listing the channels: a
         # subscribe() from now on subscribes its channel itself.
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -233,7 +300,7 @@ class RedisHub(ConfirmationHub):
         self._wake.clear()
         if catch_up:
             for channel in list(self._subscribers):
-                raw = await self._client.get(self._last_key(channel))
+                raw = await self._command("GET", self._last_key(channel))
                 found = None if raw is None or self._is_own(raw) else self._unwrap(raw)
                 if found is not None:
                     await self._dispatch(channel, *found)
@@ -243,7 +310,7 @@ class RedisHub(ConfirmationHub):
         now = self.clock()
         for key, expires in list(self._consumed_locally.items()):
             if expires > now:
-                await self._client.set(self._once_key(key), "1", nx=True, ex=max(1, int(expires - now)))
+                await self._command("SET", self._once_key(key), "1", "NX", "EX", max(1, int(expires - now)))
             self._consumed_locally.pop(key, None)
         for channel, (expires, raw) in list(self._outbox.items()):
             if expires > now:
@@ -267,7 +334,7 @@ class RedisHub(ConfirmationHub):
                 idle += 0.2
                 if idle >= _IDLE_PING:
                     idle = 0.0
-                    await self._client.ping()
+                    await self._command("PING")
                 continue
             message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None or message.get("type") != "message":
@@ -318,10 +385,10 @@ class RedisHub(ConfirmationHub):
         if self._use_script:
             try:
                 try:
-                    await self._client.evalsha(_RECORD_AND_PUBLISH_SHA, 1, last_key, raw, ttl, channel_key)
+                    await self._command("EVALSHA", _RECORD_AND_PUBLISH_SHA, 1, last_key, raw, ttl, channel_key)
                 except NoScriptError:
                     # Redis restarted, failed over or flushed its scripts: EVAL runs and caches it again.
-                    await self._client.eval(_RECORD_AND_PUBLISH, 1, last_key, raw, ttl, channel_key)
+                    await self._command("EVAL", _RECORD_AND_PUBLISH, 1, last_key, raw, ttl, channel_key)
                 return
             except ResponseError as exc:
                 if not _refused(exc):
@@ -341,7 +408,7 @@ class RedisHub(ConfirmationHub):
             if record:
                 await self._record_and_publish(channel, raw, int(self.record_ttl))
             else:
-                await self._client.publish(self._channel_key(channel), raw)
+                await self._command("PUBLISH", self._channel_key(channel), raw)
         except _FAILURES as exc:
             self._mark_down(exc)
             if record:
@@ -390,7 +457,7 @@ class RedisHub(ConfirmationHub):
             found = self._unwrap(kept[1])
             return found[1] if found else None
         try:
-            found = self._unwrap(await self._client.get(self._last_key(channel)))
+            found = self._unwrap(await self._command("GET", self._last_key(channel)))
         except _FAILURES as exc:
             self._mark_down(exc)
             return None
@@ -403,7 +470,7 @@ class RedisHub(ConfirmationHub):
         if expires is not None and expires > now:
             return False
         try:
-            return bool(await self._client.set(self._once_key(key), "1", nx=True, ex=max(1, int(ttl))))
+            return await self._command("SET", self._once_key(key), "1", "NX", "EX", max(1, int(ttl))) is not None
         except _FAILURES as exc:
             self._mark_down(exc)
         if len(self._consumed_locally) > 4096:
@@ -415,7 +482,7 @@ class RedisHub(ConfirmationHub):
         """Raise ConnectionError (or redis-py's error) unless Redis answers PING."""
         self._ensure_running()
         try:
-            await self._client.ping()
+            await self._command("PING")
         except _FAILURES as exc:
             self._mark_down(exc)
             raise
@@ -432,6 +499,9 @@ class RedisHub(ConfirmationHub):
             except (asyncio.CancelledError, Exception):
                 pass
         await self._reset_pubsub()
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._disconnect(connection)
         await self._client.aclose()
 
     @property
