@@ -6,10 +6,13 @@ import functools
 import multiprocessing
 import os
 import queue
+import sqlite3
 import stat
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from tornado_signin.errors import ConfigError, StorageError
 from tornado_signin.store import TokenRecord, load_store
@@ -197,15 +200,44 @@ def test_sqlite_file_is_a_real_file(sqlite_url, tmp_path):
     assert stat.S_ISREG(os.stat(path).st_mode)
 
 
-@pytest.mark.parametrize("server", ["postgres", "mariadb"])
-def test_merge_is_one_statement_on_the_server(server, request, unique_name):
-    """The statement SQLAlchemy emits is an upsert, not a SELECT then UPDATE."""
+def spy_statements(monkeypatch, store: SQLTokenStore) -> list[str]:
+    """Record every SQL statement ``store`` executes: through Core (engine events) and on raw DBAPI connections."""
+    seen: list[str] = []
+    engine = store.engine
+    event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+
+    class Cursor:
+        def __init__(self, cursor):
+            self._cursor = cursor
+
+        def execute(self, sql, *args):
+            seen.append(sql)
+            return self._cursor.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self._cursor, name)
+
+    class RawConnection:
+        def __init__(self, connection):
+            self._connection = connection
+
+        def cursor(self):
+            return Cursor(self._connection.cursor())
+
+        def __getattr__(self, name):
+            return getattr(self._connection, name)
+
+    checkout = engine.raw_connection
+    monkeypatch.setattr(engine, "raw_connection", lambda: RawConnection(checkout()))
+    return seen
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres", "mariadb"])
+def test_merge_is_one_statement_on_the_server(server, request, unique_name, monkeypatch):
+    """A save runs one upsert, not a SELECT then UPDATE (and, on MySQL, reads the row back)."""
     url = request.getfixturevalue(f"{server}_url")
     store = SQLTokenStore(url=url, table=unique_name)
-    seen = []
-    from sqlalchemy import event
-
-    event.listen(store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = spy_statements(monkeypatch, store)
     try:
         store.save(full_record())
         seen.clear()
@@ -213,6 +245,7 @@ def test_merge_is_one_statement_on_the_server(server, request, unique_name):
         writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
         assert len(writes) == 1
         assert "ON CONFLICT" in writes[0] or "ON DUPLICATE KEY UPDATE" in writes[0]
+        assert len(seen) == (2 if server == "mariadb" else 1)
         assert store.get(full_record().sub).refresh_token == full_record().refresh_token
     finally:
         store.drop_schema()
@@ -331,3 +364,108 @@ def test_closed_store_releases_its_lock_file(sqlite_url):
     assert len(open_on_lock_file()) == 1
     store.close()
     assert open_on_lock_file() == []
+
+
+# -- save's DBAPI path: the pool's behaviour on lost connections ------------------------
+
+_BACKEND_ID = {"postgres": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
+_KILL = {"postgres": "SELECT pg_terminate_backend({})", "mariadb": "KILL {}"}
+
+
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+def test_save_replaces_a_pooled_connection_the_server_closed(server, request, unique_name, monkeypatch):
+    """A connection killed while idle in the pool is pre-pinged and replaced; one killed mid-save is discarded."""
+    url = request.getfixturevalue(f"{server}_url")
+    store = SQLTokenStore(url=url, table=unique_name, engine_options={"pool_size": 1, "max_overflow": 0})
+    admin = create_engine(url, poolclass=NullPool)
+
+    def kill_the_pooled_connection() -> None:
+        with store.engine.connect() as conn:
+            backend = conn.execute(text(_BACKEND_ID[server])).scalar()
+        with admin.begin() as conn:
+            conn.execute(text(_KILL[server].format(int(backend))))
+
+    try:
+        store.save(full_record())
+        kill_the_pooled_connection()
+        assert store.save(full_record(email="after-kill@example.com")).email == "after-kill@example.com"
+
+        # Killed after the checkout's ping, before the upsert: the save fails
+        # cleanly and the dead connection does not go back to the pool.
+        checkout = store.engine.raw_connection
+
+        def checkout_then_kill():
+            connection = checkout()
+            with admin.begin() as conn:
+                conn.execute(text(_KILL[server].format(int(_backend_of(connection, server)))))
+            return connection
+
+        monkeypatch.setattr(store.engine, "raw_connection", checkout_then_kill)
+        record = full_record(email="mid-save@example.com")
+        with pytest.raises(StorageError) as info:
+            store.save(record)
+        assert isinstance(info.value.__cause__, DBAPIError) and info.value.__cause__.connection_invalidated
+        assert record.refresh_token not in str(info.value)
+        monkeypatch.setattr(store.engine, "raw_connection", checkout)
+        assert store.save(full_record(email="recovered@example.com")).email == "recovered@example.com"
+        assert store.get(full_record().sub).email == "recovered@example.com"
+    finally:
+        store.drop_schema()
+        store.close()
+        admin.dispose()
+
+
+def _backend_of(connection, server: str) -> int:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(_BACKEND_ID[server])
+        (backend,) = cursor.fetchone()
+    finally:
+        cursor.close()
+    connection.rollback()
+    return backend
+
+
+def test_save_converts_values_as_the_column_types_would(mariadb_url, unique_name):
+    """On MySQL, sub goes out as UTF-8 bytes and comes back as text, floats stay floats (as through Core)."""
+    store = SQLTokenStore(url=mariadb_url, table=unique_name)
+    try:
+        sub = "ünïcode-sub ✓"
+        saved = store.save(full_record(sub=sub, created_at=1_700_000_000))
+        assert saved.sub == sub and type(saved.created_at) is float
+        assert saved == store.get(sub)
+        with store.engine.connect() as conn:
+            raw_sub = conn.exec_driver_sql(f"SELECT sub FROM {unique_name}").scalar()
+        assert raw_sub == sub.encode("utf-8")
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+def test_transient_driver_errors_of_save_are_retried(sqlite_url, monkeypatch):
+    """The raw driver's "database is locked" is wrapped as Core wraps it, so save retries it."""
+    store = SQLTokenStore(url=sqlite_url)
+    store.save(full_record())
+    checkout = store.engine.raw_connection
+    failures = iter([True, True])
+
+    def flaky():
+        connection = checkout()
+        if next(failures, False):
+            connection.close()
+            raise sqlite3.OperationalError("database is locked")
+        return connection
+
+    monkeypatch.setattr(store.engine, "raw_connection", flaky)
+    monkeypatch.setattr(sql_module.time, "sleep", lambda _seconds: None)
+    assert store.save(full_record(email="retried@example.com")).email == "retried@example.com"
+    store.close()
+
+
+def test_a_value_that_does_not_convert_is_a_storage_error(sqlite_url):
+    """As through Core: a bind conversion failure is a StorageError, and its messages do not carry the value."""
+    store = SQLTokenStore(url=sqlite_url)
+    with pytest.raises(StorageError) as info:
+        store.save(full_record(refresh_token_issued_at="1//rt-SECRET-as-a-time"))
+    assert "SECRET" not in str(info.value) and "SECRET" not in str(info.value.__cause__)
+    store.close()
