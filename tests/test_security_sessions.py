@@ -233,3 +233,16 @@ async def test_json_endpoints_carry_the_security_headers(stack, path):
     assert len(response.headers["X-Request-Id"]) >= 8
     # Per-session, no-store answers: no server banner, nothing to revalidate.
     assert "Server" not in response.headers and "Etag" not in response.headers
+
+
+async def test_session_cookie_is_read_among_other_cookies_and_forgeries_start_afresh(stack):
+    page = stack.client()
+    await page.state()
+    ((name, value),) = page.cookies.items()
+    for header in (f"a=1; {name}={value}; b=2", f'theme=dark; {name}="{value}"'):
+        response = await page.fetch("/state", headers={"Cookie": header}, cookies=False)
+        # The session was recognised: nothing new to set.
+        assert response.code == 200 and not response.headers.get_list("Set-Cookie"), header
+    for forged in (value[:-2] + ("00" if not value.endswith("00") else "11"), "", "x" * 40):
+        response = await page.fetch("/state", headers={"Cookie": f"{name}={forged}"}, cookies=False)
+        assert response.code == 200 and name in cookies_of(response), forged

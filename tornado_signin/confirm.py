@@ -15,13 +15,14 @@ import json
 import logging
 from typing import Any
 
+from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from .context import AppContext
 from .handlers import origin_of
 from .hub import Subscription
 from .logctx import accept_request_id, request_id
-from .sessions import Session, session_cookie_name
+from .sessions import Session, read_session_cookie
 
 __all__ = ["ConfirmSocket"]
 
@@ -62,10 +63,7 @@ class ConfirmSocket(WebSocketHandler):
             self.set_status(403)
             self.finish("origin not allowed")
             return
-        secure = self.request.protocol == "https"
-        payload = self.get_signed_cookie(session_cookie_name(secure),
-                                         max_age_days=self.ctx.config.limits.session_max_age_days)
-        self.session = Session.decode(payload)
+        self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
         if self.session is None:
             self.set_status(403)
             self.finish("session required")
@@ -98,8 +96,6 @@ class ConfirmSocket(WebSocketHandler):
         elif isinstance(message.get("rebind"), str):
             # The session id rotated at sign-in: follow the new channel so that
             # sign-out of the new session reaches this socket too.
-            from tornado.ioloop import IOLoop
-
             IOLoop.current().add_callback(self._follow, message["rebind"])
 
     def on_message(self, message: str | bytes) -> None:

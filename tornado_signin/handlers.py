@@ -29,7 +29,7 @@ from .errors import (
     TokenVerificationError,
     UnknownUserError,
 )
-from .sessions import Session, new_session_id, session_cookie_name
+from .sessions import Session, new_session_id, read_session_cookie, session_cookie_name
 from .signin import CONSENT_REQUIRED, SIGNED_IN
 
 __all__ = [
@@ -137,9 +137,7 @@ class BaseHandler(RequestHandler):
 
     def read_session(self) -> Session | None:
         """Return the session of the signed cookie, or None."""
-        name = session_cookie_name(self.is_secure)
-        payload = self.get_signed_cookie(name, max_age_days=self.ctx.config.limits.session_max_age_days)
-        return Session.decode(payload)
+        return read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
 
     def write_session(self, session: Session) -> None:
         """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https."""

@@ -20,8 +20,14 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["Session", "StateSigner", "new_session_id", "session_cookie_name"]
+from tornado.httputil import parse_cookie
+
+if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
+__all__ = ["Session", "StateSigner", "new_session_id", "session_cookie_name", "read_session_cookie"]
 
 #: Cookie names are constants so that sign-in and sign-out can never disagree.
 SESSION_COOKIE = "signin_session"
@@ -73,6 +79,18 @@ class Session:
         sub = data.get("sub") if isinstance(data.get("sub"), str) else None
         return cls(sid=data["sid"], sub=sub, email=data.get("email") if sub else None,
                    name=data.get("name") if sub else None, needs_consent=bool(data.get("nc")))
+
+
+def read_session_cookie(handler: "RequestHandler", max_age_days: float) -> Session | None:
+    """Return the Session of the request's signed session cookie, or None (absent, forged, expired, malformed)."""
+    name = session_cookie_name(handler.request.protocol == "https")
+    header = handler.request.headers.get("Cookie")
+    # The one cookie is parsed out directly: Tornado's get_cookie first builds
+    # a SimpleCookie of every cookie (a Morsel each), most of this call's cost.
+    raw = parse_cookie(header).get(name) if header else None
+    if not raw:
+        return None
+    return Session.decode(handler.get_signed_cookie(name, value=raw, max_age_days=max_age_days))
 
 
 def _b64(data: bytes) -> str:
