@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from procs import free_port, start_redis
+from tornado_signin.errors import ConfigError
 from tornado_signin.hub import ConfirmationHub, load_hub
 from tornado_signin_backends.redis_hub import _RECORD_AND_PUBLISH_SHA, RedisHub
 
@@ -246,7 +247,65 @@ async def test_a_redis_restart_between_two_calls_costs_no_outage(hubs, private_r
     assert await hub.consume_once("state:b", 60)
     admin = aioredis.from_url(private_redis.url)
     try:
-        assert await admin.exists(f"{hub.prefix}once:state:b") == 1  # marked in Redis, not locally
-        assert hub.available
+        assert await admin.exists(f"{hub.prefix}once:state:b") == 1
     finally:
         await admin.aclose()
+    # (The listener saw its connection close and reconnects by itself: `available`
+    # may blink meanwhile; what matters is that no command failed.)
+
+
+async def test_a_channel_left_behind_is_unsubscribed_with_the_next_subscribe_or_after_a_quiet_second(hubs, redis_url):
+    a, b = hubs(), hubs()
+    admin = aioredis.from_url(redis_url)
+    try:
+        got_old: list[dict] = []
+        old = await a.subscribe("old", got_old.append)
+        await subscribed(admin, a, "old")
+        # A socket following its rotated session id: close the old channel, subscribe the new one.
+        old.close()
+        await b.publish("old", {"n": 1})  # may still reach a's listener: nobody there takes it
+        got_new: list[dict] = []
+        await a.subscribe("new", got_new.append)
+        await subscribed(admin, a, "new")
+        assert (await admin.pubsub_numsub(f"{a.prefix}ch:old"))[0][1] == 0  # written before SUBSCRIBE new
+        await b.publish("new", {"n": 2})
+        await until(lambda: got_new)
+        assert got_new == [{"n": 2}] and got_old == []
+        lonely = await a.subscribe("lonely", got_old.append)
+        await subscribed(admin, a, "lonely")
+        lonely.close()
+        await subscribed(admin, a, "lonely", 0)  # no SUBSCRIBE follows: gone after a quiet second
+        resubscribed: list[dict] = []
+        await a.subscribe("new", resubscribed.append)  # a second subscriber: no write needed
+        await b.publish("new", {"n": 3})
+        await until(lambda: resubscribed)
+        assert resubscribed == [{"n": 3}] and got_new == [{"n": 2}, {"n": 3}]
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.slow
+async def test_a_listener_that_stops_answering_is_noticed_and_replaced(hubs, private_redis):
+    hub = RedisHub(url=private_redis.url, key_prefix="paused:", timeout=0.5)
+    publisher = hubs(url=private_redis.url, prefix="paused:")
+    try:
+        got: list[dict] = []
+        await hub.subscribe("chan", got.append)
+        await until(lambda: hub.available)
+        admin = aioredis.from_url(private_redis.url)
+        await subscribed(admin, hub, "chan")
+        await admin.client_pause(5000)  # every client waits: the listener's PING goes unanswered
+        await admin.aclose()
+        await until(lambda: not hub.available, timeout=10)  # no command was sent: the listener noticed
+        await until(lambda: hub.available, timeout=20)  # the pause ends: reconnected
+        await publisher.publish("chan", {"n": 1})
+        await until(lambda: got)
+        assert got == [{"n": 1}]
+    finally:
+        await hub.close()
+
+
+def test_a_url_asking_for_resp3_is_refused():
+    with pytest.raises(ConfigError) as refused:
+        load_hub("redis", "redis://127.0.0.1:6379/0?protocol=3")
+    assert refused.value.key == "hub.url"

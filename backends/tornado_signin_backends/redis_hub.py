@@ -25,9 +25,14 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
   publish order, and other processes' messages as they arrive; a message that
   Redis published just before one of ours may still be unread on the pub/sub
   connection and come second (a window of one loop turn).
-- ``subscribe``: one pub/sub connection per hub (per process), subscribed to
-  the channels that have local subscribers and dispatching the messages of
-  other processes to their callbacks.
+- ``subscribe``: one pub/sub connection per hub (per process), the
+  *listener*, subscribed to the channels that have local subscribers and
+  dispatching the messages of other processes to their callbacks. A channel
+  whose last local subscriber leaves is unsubscribed in the same write as the
+  next ``SUBSCRIBE`` (a socket that follows its rotated session id costs one
+  write, not two), or after a quiet second. After a quiet second the listener
+  also sends ``PING``: a listener that does not answer within ``timeout`` is
+  replaced, as after any error.
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
 - ``check``: ``PING``.
 
@@ -92,8 +97,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "tornado-signin:"
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
-#: How often an idle pub/sub loop (no channel subscribed) checks that Redis answers.
-_IDLE_PING = 2.0
+#: Seconds without a message after which the listener pings Redis and unsubscribes abandoned channels.
+_QUIET = 1.0
 
 #: ``publish`` with ``record``, in one command (one reply to parse instead of MULTI/EXEC's four).
 #: KEYS[1] = last:<channel>; ARGV = envelope, seconds to keep it, ch:<channel> (a
@@ -138,9 +143,13 @@ class RedisHub(ConfirmationHub):
                 url, socket_timeout=timeout, socket_connect_timeout=timeout,
                 # One immediate retry replaces a pooled connection that died with
                 # a Redis restart; longer outages are the reconnect loop's job.
-                retry=Retry(NoBackoff(), 1), decode_responses=True)
+                retry=Retry(NoBackoff(), 1), decode_responses=True,
+                # RESP2: the listener reads pub/sub messages as plain replies.
+                protocol=2)
         except ValueError as exc:
             raise ConfigError("hub.url", f"not a Redis URL redis-py accepts: {exc}") from exc
+        if str(self._client.connection_pool.connection_kwargs.get("protocol", 2)) != "2":
+            raise ConfigError("hub.url", "the redis hub speaks RESP2: drop protocol= from the URL")
         self.prefix = key_prefix
         self.clock = clock
         self.timeout = timeout
@@ -149,7 +158,9 @@ class RedisHub(ConfirmationHub):
         self._outbox: dict[str, tuple[float, str]] = {}
         self._consumed_locally: dict[str, float] = {}
         self._idle: list[Any] = []  # connected redis-py connections for _command, last used last
-        self._pubsub: Any = None
+        self._listener: Any = None  # the pub/sub connection (RESP2), while connected
+        self._listening: set[str] = set()  # channels SUBSCRIBEd on the listener
+        self._abandoned: set[str] = set()  # of those, the ones left without a local subscriber
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._available = False
@@ -211,10 +222,16 @@ class RedisHub(ConfirmationHub):
             except RedisConnectionError:
                 if self._closed:
                     raise
+        return await self._call(self._new_connection(), args)
+
+    def _new_connection(self, **options: Any) -> Any:
+        """Return a new (unconnected) redis-py connection to the hub's URL.
+
+        Without a socket timeout: the callers put one deadline on each exchange
+        (with one, redis-py would wrap every write in asyncio.wait_for, a task per command).
+        """
         pool = self._client.connection_pool
-        # No socket timeout of its own: _call puts one deadline on the whole
-        # exchange (with one, redis-py wraps each write in asyncio.wait_for: a task per command).
-        return await self._call(pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}), args)
+        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None, **options})
 
     async def _call(self, connection: Any, args: tuple[Any, ...]) -> Any:
         """Run one command on ``connection`` (it connects when new), then keep it idle.
@@ -287,12 +304,13 @@ class RedisHub(ConfirmationHub):
 
     async def _connect(self, *, catch_up: bool) -> None:
         await self._command("PING")
-        # No await between creating the pub/sub and listing the channels: a
+        listener = self._new_connection()
+        async with _deadline(self.timeout):
+            await listener.connect()
+        self._listener = listener
+        # No await between setting the listener and listing the channels: a
         # subscribe() from now on subscribes its channel itself.
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        channels = [self._channel_key(c) for c in self._subscribers]
-        if channels:
-            await self._pubsub.subscribe(*channels)
+        await self._write_subscriptions(list(self._subscribers))
         await self._flush()
         if not self._available:
             log.info("redis hub: connected")
@@ -321,39 +339,70 @@ class RedisHub(ConfirmationHub):
             log.info("redis hub: outcomes kept during the outage are recorded again")
 
     async def _listen(self) -> None:
-        idle = 0.0
+        """Read the listener until the hub closes; raise (OSError/RedisError) to be reconnected."""
+        listener = self._listener
+        loop = asyncio.get_running_loop()
+        pinged: float | None = None  # when the unanswered PING went out
         while not self._closed:
             if self._wake.is_set():
                 raise ConnectionError("a command failed; reconnecting")
-            if not self._pubsub.subscribed:
-                # Nothing to read: wait for a subscription, and watch Redis meanwhile.
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 0.2)
-                except asyncio.TimeoutError:
-                    pass
-                idle += 0.2
-                if idle >= _IDLE_PING:
-                    idle = 0.0
-                    await self._command("PING")
+            reply = await listener.read_response(timeout=_QUIET)
+            if reply is None:  # a quiet second
+                if pinged is None:
+                    pinged = loop.time()
+                    await self._write_listener([("PING",)])
+                elif loop.time() - pinged >= self.timeout:
+                    raise ConnectionError("the pub/sub connection stopped answering")
+                if self._abandoned:
+                    await self._write_subscriptions([])
                 continue
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message.get("type") != "message":
+            pinged = None  # any reply shows the connection alive
+            # ["message", channel, data]; the rest is "subscribe"/"unsubscribe"/"pong" confirmations.
+            if not isinstance(reply, list) or reply[0] != "message":
                 continue
-            raw = message["data"]
+            raw = reply[2]
             if self._is_own(raw):
                 continue  # delivered when it was published
-            channel = str(message["channel"])[len(self.prefix) + 3:]
             found = self._unwrap(raw)
             if found is not None:
-                await self._dispatch(channel, *found)
+                await self._dispatch(reply[1][len(self.prefix) + 3:], *found)
+
+    async def _write_subscriptions(self, channels: list[str]) -> None:
+        """SUBSCRIBE ``channels`` on the listener, and UNSUBSCRIBE the abandoned ones, in one write.
+
+        Skipped while the listener is down: the reconnect subscribes every local
+        channel. Raise OSError/RedisError when the write fails (the listener is then reset).
+        """
+        if not self._listener_up():
+            return
+        commands: list[tuple[str, ...]] = []
+        if self._abandoned:
+            abandoned, self._abandoned = self._abandoned, set()
+            self._listening -= abandoned
+            commands.append(("UNSUBSCRIBE", *map(self._channel_key, abandoned)))
+        channels = [c for c in channels if c not in self._listening]
+        if channels:
+            self._listening.update(channels)
+            commands.append(("SUBSCRIBE", *map(self._channel_key, channels)))
+        if commands:
+            await self._write_listener(commands)
+
+    def _listener_up(self) -> bool:
+        # A listener that redis-py disconnected after an error is replaced by
+        # _run; writing on it would only make redis-py open a new, bare one.
+        return self._listener is not None and self._listener.is_connected
+
+    async def _write_listener(self, commands: list[tuple[str, ...]]) -> None:
+        """Write ``commands`` on the listener (their replies come to _listen), if it is up."""
+        if self._listener_up():
+            async with _deadline(self.timeout):
+                await self._listener.send_packed_command(self._listener.pack_commands(commands), check_health=False)
 
     async def _reset_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except Exception:  # the connection is already gone; nothing to release
-                pass
+        listener, self._listener = self._listener, None
+        self._listening, self._abandoned = set(), set()
+        if listener is not None:
+            await self._disconnect(listener)
 
     async def _dispatch(self, channel: str, message_id: str, message: Message) -> None:
         """Deliver another process's message, unless this channel's subscribers already had it.
@@ -422,9 +471,10 @@ class RedisHub(ConfirmationHub):
         subscription = _RedisSubscription(self, channel, callback)
         subscribers = self._subscribers.setdefault(channel, set())
         subscribers.add(subscription)
-        if len(subscribers) == 1 and self._pubsub is not None:
+        if len(subscribers) == 1:
+            self._abandoned.discard(channel)  # still SUBSCRIBEd: nothing to write
             try:
-                await self._pubsub.subscribe(self._channel_key(channel))
+                await self._write_subscriptions([channel])
             except _FAILURES as exc:
                 self._mark_down(exc)  # the reconnect subscribes every local channel again
         return subscription
@@ -438,17 +488,10 @@ class RedisHub(ConfirmationHub):
             return
         del self._subscribers[subscription.channel]
         self._delivered.pop(subscription.channel, None)
-        pubsub = self._pubsub
-        if pubsub is not None and self._available and not self._closed:
-            asyncio.get_running_loop().create_task(self._unsubscribe(pubsub, subscription.channel))
-
-    async def _unsubscribe(self, pubsub: Any, channel: str) -> None:
-        if channel in self._subscribers:
-            return  # subscribed again meanwhile
-        try:
-            await pubsub.unsubscribe(self._channel_key(channel))
-        except _FAILURES:
-            pass  # the reconnect subscribes only the live channels
+        if subscription.channel in self._listening:
+            # Unsubscribed with the next SUBSCRIBE, or after a quiet second; a
+            # message meanwhile finds no local subscriber and is dropped.
+            self._abandoned.add(subscription.channel)
 
     async def last(self, channel: str) -> Message | None:
         self._ensure_running()
