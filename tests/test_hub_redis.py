@@ -309,3 +309,21 @@ def test_a_url_asking_for_resp3_is_refused():
     with pytest.raises(ConfigError) as refused:
         load_hub("redis", "redis://127.0.0.1:6379/0?protocol=3")
     assert refused.value.key == "hub.url"
+
+
+async def test_non_ascii_prefix_channel_and_content_round_trip(hubs, redis_url, unique_name):
+    prefix = f"{unique_name}-é:"
+    a, b = hubs(prefix), hubs(prefix)
+    admin = aioredis.from_url(redis_url)
+    try:
+        got: list[dict] = []
+        await b.subscribe("chan-ü", got.append)
+        await subscribed(admin, b, "chan-ü")
+        await a.publish("chan-ü", {"frame": {"name": "Zoë 🎉"}})
+        await until(lambda: got)
+        assert got == [{"frame": {"name": "Zoë 🎉"}}]
+        assert await b.last("chan-ü") == {"frame": {"name": "Zoë 🎉"}}
+        assert await a.consume_once("state:ñ", 60) and not await b.consume_once("state:ñ", 60)
+        assert await admin.exists(f"{prefix}once:state:ñ".encode()) == 1  # the UTF-8 key name
+    finally:
+        await admin.aclose()
