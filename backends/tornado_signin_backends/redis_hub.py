@@ -142,7 +142,8 @@ class _RedisSubscription(Subscription):
 
 
 class RedisHub(ConfirmationHub):
-    """A hub on the Redis at ``url`` (one client pool and one pub/sub connection per instance)."""
+    """A hub on the Redis at ``url``: per instance, the connections its commands
+    need (kept idle between them) and one pub/sub connection, the listener."""
 
     def __init__(self, *, url: str | None, key_prefix: str = DEFAULT_PREFIX, timeout: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -154,10 +155,13 @@ class RedisHub(ConfirmationHub):
         if not url:
             raise ConfigError("hub.url", "is required for the redis hub")
         try:
+            # The client parses the URL and holds the connection settings
+            # (_new_connection); it sends commands itself only for the
+            # MULTI/EXEC fallback of a Redis that refuses scripts.
             self._client = aioredis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                # One immediate retry replaces a pooled connection that died with
-                # a Redis restart; longer outages are the reconnect loop's job.
+                # One immediate retry of a failed connection attempt; longer
+                # outages are the reconnect loop's job.
                 retry=Retry(NoBackoff(), 1), decode_responses=True,
                 # RESP2: the listener reads pub/sub messages as plain replies.
                 protocol=2)
