@@ -213,19 +213,23 @@ def measure(fleet: Fleet, scenario: str, args: argparse.Namespace, estimate: dic
                                     "--duration", str(int(args.duration)), "--format", "raw", "--nonblocking",
                                     "-o", str(Path(args.out) / f"profile-{'-'.join(target)}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cpu0 = (tree_cpu_seconds(fleet.procs[server].pid), time.process_time(),
-                tree_cpu_seconds(fleet.procs["emulator"].pid))
+        def cpu_now() -> tuple[float, ...]:
+            redis = fleet.procs.get("redis")
+            return (tree_cpu_seconds(fleet.procs[server].pid), time.process_time(),
+                    tree_cpu_seconds(fleet.procs["emulator"].pid), tree_cpu_seconds(redis.pid) if redis else 0.0)
+
+        cpu0 = cpu_now()
         await asyncio.sleep(args.duration)
-        cpu1 = (tree_cpu_seconds(fleet.procs[server].pid), time.process_time(),
-                tree_cpu_seconds(fleet.procs["emulator"].pid))
+        cpu1 = cpu_now()
         result = await task
         if spy is not None:
             spy.wait()
         return result, [(b - a) / args.duration for a, b in zip(cpu0, cpu1)]
 
-    result, (server_cpu, loadgen_cpu, emulator_cpu) = asyncio.run(go())
+    result, (server_cpu, loadgen_cpu, emulator_cpu, redis_cpu) = asyncio.run(go())
     summary = result.summary()
     summary.update(server_cpu=server_cpu, loadgen_cpu=loadgen_cpu, emulator_cpu=emulator_cpu,
+                   redis_cpu=redis_cpu if kind == "login" and "redis" in server else 0.0,
                    server_cpu_ms_per_login=1000 * server_cpu / summary["throughput"] if summary["throughput"] else 0.0)
     if summary["throughput"]:
         estimate[scenario] = summary["throughput"]
@@ -248,7 +252,16 @@ TARGETS = [
 ]
 
 
-def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None) -> dict[str, Any]:
+def _two_process_bound(run: dict[str, Any], cpus: int) -> float:
+    """Return how many times its one-process throughput ``run`` (a one-process scenario) could reach
+    if the machine's ``cpus`` cores did nothing but what one login costs there: the server's,
+    the load generator's, the emulator's and Redis's CPU per login (the second process shares
+    the machine with all of them)."""
+    cores_per_run = run["server_cpu"] + run["loadgen_cpu"] + run["emulator_cpu"] + run.get("redis_cpu", 0.0)
+    return cpus / cores_per_run if cores_per_run else 0.0
+
+
+def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None, cpus: int = 2) -> dict[str, Any]:
     """Return medians per scenario, per-round ratios to the same round's ceiling, and target verdicts."""
     medians: dict[str, Any] = {}
     for scenario in SCENARIOS:
@@ -256,7 +269,7 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None) -> dic
         if runs:
             medians[scenario] = {key: _median([run[key] for run in runs])
                                  for key in ("throughput", "p50_ms", "p99_ms", "server_cpu", "loadgen_cpu",
-                                             "emulator_cpu", "server_cpu_ms_per_login")}
+                                             "emulator_cpu", "redis_cpu", "server_cpu_ms_per_login")}
             medians[scenario]["ratio_to_ceiling"] = _median(
                 [r[scenario]["throughput"] / r["ceiling"]["throughput"] for r in rounds
                  if scenario in r and r.get("ceiling", {}).get("throughput")])
@@ -278,6 +291,8 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None) -> dic
             / (r["ceiling"]["server_cpu_ms_per_login"] + r["tornado_get"]["server_cpu_ms_per_login"])
             for r in rounds if "ceiling" in r and "tornado_get" in r
             and r["ceiling"]["server_cpu_ms_per_login"] and r["tornado_get"]["server_cpu_ms_per_login"]]) or None,
+        "two_process_bound": _median([_two_process_bound(r["signin_1p_redis"], cpus) for r in rounds
+                                      if "signin_1p_redis" in r]) or None,
         "kb_per_socket": sockets["kb_per_socket"] if sockets else None,
         "delivery_p99_ms": sockets["delivery_p99_ms"] if sockets else None,
     }
@@ -293,12 +308,12 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None) -> dic
 def table(report: dict[str, Any]) -> str:
     """Return the Markdown tables of a report."""
     lines = ["| scenario | logins/s (median) | × ceiling | p50 ms | p99 ms | server CPU (cores) "
-             "| server CPU ms/login | load-side CPU (cores) |",
+             "| server CPU ms/login | load-side CPU (cores, Redis included) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for scenario, m in report["analysis"]["medians"].items():
         lines.append(f"| {scenario} | {m['throughput']:.0f} | {m['ratio_to_ceiling']:.2f} | {m['p50_ms']:.2f} | "
                      f"{m['p99_ms']:.2f} | {m['server_cpu']:.2f} | {m['server_cpu_ms_per_login']:.2f} | "
-                     f"{m['loadgen_cpu'] + m['emulator_cpu']:.2f} |")
+                     f"{m['loadgen_cpu'] + m['emulator_cpu'] + m['redis_cpu']:.2f} |")
     lines += ["", "| target | measured | target | met |", "|---|---:|---:|:-:|"]
     for t in report["analysis"]["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
@@ -307,6 +322,10 @@ def table(report: dict[str, Any]) -> str:
     bound = report["analysis"]["ratios"].get("two_request_bound")
     if bound is not None:
         lines.append(f"| (bound for any login of GET + the ceiling's POST doing nothing else, by CPU) | {bound:.2f} | | |")
+    two_bound = report["analysis"]["ratios"].get("two_process_bound")
+    if two_bound is not None:
+        lines.append(f"| (bound for two / one on this machine: its cores / all CPU one login costs, Redis included) "
+                     f"| {two_bound:.2f} | | |")
     extra = report["analysis"]["ratios"].get("ceiling_two_vs_one")
     if extra is not None:
         lines.append(f"| (for scale: the ceiling's own two / one processes) | {extra:.2f} | | |")
@@ -392,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = results[scenario]
                 print(f"round {index + 1} {scenario:<16} {r['throughput']:8.0f}/s p50 {r['p50_ms']:6.2f} ms "
                       f"p99 {r['p99_ms']:6.2f} ms server CPU {r['server_cpu']:.2f} load side "
-                      f"{r['loadgen_cpu'] + r['emulator_cpu']:.2f} errors {r['errors']}", flush=True)
+                      f"{r['loadgen_cpu'] + r['emulator_cpu'] + r['redis_cpu']:.2f} errors {r['errors']}", flush=True)
             rounds.append(results)
         if not args.no_sockets:
             sockets = asyncio.run(run_sockets(fleet.ports["signin"], fleet.procs["signin"].pid,
@@ -401,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fleet.stop()
         meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report = {"meta": meta, "rounds": rounds, "sockets": sockets, "analysis": analyse(rounds, sockets)}
+    report = {"meta": meta, "rounds": rounds, "sockets": sockets, "analysis": analyse(rounds, sockets, os.cpu_count() or 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "smoke.json" if args.smoke else f"{started.replace(':', '')}.json"
