@@ -327,3 +327,18 @@ async def test_non_ascii_prefix_channel_and_content_round_trip(hubs, redis_url, 
         assert await admin.exists(f"{prefix}once:state:ñ".encode()) == 1  # the UTF-8 key name
     finally:
         await admin.aclose()
+
+
+async def test_a_burst_of_commands_leaves_a_bounded_number_of_connections_open(hubs, private_redis):
+    import redis as sync_redis
+
+    from tornado_signin_backends.redis_hub import _MAX_IDLE
+
+    hub = hubs(url=private_redis.url)
+    results = await asyncio.gather(*(hub.consume_once(f"state:burst-{i}", 60) for i in range(4 * _MAX_IDLE)))
+    assert all(results)  # one connection per concurrent command while they ran
+    await asyncio.sleep(0.1)
+    with sync_redis.Redis.from_url(private_redis.url) as admin:
+        others = [c for c in admin.client_list() if c["cmd"] != "client|list"]
+    # Kept: at most _MAX_IDLE for commands, plus the pub/sub listener.
+    assert len(others) <= _MAX_IDLE + 1, len(others)

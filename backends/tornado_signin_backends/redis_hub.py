@@ -97,6 +97,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "tornado-signin:"
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
+#: Connections kept open between commands (one per concurrent command is opened as needed).
+_MAX_IDLE = 16
 #: Seconds without a message after which the listener pings Redis and unsubscribes abandoned channels.
 _QUIET = 1.0
 
@@ -263,16 +265,21 @@ class RedisHub(ConfirmationHub):
                 await connection.send_packed_command(_pack(args), check_health=False)
                 reply = await connection.read_response()
         except ResponseError:
-            self._idle.append(connection)
+            await self._keep(connection)
             raise
         except BaseException:
             await self._disconnect(connection)
             raise
-        if self._closed:
+        await self._keep(connection)
+        return reply
+
+    async def _keep(self, connection: Any) -> None:
+        """Keep ``connection`` idle for a later command, unless the hub is closed or enough are idle
+        already (a burst of concurrent commands opens one connection each; the surplus is closed)."""
+        if self._closed or len(self._idle) >= _MAX_IDLE:
             await self._disconnect(connection)
         else:
             self._idle.append(connection)
-        return reply
 
     @staticmethod
     async def _disconnect(connection: Any) -> None:
