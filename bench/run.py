@@ -252,6 +252,13 @@ TARGETS = [
 ]
 
 
+def _two_request_bound(results: dict[str, Any]) -> float:
+    """Return the most a login of two Tornado requests (a GET like /state, then the ceiling's POST)
+    could reach, as a ratio to the ceiling, if it did no work of its own: by server CPU per request."""
+    post, get = results["ceiling"]["server_cpu_ms_per_login"], results["tornado_get"]["server_cpu_ms_per_login"]
+    return post / (post + get) if post and get else 0.0
+
+
 def _two_process_bound(run: dict[str, Any], cpus: int) -> float:
     """Return how many times its one-process throughput ``run`` (a one-process scenario) could reach
     if the machine's ``cpus`` cores did nothing but what one login costs there: the server's,
@@ -284,13 +291,8 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None, cpus: 
         "p99_vs_ceiling": per_round("signin", "ceiling", "p99_ms"),
         "two_vs_one": per_round("signin_2p_redis", "signin_1p_redis"),
         "ceiling_two_vs_one": per_round("ceiling_2p", "ceiling"),
-        # The most a login of two Tornado requests (a GET like /state, then the
-        # ceiling's POST) could reach with no work of its own, by server CPU.
-        "two_request_bound": _median([
-            r["ceiling"]["server_cpu_ms_per_login"]
-            / (r["ceiling"]["server_cpu_ms_per_login"] + r["tornado_get"]["server_cpu_ms_per_login"])
-            for r in rounds if "ceiling" in r and "tornado_get" in r
-            and r["ceiling"]["server_cpu_ms_per_login"] and r["tornado_get"]["server_cpu_ms_per_login"]]) or None,
+        "two_request_bound": _median([_two_request_bound(r) for r in rounds
+                                      if "ceiling" in r and "tornado_get" in r]) or None,
         "two_process_bound": _median([_two_process_bound(r["signin_1p_redis"], cpus) for r in rounds
                                       if "signin_1p_redis" in r]) or None,
         "kb_per_socket": sockets["kb_per_socket"] if sockets else None,
