@@ -25,6 +25,7 @@ import logging
 import re
 from typing import Any, Iterable
 
+import pytest
 from tornado.httpclient import HTTPResponse
 from tornado.web import decode_signed_value
 
@@ -32,7 +33,7 @@ from harness import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, LogCapture, PageCli
 from tornado_signin.emulator import keys as emulator_keys
 from tornado_signin.sessions import SECURE_SESSION_COOKIE, SESSION_COOKIE, Session
 
-__all__ = ["open_stack", "close_stack", "assert_rejected", "assert_logs_clean", "no_signed_in_frame",
+__all__ = ["open_stack", "close_stack", "stack_fixture", "assert_rejected", "assert_logs_clean", "no_signed_in_frame",
            "session_of", "secrets_of", "BASIC_HEADER", "drain"]
 
 #: What a client_secret_basic header of this client would look like (never sent by this server).
@@ -93,6 +94,18 @@ async def close_stack(stack: Stack) -> None:
     root.removeHandler(stack.logs)
     root.setLevel(stack.saved_root_level)
     await stack.close()
+
+
+def stack_fixture(**overrides: Any) -> Any:
+    """Return a pytest fixture giving each test an :func:`open_stack` (``overrides`` as config), closed after it."""
+
+    @pytest.fixture
+    def stack(io_loop: Any) -> Any:
+        opened = io_loop.run_sync(lambda: open_stack(**overrides))
+        yield opened
+        io_loop.run_sync(lambda: close_stack(opened))
+
+    return stack
 
 
 def secrets_of(stack: Stack, extra: Iterable[str] = ()) -> list[str]:

@@ -16,18 +16,14 @@ import pytest
 from tornado.httpclient import HTTPRequest
 
 from harness import json_body
-from security_oracle import assert_rejected, close_stack, open_stack, session_of
+from security_oracle import assert_rejected, close_stack, open_stack, session_of, stack_fixture
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 MARK = "4/0AsecurityGate"  # a distinctive, code-looking prefix for the cases below
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(open_stack)
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture()
 
 
 async def page(stack):

@@ -16,17 +16,13 @@ from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
 from harness import CLIENT_ID, CLIENT_SECRET, json_body
-from security_oracle import BASIC_HEADER, assert_logs_clean, close_stack, open_stack
+from security_oracle import BASIC_HEADER, assert_logs_clean, stack_fixture
 from tornado_signin.redact import REDACTED, redact
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(open_stack)
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture()
 
 
 async def test_whole_login_offline_use_and_disconnect_at_debug_log_no_secret(stack):

@@ -27,7 +27,7 @@ from tornado.testing import bind_unused_port
 from tornado.websocket import websocket_connect
 
 from harness import CLIENT_ID, CLIENT_SECRET, PageClient, Stack, json_body, make_config
-from security_oracle import assert_logs_clean, close_stack, drain, open_stack, session_of
+from security_oracle import assert_logs_clean, drain, session_of, stack_fixture
 from tornado_signin.app import make_app
 from tornado_signin.emulator import Emulator, EmulatorClient
 
@@ -92,11 +92,7 @@ def cookies_of(response):
     return jar
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(open_stack)
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture()
 
 
 async def test_https_cookie_is_host_prefixed_secure_httponly_samesite(io_loop, tmp_path):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness import json_body
-from security_oracle import assert_logs_clean, assert_rejected, close_stack, open_stack
+from security_oracle import assert_logs_clean, assert_rejected, stack_fixture
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -23,11 +23,7 @@ LEAKY_ACCESS = "ya29.a0LEAKED-looking-access-token-0123456789"
 LEAKY_ID = "eyJhbGciOiJSUzI1NiJ9.eyJsZWFrIjoidHJ1ZSJ9.bGVha2VkLXNpZ25hdHVyZQ"
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(lambda: open_stack(google={"request_timeout": DEADLINE}))
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture(google={"request_timeout": DEADLINE})
 
 
 async def attempt(stack, *faults, statuses, reason=None, secrets=()):

@@ -14,18 +14,14 @@ import time
 import pytest
 
 from harness import json_body
-from security_oracle import assert_rejected, close_stack, open_stack
+from security_oracle import assert_rejected, close_stack, open_stack, stack_fixture
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 LIMITS = {"header_timeout": 0.5, "body_timeout": 0.5}
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(lambda: open_stack(limits=LIMITS))
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture(limits=LIMITS)
 
 
 async def connect(stack):

@@ -19,18 +19,14 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketError, websocket_connect
 
 from harness import json_body
-from security_oracle import assert_logs_clean, close_stack, drain, open_stack, session_of
+from security_oracle import assert_logs_clean, drain, session_of, stack_fixture
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 LIMITS = {"websocket_ping_interval": 0.2, "websocket_ping_timeout": 0.2, "websocket_max_message_bytes": 1024}
 
 
-@pytest.fixture
-def stack(io_loop):
-    stack = io_loop.run_sync(lambda: open_stack(limits=LIMITS))
-    yield stack
-    io_loop.run_sync(lambda: close_stack(stack))
+stack = stack_fixture(limits=LIMITS)
 
 
 async def healthy(stack):
