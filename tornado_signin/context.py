@@ -65,22 +65,24 @@ class AppContext:
     #: Set at shutdown: readiness fails and new logins are refused with 503.
     draining: bool = False
 
+    def __post_init__(self) -> None:
+        # Asked on every code POST and websocket handshake; the configured list never changes.
+        self._configured_origins = frozenset(self.config.server.allowed_origins)
+
     def allowed_origins(self, own_origin: str) -> frozenset[str]:
         """Return the origins allowed to post codes and open sockets."""
-        configured = self.config.server.allowed_origins
-        if configured:
-            return frozenset(configured)
+        if self._configured_origins:
+            return self._configured_origins
         return frozenset({self.config.server.public_origin or own_origin})
 
     async def close(self) -> None:
         """Release every resource (store, hub, HTTP client, threads)."""
         if self.store_health is not None:
             await self.store_health.stop()
-        for step in (self.hub.close,):
-            try:
-                await step()
-            except Exception:  # shutdown goes on whatever one part does
-                log.exception("closing the hub failed")
+        try:
+            await self.hub.close()
+        except Exception:  # shutdown goes on whatever the hub does
+            log.exception("closing the hub failed")
         self.google.close()
         self.workers.shutdown(wait=True)
         self.store.close()
