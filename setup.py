@@ -2,7 +2,8 @@
 
 Layout: the core is the import package ``tornado_signin``; the top-level
 ``templates/`` folder ships inside it as ``tornado_signin/templates`` (so the
-page is found from an editable install and from a wheel alike); the built-in
+page is found from an editable install and from a wheel alike); the
+emulator's own templates ship in ``tornado_signin/emulator/templates``; the built-in
 token stores live in ``backends/tornado_signin_backends`` and are reached only
 through the ``tornado_signin.backends`` entry-point group, the same door a
 third-party plugin uses.
@@ -41,7 +42,10 @@ setup(
         "tornado_signin.templates": "templates",
         "tornado_signin_backends": "backends/tornado_signin_backends",
     },
-    package_data={"tornado_signin.templates": ["*.html", "*.js", "emulator/*.html", "emulator/*.js"]},
+    package_data={
+        "tornado_signin.templates": ["*.html", "*.js"],
+        "tornado_signin.emulator": ["templates/*.html", "templates/*.js"],
+    },
     install_requires=[
         "tornado>=6.3",
         "google-auth>=2.20",

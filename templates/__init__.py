@@ -1,1 +1,1 @@
-"""Templates of the page and of the Google emulator (shipped as package data)."""
+"""Templates of the page (shipped as package data; the emulator ships its own in tornado_signin/emulator/templates)."""

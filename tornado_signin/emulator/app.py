@@ -37,7 +37,7 @@ _SETTINGS = ("rotate_refresh_tokens", "access_token_ttl", "code_ttl", "issuer_wi
 
 
 def _load_templates() -> tornado.template.DictLoader:
-    folder = resources.files("tornado_signin.templates") / "emulator"
+    folder = resources.files(__package__ or "tornado_signin.emulator") / "templates"
     texts = {
         entry.name: entry.read_text(encoding="utf-8")
         for entry in folder.iterdir()
