@@ -36,7 +36,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tornado_signin", "tornado_signin.emulator", "tornado_signin.templates", "tornado_signin_backends"],
+    packages=[
+        "tornado_signin",
+        "tornado_signin.emulator",
+        "tornado_signin.testing",
+        "tornado_signin.templates",
+        "tornado_signin_backends",
+    ],
     package_dir={
         "tornado_signin": "tornado_signin",
         "tornado_signin.templates": "templates",

@@ -43,8 +43,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .errors import StorageError
-from .store import MAX_SUB_LENGTH, TokenRecord, TokenStore, merge_records
+from ..errors import StorageError
+from ..store import MAX_SUB_LENGTH, TokenRecord, TokenStore, merge_records
 
 __all__ = ["TokenStoreContract", "full_record", "contended_record", "assert_process_safe", "EDGE_SUBS"]
 
