@@ -119,7 +119,7 @@ async def test_offline_path_from_a_fresh_process(tmp_path, emulator_thread):
 
     # An expired access token is refreshed by the CLI and persisted.
     emulator.configure(access_token_ttl=3600)
-    from tornado_signin.context import open_store
+    from tornado_signin.wiring import open_store
     store = open_store(config)
     record = store.get(sub)
     store.save(record.replace(access_token="ya29.expired", access_token_expiry=1.0,
@@ -172,8 +172,8 @@ def test_script_api_get_credentials_and_authorized_session(tmp_path, emulator_th
 
     import requests
 
-    from tornado_signin.context import open_store
-    from tornado_signin.offline import authorized_session, get_credentials
+    from tornado_signin.wiring import open_store
+    from tornado_signin.scripts import authorized_session, get_credentials
     from tornado_signin.store import TokenRecord
 
     emulator, _, app_url = emulator_thread

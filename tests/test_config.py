@@ -116,7 +116,7 @@ def test_insecure_transport_env_refused_outside_development():
 
 
 def test_bad_encryption_key_names_the_key():
-    from tornado_signin.context import open_store
+    from tornado_signin.wiring import open_store
 
     config = config_from_dict(minimal(store={"backend": "memory", "encryption": {"keys": ["not-a-key"]}}), environ={})
     with pytest.raises(ConfigError) as caught:
@@ -125,7 +125,7 @@ def test_bad_encryption_key_names_the_key():
 
 
 def test_unknown_backend_names_group_and_lists_installed():
-    from tornado_signin.context import open_store
+    from tornado_signin.wiring import open_store
 
     config = config_from_dict(minimal(store={"backend": "cassandra", "encryption": {"keys": [generate_key()]}}),
                               environ={})
@@ -136,7 +136,7 @@ def test_unknown_backend_names_group_and_lists_installed():
 
 
 def test_misspelt_backend_option_fails_at_startup():
-    from tornado_signin.context import open_store
+    from tornado_signin.wiring import open_store
 
     config = config_from_dict(minimal(store={"backend": "sql", "ulr": "sqlite://", "encryption": {"keys": [generate_key()]}}),
                               environ={})

@@ -18,7 +18,8 @@ from tornado.web import Application, RequestHandler
 
 from .config import Config
 from .confirm import ConfirmSocket
-from .context import AppContext, build_context
+from .context import AppContext
+from .wiring import build_context
 from .handlers import (
     BaseHandler,
     DisconnectHandler,

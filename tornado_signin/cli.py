@@ -264,7 +264,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .context import open_store
+    from .wiring import open_store
     from .google import GoogleClient
     from .hub import MemoryHub, load_hub
 
@@ -321,7 +321,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _with_offline(config: Any, work: Any) -> Any:
-    from .offline import run_offline
+    from .wiring import run_offline
 
     return run_offline(config, work)
 
@@ -344,7 +344,7 @@ def _public_record(record: Any) -> dict[str, Any]:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from .context import open_store
+    from .wiring import open_store
 
     config = _load(args)
     store = open_store(config)
@@ -393,7 +393,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
-    from .context import open_store
+    from .wiring import open_store
 
     config = _load(args)
     store = open_store(config)
@@ -407,7 +407,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .context import open_store
+    from .wiring import open_store
     from .migrate import migrate
 
     source = open_store(load_config(args.source))

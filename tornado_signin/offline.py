@@ -15,8 +15,9 @@ through the store's merge (a rotated refresh token included).
 * Retryable failures (5xx, timeouts) are retried with backoff, then raised
   as GoogleUnavailableError.
 
-For scripts, :func:`get_credentials` and :func:`authorized_session` wrap the
-same code path without an IOLoop of their own.
+For scripts, :func:`tornado_signin.scripts.get_credentials` and
+:func:`tornado_signin.scripts.authorized_session` wrap the same code path
+without an IOLoop of their own.
 """
 
 from __future__ import annotations
@@ -24,16 +25,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from google.oauth2.credentials import Credentials
 
-from .config import Config
 from .errors import (
-    ConfigError,
     ConsentRequiredError,
     GoogleUnavailableError,
     InvalidGrantError,
@@ -46,7 +44,7 @@ from .signin import record_from_tokens
 from .store import TokenRecord, TokenStore
 from .workers import WorkerPool
 
-__all__ = ["OfflineAccess", "get_credentials", "authorized_session", "run_offline", "REFRESH_MARGIN"]
+__all__ = ["OfflineAccess", "REFRESH_MARGIN"]
 
 log = logging.getLogger(__name__)
 
@@ -206,75 +204,3 @@ class OfflineAccess:
                     await asyncio.sleep(delay)
         await self.workers.run(self.store.delete, record.sub)
         return revoked
-
-
-def run_offline(config: Config, work: Any) -> Any:
-    """Run ``await work(offline)`` on a private IOLoop with a store and client of ``config``; return its result.
-
-    For scripts and the CLI: everything opened is closed again.
-    """
-    from .context import open_store
-
-    async def main() -> Any:
-        store = open_store(config)
-        google = GoogleClient(config.google)
-        workers = WorkerPool(2, 16)
-        try:
-            return await work(OfflineAccess(store, google, workers))
-        finally:
-            google.close()
-            workers.shutdown()
-            store.close()
-
-    return asyncio.run(main())
-
-
-def get_credentials(config: Config, user: str, *, required_scopes: Iterable[str] = ()) -> Credentials:
-    """Return valid Credentials for ``user`` from a plain script (no IOLoop needed)."""
-    return run_offline(config, lambda offline: offline.credentials(user, required_scopes=required_scopes))
-
-
-def authorized_session(config: Config, user: str) -> Any:
-    """Return a ``requests_oauthlib.OAuth2Session`` for ``user`` that refreshes itself.
-
-    The session starts with a fresh access token; when it expires,
-    requests-oauthlib refreshes it at the configured token endpoint and the
-    new token is merged into the store. requests-oauthlib refuses plain
-    ``http://`` (the emulator) unless ``OAUTHLIB_INSECURE_TRANSPORT`` is set,
-    which the config allows only with ``development: true``; raise
-    ConfigError saying so rather than fail on the first refresh.
-    """
-    from requests_oauthlib import OAuth2Session
-
-    if config.google.endpoints.token_uri.startswith("http://") and not os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
-        raise ConfigError("google.endpoints.token_uri", "requests-oauthlib needs OAUTHLIB_INSECURE_TRANSPORT=1 "
-                                                        "for a plain http:// endpoint (development only)")
-
-    from .context import open_store
-
-    credentials = get_credentials(config, user)
-    google = config.google
-
-    def persist(token: dict[str, Any]) -> None:
-        store = open_store(config)
-        try:
-            now = time.time()
-            store.save(TokenRecord(
-                sub=record_sub, access_token=token["access_token"],
-                access_token_expiry=now + float(token.get("expires_in", 3600)), access_token_issued_at=now,
-                refresh_token=token.get("refresh_token"),
-                refresh_token_issued_at=now if token.get("refresh_token") else None,
-            ))
-        finally:
-            store.close()
-
-    record_sub = run_offline(config, lambda offline: offline.find(user)).sub
-    expires_in = (credentials.expiry - datetime.datetime.utcnow()).total_seconds() if credentials.expiry else 3600
-    return OAuth2Session(
-        google.client_id,
-        token={"access_token": credentials.token, "refresh_token": credentials.refresh_token,
-               "token_type": "Bearer", "expires_in": expires_in},
-        auto_refresh_url=google.endpoints.token_uri,
-        auto_refresh_kwargs={"client_id": google.client_id, "client_secret": google.client_secret},
-        token_updater=persist,
-    )

@@ -1,0 +1,69 @@
+"""tornado_signin.wiring: every entry point that builds services installs log redaction."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import requests
+
+from harness import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET
+from test_cli import emulator_thread, write_config  # noqa: F401  (the fixture is used by name)
+from tornado_signin.config import load_config
+from tornado_signin.crypto import generate_key
+from tornado_signin.emulator import DEFAULT_ACCOUNTS
+from tornado_signin.store import TokenRecord
+from tornado_signin.wiring import open_store
+
+SCRIPT = textwrap.dedent("""
+    import logging, sys, time
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    from tornado_signin.config import load_config
+    from tornado_signin.scripts import authorized_session, get_credentials, run_offline
+
+    config = load_config(sys.argv[1])
+    creds = get_credentials(config, "bob@gmail.com")           # refreshes the expired access token
+    assert creds.valid
+    run_offline(config, lambda offline: offline.fresh_record("bob@gmail.com", force=True))
+    session = authorized_session(config, "bob@gmail.com")
+    session.token = {**session.token, "expires_at": time.time() - 5, "expires_in": -5}
+    assert session.get(config.google.endpoints.userinfo_uri, timeout=10).status_code == 200   # requests-oauthlib refreshes
+    print("done")
+""")
+
+
+def test_a_script_logging_at_debug_logs_no_token_or_secret(tmp_path, emulator_thread):  # noqa: F811
+    """issue 11 item 4: get_credentials / run_offline / authorized_session from a script at DEBUG."""
+    emulator, _, app_url = emulator_thread
+    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": CLIENT_SECRET, "TS_KEY": generate_key()}
+    config_path = write_config(tmp_path, emulator.base_url, app_url)
+    config = load_config(config_path, environ=env)
+    reply = requests.post(emulator.base_url + "/token", data={
+        "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
+    sub = next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
+    now = time.time()
+    store = open_store(config)
+    store.save(TokenRecord(sub=sub, email="bob@gmail.com", refresh_token=reply["refresh_token"],
+                           refresh_token_issued_at=now, access_token="ya29.expired", access_token_expiry=now - 10,
+                           access_token_issued_at=now, scopes=tuple(reply["scope"].split())))
+    store.close()
+    emulator.configure(access_token_ttl=3600)
+
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(config_path)], capture_output=True, text=True,
+                            env={**os.environ, **env, "OAUTHLIB_INSECURE_TRANSPORT": "1"}, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr[-3000:]
+    assert emulator.stats["token.refresh_token"] == 3
+    # The refresh POSTs were logged (curl's and requests-oauthlib's debug output) ...
+    assert "/token" in result.stderr and "grant_type=refresh_token" in result.stderr
+    # ... without the secrets in them.
+    store = open_store(config)
+    latest = store.get(sub)
+    store.close()
+    for secret in (reply["refresh_token"], reply["access_token"], latest.access_token, CLIENT_SECRET, COOKIE_SECRET,
+                   env["TS_KEY"]):
+        assert secret and secret not in result.stderr
+    assert "ya29." not in result.stderr.replace("ya29.expired", "")

@@ -1,0 +1,132 @@
+"""The one place tornado-signin's services are built: for the server, the CLI and scripts.
+
+Every entry point that builds services comes through here, so none can miss
+what each of them needs. Above all, each builder installs log redaction
+(:mod:`tornado_signin.redact`) with the config's secrets before anything is
+opened: a script that turns on ``logging.basicConfig(level=logging.DEBUG)``
+would otherwise log the refresh POST (curl's debug output: the refresh token
+and the client secret).
+
+- :func:`open_store` — the configured token store, encrypted at rest.
+- :func:`build_context` — every service of one application (the server).
+- :func:`run_offline` — a store, a Google client and workers for one piece of
+  offline work on a private IOLoop (the CLI and the script API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .certs import CertCache
+from .config import Config
+from .context import AppContext
+from .crypto import EncryptingStore, TokenCipher
+from .google import GoogleClient
+from .health import StoreHealth
+from .hub import ConfirmationHub, MemoryHub, load_hub
+from .metrics import Metrics
+from .offline import OfflineAccess
+from .ratelimit import RateLimiter
+from .redact import install_redaction
+from .sessions import StateSigner
+from .signin import SigninService
+from .store import TokenStore, load_store
+from .verify import IdTokenVerifier
+from .workers import WorkerPool
+
+__all__ = ["install_config_redaction", "open_store", "build_context", "run_offline"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def install_config_redaction(config: Config) -> None:
+    """Redact every log record of this process from now on, including the literal secrets of ``config``.
+
+    Idempotent (see :func:`tornado_signin.redact.install_redaction`).
+    """
+    install_redaction([config.google.client_secret, config.server.cookie_secret, *config.store.encryption_keys])
+
+
+def _cipher(config: Config) -> TokenCipher:
+    return TokenCipher(config.store.encryption_keys, config_key="store.encryption.keys")
+
+
+def open_store(config: Config) -> EncryptingStore:
+    """Load the configured backend and wrap it with encryption at rest; install redaction first.
+
+    Raise ConfigError naming the key for an unknown backend, a bad option or a bad key.
+    """
+    install_config_redaction(config)
+    return EncryptingStore(load_store(config.store.backend, dict(config.store.options)), _cipher(config))
+
+
+def build_context(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None) -> AppContext:
+    """Build the services of ``config``; ``store`` (plaintext-side) and ``hub`` override the configured ones.
+
+    Install redaction first. Raise ConfigError naming the key for a bad store or hub.
+    """
+    install_config_redaction(config)
+    metrics = Metrics()
+    if store is None:
+        store = open_store(config)
+    elif not isinstance(store, EncryptingStore):
+        store = EncryptingStore(store, _cipher(config))
+    if hub is None:
+        hub = MemoryHub() if config.hub.backend == "memory" else load_hub(
+            config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+    google = GoogleClient(config.google)
+    certs = CertCache(google, config.google.endpoints.verification_certs_uri,
+                      on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result))
+    verifier = IdTokenVerifier(config.google, certs)
+    workers = WorkerPool(config.limits.worker_threads, config.limits.worker_queue)
+    context = AppContext(
+        config=config,
+        store=store,
+        hub=hub,
+        google=google,
+        certs=certs,
+        verifier=verifier,
+        workers=workers,
+        metrics=metrics,
+        signin=SigninService(google, verifier, store, workers, metrics),
+        states=StateSigner(config.server.cookie_secret, config.limits.state_ttl_seconds),
+        code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
+        offline=OfflineAccess(store, google, workers, metrics),
+    )
+    store_health = StoreHealth(store, workers, interval=config.limits.store_check_interval,
+                               recheck=config.limits.store_recheck_interval)
+    context.store_health = store_health
+    context.signin.health = store_health
+    metrics.gauge("signin_store_up", "1 while the token store is believed reachable.",
+                  lambda: 1.0 if store_health.up else 0.0)
+    metrics.gauge("signin_logins_in_flight", "Code POSTs being completed now.", lambda: context.logins_in_flight)
+    metrics.gauge("signin_open_sockets", "Open /confirm websockets.", lambda: len(context.sockets))
+    metrics.gauge("signin_worker_pool_in_flight", "Blocking calls running or queued.", lambda: workers.in_flight)
+    return context
+
+
+def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -> T:
+    """Run ``await work(offline)`` on a private IOLoop with a store and client of ``config``; return its result.
+
+    For scripts and the CLI: redaction is installed first, and everything
+    opened is closed again. Raise what ``work`` raises, and ConfigError as
+    :func:`open_store`.
+    """
+
+    async def main() -> T:
+        store = open_store(config)
+        google = GoogleClient(config.google)
+        workers = WorkerPool(2, 16)
+        try:
+            return await work(OfflineAccess(store, google, workers))
+        finally:
+            google.close()
+            workers.shutdown()
+            store.close()
+
+    return asyncio.run(main())
