@@ -180,8 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_demo(args: argparse.Namespace) -> int:
     from .app import make_app, make_server
-    from .demo import DEMO_CLIENT_ID, demo_config, load_dev_secrets
-    from .emulator import Emulator, EmulatorClient
+    from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config, load_dev_secrets
+    from .emulator import Emulator, EmulatorClient, EmulatorStateError
 
     _setup_logging("INFO")
     host = args.host or "127.0.0.1"
@@ -196,7 +196,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins)],
-                            base_url=emulator_url, development=True)
+                            base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = emulator.make_app().listen(emulator_port, address=host)
         app = make_app(config)
         server = make_server(app, config)
@@ -204,14 +204,19 @@ def _serve_demo(args: argparse.Namespace) -> int:
         print(f"tornado-signin demo: open http://{host}:{port}/ "
               f"(Google is played by the emulator at {emulator_url})", flush=True)
         await _serve_forever([server, emulator_server], [app.settings["signin"]])
+        emulator.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EmulatorStateError as exc:
+        print(f"tornado-signin: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     from .demo import DEMO_CLIENT_ID, load_dev_secrets
-    from .emulator import Emulator, EmulatorClient
+    from .emulator import Emulator, EmulatorClient, EmulatorStateError
 
     _setup_logging("INFO")
     host = args.host or "127.0.0.1"
@@ -228,12 +233,18 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         development = True
 
     async def main() -> None:
-        emulator = Emulator(clients=[client], base_url=f"http://{host}:{args.port}", development=development)
+        emulator = Emulator(clients=[client], base_url=f"http://{host}:{args.port}", development=development,
+                            state_dir=args.state_dir)
         server = emulator.make_app().listen(args.port, address=host)
         print(f"Google emulator listening on http://{host}:{args.port}/ (development={development})", flush=True)
         await _serve_forever([server], [])
+        emulator.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EmulatorStateError as exc:
+        print(f"tornado-signin: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -452,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="register this config's client with the emulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep grants, tokens and keys in DIR across restarts (default: in memory)")
     p.set_defaults(func=cmd_emulator)
 
     p = sub.add_parser("backends", help="list installed token-store plugins")
@@ -508,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     except SigninError as exc:
         print(f"tornado-signin: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
     except KeyboardInterrupt:
         return EXIT_ERROR
 

@@ -3,7 +3,9 @@
 ``tornado-signin serve`` without ``--config`` lands here. Secrets the demo
 needs (cookie secret, encryption key, the emulator client's secret) are
 generated once into a 0600 file in the working directory and reused, so a
-restarted demo still decrypts its SQLite store.
+restarted demo still decrypts its SQLite store; the emulator keeps its grants,
+tokens and keys in ``.tornado-signin-emulator/`` beside them, so the stored
+users' refresh tokens still work after a restart.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 from .config import Config, config_from_dict
 from .crypto import generate_key
 
-__all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "load_dev_secrets", "demo_config"]
+__all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "load_dev_secrets", "demo_config"]
 
 DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
 DEV_SECRETS_FILE = ".tornado-signin-dev.json"
 DEMO_STORE_FILE = "tornado-signin-demo.sqlite3"
+#: The demo emulator's state folder (grants, tokens, keys), inside the demo folder.
+DEMO_EMULATOR_DIR = ".tornado-signin-emulator"
 
 
 def write_secret_file(path: Path, document: dict[str, Any]) -> None:

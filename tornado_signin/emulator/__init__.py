@@ -29,6 +29,13 @@ Paths (Google's where Google has one)::
     POST /emulator/expire-refresh-token  form client_id, email
     GET|POST /emulator/settings          switches (JSON)
 
+State: in memory by default (tests); with ``state_dir`` (CLI
+``tornado-signin emulator --state-dir DIR``; the demo uses
+``.tornado-signin-emulator/`` in its folder) clients, grants, codes, tokens,
+signing keys and switches are written through to ``DIR/emulator-state.json``
+(atomic, 0600, folder 0700), so a restart keeps every signed-in user working
+(:mod:`.persist`).
+
 Python::
 
     emulator, server = start_emulator(clients=[EmulatorClient(...)])
@@ -42,6 +49,7 @@ clients (google-auth, requests) and for tests.
 from .app import GOOGLE_ISSUER, Emulator, start_emulator
 from .faults import Fault, FaultError, FaultPlan
 from .keys import SIGNING_METHODS
+from .persist import EmulatorStateError
 from .state import DEFAULT_ACCOUNTS, EmulatorClient, OAuthError, TestAccount
 from .threaded import EmulatorThread
 
@@ -56,6 +64,7 @@ __all__ = [
     "FaultError",
     "FaultPlan",
     "OAuthError",
+    "EmulatorStateError",
     "SIGNING_METHODS",
     "GOOGLE_ISSUER",
 ]

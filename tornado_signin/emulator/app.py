@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ import tornado.web
 from .faults import FaultPlan
 from .handlers import HANDLERS, NotFoundHandler, path_only
 from .keys import KeySet, at_hash
+from .persist import EmulatorStateError, StateDir
 from .state import DEFAULT_ACCOUNTS, EmulatorClient, IssuedTokens, State, TestAccount, format_scopes
 
 __all__ = ["Emulator", "start_emulator", "GOOGLE_ISSUER"]
@@ -76,6 +78,12 @@ class Emulator:
     ``certs.pem``, ``certs.jwks``), ``discovery``, ``client_secret``,
     ``script`` (``script.gsi``, ``script.platform``). The test-only paths
     are not counted. ``faults`` is the :class:`~.faults.FaultPlan`.
+
+    ``state_dir`` (a folder path) keeps clients, grants, codes, tokens,
+    signing keys and switches across restarts (see :mod:`.persist`); the
+    folder is locked until :meth:`close`. Without it everything lives in
+    memory. Raise :class:`~.persist.EmulatorStateError` when the folder is in
+    use or its file is unreadable or corrupt.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class Emulator:
         access_token_ttl: float = 3600,
         clock: Callable[[], float] = time.time,
         certs_max_age: int = 3600,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.state = State(
             clients=clients, accounts=accounts, code_ttl=code_ttl, access_token_ttl=access_token_ttl, clock=clock
@@ -105,6 +114,52 @@ class Emulator:
         self._defaults = {"code_ttl": code_ttl, "access_token_ttl": access_token_ttl}
         self._base_url: str | None = None
         self.base_url = base_url
+        self._state_dir = StateDir(state_dir) if state_dir is not None else None
+        if self._state_dir is not None:
+            try:
+                self._restore(self._state_dir)
+            except BaseException:
+                self._state_dir.close()
+                raise
+            self.state.on_change = self.keys.on_change = self.persist
+            self.persist()
+
+    def _restore(self, folder: StateDir) -> None:
+        document = folder.load()
+        if document is None:
+            return
+        try:
+            self.state.restore(document)
+            self.keys = KeySet.from_json(document.get("keys", []))
+            self.issuer_without_scheme = bool(document.get("settings", {}).get("issuer_without_scheme", False))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise EmulatorStateError(f"emulator state file {folder.file} is malformed ({exc!r})") from None
+        log.info(
+            "emulator state loaded: %d client(s), %d grant(s), %d refresh token(s)",
+            len(self.state.clients), len(document.get("grants", [])), len(document.get("refresh_tokens", {})),
+        )
+
+    @property
+    def state_dir(self) -> str | None:
+        """The state folder's path, or None when the emulator keeps its state in memory."""
+        return str(self._state_dir.path) if self._state_dir is not None else None
+
+    def persist(self) -> None:
+        """Write the state folder now (no-op without one); called after every change.
+
+        Raise :class:`~.persist.EmulatorStateError` when the write fails.
+        """
+        if self._state_dir is None:
+            return
+        document = self.state.snapshot()
+        document["settings"]["issuer_without_scheme"] = self.issuer_without_scheme
+        document["keys"] = self.keys.to_json()
+        self._state_dir.save(document)
+
+    def close(self) -> None:
+        """Release the state folder (idempotent); the emulator must not be used afterwards."""
+        if self._state_dir is not None:
+            self._state_dir.close()
 
     @property
     def base_url(self) -> str | None:
@@ -220,6 +275,7 @@ class Emulator:
             self.state.access_token_ttl = access_token_ttl
         if code_ttl is not None:
             self.state.code_ttl = code_ttl
+        self.persist()
         return self.settings()
 
     # -- documents -------------------------------------------------------

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -103,6 +103,21 @@ class SigningKey:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
+    def to_json(self) -> dict[str, str]:
+        """Return the key as ``{kid, private_key (PKCS#8 PEM), certificate}`` for the state folder."""
+        private_pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return {"kid": self.kid, "private_key": private_pem.decode("ascii"), "certificate": self.certificate_pem}
+
+    @classmethod
+    def from_json(cls, document: dict[str, str]) -> "SigningKey":
+        """Return the key :meth:`to_json` wrote; raise ValueError/TypeError/KeyError if malformed."""
+        key = serialization.load_pem_private_key(document["private_key"].encode("ascii"), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("a signing key must be RSA")
+        return cls(document["kid"], key, document["certificate"])
+
     def jwk(self) -> dict:
         """Return the public key as a JWK, as Google's v3 certs list it."""
         numbers = self.private_key.public_key().public_numbers()
@@ -112,9 +127,20 @@ class SigningKey:
 class KeySet:
     """The emulator's signing keys: the newest signs, the newest two are published."""
 
-    def __init__(self) -> None:
-        self._keys: list[SigningKey] = [SigningKey.generate()]
+    def __init__(self, keys: Iterable[SigningKey] | None = None) -> None:
+        self._keys: list[SigningKey] = list(keys or ()) or [SigningKey.generate()]
         self._impostor: SigningKey | None = None
+        #: Called after a rotation (the emulator writes its state folder there).
+        self.on_change: Callable[[], None] | None = None
+
+    def to_json(self) -> list[dict[str, str]]:
+        """Return the published keys, newest first, for the state folder."""
+        return [key.to_json() for key in self._keys]
+
+    @classmethod
+    def from_json(cls, documents: list[dict[str, str]]) -> "KeySet":
+        """Return the KeySet :meth:`to_json` wrote (a fresh key if it holds none)."""
+        return cls(SigningKey.from_json(document) for document in documents)
 
     @property
     def current(self) -> SigningKey:
@@ -130,6 +156,8 @@ class KeySet:
         """Start signing with a new key; keep the previous one published. Return the new kid."""
         self._keys = [SigningKey.generate(), *self._keys][:PUBLISHED_KEYS]
         log.info("signing key rotated")
+        if self.on_change is not None:
+            self.on_change()
         return self.current.kid
 
     def pem_map(self) -> dict[str, str]:

@@ -17,16 +17,23 @@ The grant model, as Google behaves:
   Revoking any token of a grant deletes the grant: all its tokens die at once
   and the next consent counts as a first one again.
 
+Every change to what Google would remember calls :attr:`State.on_change`
+(the emulator writes its state folder there, see :mod:`.persist`);
+:meth:`State.snapshot` and :meth:`State.restore` turn that memory into a
+JSON document and back. Open consent pages are not part of it.
+
 Not thread-safe: the emulator runs on one IOLoop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "EmulatorClient",
@@ -216,6 +223,57 @@ class State:
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._access_tokens: dict[str, _AccessToken] = {}
         self._consents: dict[str, tuple[float, dict]] = {}
+        #: Called after every change worth keeping (None: nobody keeps it).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- persistence -------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return what Google would remember as a JSON-ready dict (see :meth:`restore`).
+
+        Expired codes and access tokens are left out; open consent pages too.
+        """
+        now = self.clock()
+        return {
+            "clients": [_dump(client) for client in self.clients.values()],
+            "grants": [_dump(grant) for grant in self._grants.values()],
+            "codes": {code: _dump(rec) for code, rec in self._codes.items() if now - rec.issued_at < self.code_ttl},
+            "refresh_tokens": {token: _dump(rec) for token, rec in self._refresh_tokens.items()},
+            "access_tokens": {
+                token: _dump(rec) for token, rec in self._access_tokens.items() if rec.expires_at > now
+            },
+            "settings": {
+                "rotate_refresh_tokens": self.rotate_refresh_tokens,
+                "access_token_ttl": self.access_token_ttl,
+                "code_ttl": self.code_ttl,
+            },
+        }
+
+    def restore(self, document: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` document into this state.
+
+        Clients given to the constructor win over stored ones of the same id
+        (the operator's config is newer than the folder); records of test
+        accounts that no longer exist are dropped. Raise ValueError or
+        TypeError for a malformed document.
+        """
+        given = self.clients
+        self.clients = {c.client_id: c for c in (_load(EmulatorClient, d) for d in document.get("clients", []))}
+        self.clients.update(given)
+        subs = {account.sub for account in self.accounts}
+        grants = [_load(_Grant, d) for d in document.get("grants", [])]
+        self._grants = {(g.client_id, g.sub): g for g in grants if g.sub in subs}
+        self._codes = {k: _load(Code, d) for k, d in document.get("codes", {}).items()}
+        self._refresh_tokens = {k: _load(_RefreshToken, d) for k, d in document.get("refresh_tokens", {}).items()}
+        self._access_tokens = {k: _load(_AccessToken, d) for k, d in document.get("access_tokens", {}).items()}
+        settings = document.get("settings", {})
+        self.rotate_refresh_tokens = bool(settings.get("rotate_refresh_tokens", self.rotate_refresh_tokens))
+        self.access_token_ttl = float(settings.get("access_token_ttl", self.access_token_ttl))
+        self.code_ttl = float(settings.get("code_ttl", self.code_ttl))
 
     # -- lookups ---------------------------------------------------------
 
@@ -346,6 +404,7 @@ class State:
             nonce=nonce,
         )
         self._codes[code] = record
+        self._changed()
         log.info("consent recorded (first=%s, refresh_token=%s)", first, record.with_refresh_token)
         return code, record
 
@@ -376,9 +435,10 @@ class State:
         if redirect_uri != record.redirect_uri:
             raise OAuthError("redirect_uri_mismatch", "Bad Request")
         del self._codes[code]
-        if self.clock() - record.issued_at >= self.code_ttl:
-            raise OAuthError("invalid_grant", "Bad Request")
-        if not self._grant_alive(record.client_id, record.sub, record.grant_id):
+        if self.clock() - record.issued_at >= self.code_ttl or not self._grant_alive(
+            record.client_id, record.sub, record.grant_id
+        ):
+            self._changed()
             raise OAuthError("invalid_grant", "Bad Request")
         refresh_token = None
         if record.with_refresh_token:
@@ -436,6 +496,7 @@ class State:
         claims = None
         if OPENID in scopes:
             claims = self.id_token_claims(client_id, account, scopes, int(now), nonce)
+        self._changed()
         return IssuedTokens(
             access_token=access_token,
             expires_in=max(int(self.access_token_ttl) - 1, 0),
@@ -499,6 +560,7 @@ class State:
         for table in (self._refresh_tokens, self._access_tokens, self._codes):
             for token in [t for t, rec in table.items() if rec.grant_id == grant.grant_id]:
                 del table[token]
+        self._changed()
         log.info("grant revoked")
 
     def userinfo(self, access_token: str | None) -> dict:
@@ -539,4 +601,41 @@ class State:
         expired = [t for t, rec in self._refresh_tokens.items() if rec.client_id == client_id and rec.sub == sub]
         for token in expired:
             del self._refresh_tokens[token]
+        if expired:
+            self._changed()
         return len(expired)
+
+
+def _dump(record: Any) -> dict[str, Any]:
+    """Return a dataclass record as a JSON-ready dict (sets and tuples as sorted lists / lists)."""
+    document = dataclasses.asdict(record)
+    for name, value in document.items():
+        if isinstance(value, (set, frozenset)):
+            document[name] = sorted(value)
+        elif isinstance(value, tuple):
+            document[name] = list(value)
+    return document
+
+
+def _load(cls: Any, document: dict[str, Any]) -> Any:
+    """Return ``cls`` built from a :func:`_dump` dict, its fields retyped as the class declares them.
+
+    Unknown keys are ignored (a field dropped since); raise TypeError for a
+    missing required field.
+    """
+    if not isinstance(document, dict):
+        raise TypeError(f"{cls.__name__}: expected an object")
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name not in document:
+            continue
+        value = document[spec.name]
+        kind = str(spec.type)
+        if kind.startswith("frozenset"):
+            value = frozenset(value)
+        elif kind.startswith("set"):
+            value = set(value)
+        elif kind.startswith("tuple"):
+            value = tuple(value)
+        values[spec.name] = value
+    return cls(**values)

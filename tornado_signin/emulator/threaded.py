@@ -69,6 +69,7 @@ class EmulatorThread:
             await self._stop.wait()
             server.stop()
             await server.close_all_connections()
+            self.emulator.close()
 
         asyncio.run(serve())
 
