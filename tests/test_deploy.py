@@ -8,14 +8,23 @@ share the machine's services.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import http.client
+import ipaddress
 import json
 import signal
+import ssl
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, text
 
 from harness import PageClient, json_body
@@ -167,21 +176,8 @@ async def test_nginx_balances_two_instances_with_websocket_upgrade(deployment_fa
     nginx_port = free_port()
     origin = f"http://127.0.0.1:{nginx_port}"
     dep = deployment_factory(extra_origins=(origin,))
-    template = (ROOT / "deploy" / "nginx.conf.example").read_text()
-    conf = template.replace("127.0.0.1:8001", f"127.0.0.1:{dep.ports[0]}") \
-                   .replace("127.0.0.1:8002", f"127.0.0.1:{dep.ports[1]}") \
-                   .replace("listen 80;", f"listen 127.0.0.1:{nginx_port};") \
-                   .replace("server_name app.example.com;", "server_name _;")
-    # Logs, temp folders and pid in the tmp prefix.
-    (tmp_path / "logs").mkdir()
-    conf = conf.replace("/var/log/nginx/", f"{tmp_path}/logs/").replace("worker_processes auto;", "worker_processes 1;")
-    conf = conf.replace("http {", f"http {{\n    client_body_temp_path {tmp_path}/body;\n"
-                                  f"    proxy_temp_path {tmp_path}/proxy;\n", 1)
-    (tmp_path / "nginx.conf").write_text(conf)
-    nginx = Proc(["/usr/sbin/nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path),
-                  "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], tmp_path / "nginx.out")
+    nginx = start_nginx(tmp_path, dep.ports, http_port=nginx_port, tls_port=free_port())
     try:
-        wait_port(nginx_port, proc=nginx.proc)
         # Several logins through the balancer, each page holding a socket through it.
         for email in ("alice@example.com", "bob@gmail.com", "carol@example.org", "alice@example.com"):
             page = PageClient(origin, origin)
@@ -204,6 +200,106 @@ async def test_nginx_balances_two_instances_with_websocket_upgrade(deployment_fa
         assert ids and all(f"[{rid}]" in logs for rid in ids), (ids, logs[-2000:])
     finally:
         nginx.stop()
+
+
+def start_nginx(tmp: Path, upstream_ports: list[int], *, http_port: int, tls_port: int) -> Proc:
+    """Run deploy/nginx.conf.example as shipped, but for its ports, paths and (test-made) certificate."""
+    template = (ROOT / "deploy" / "nginx.conf.example").read_text()
+    upstreams = [f"127.0.0.1:{port}" for port in upstream_ports] * 2
+    conf = template.replace("127.0.0.1:8001", upstreams[0]).replace("127.0.0.1:8002", upstreams[1]) \
+                   .replace("listen 80;", f"listen 127.0.0.1:{http_port};") \
+                   .replace("listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;") \
+                   .replace("server_name app.example.com;", "server_name _;")
+    cert, key = self_signed_files(tmp)
+    conf = conf.replace("/etc/nginx/tls/app.example.com.crt", str(cert)) \
+               .replace("/etc/nginx/tls/app.example.com.key", str(key))
+    # Logs, temp folders and pid in the tmp prefix.
+    (tmp / "logs").mkdir(exist_ok=True)
+    conf = conf.replace("/var/log/nginx/", f"{tmp}/logs/").replace("worker_processes auto;", "worker_processes 1;")
+    conf = conf.replace("http {", f"http {{\n    client_body_temp_path {tmp}/body;\n"
+                                  f"    proxy_temp_path {tmp}/proxy;\n", 1)
+    (tmp / "nginx.conf").write_text(conf)
+    nginx = Proc(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp),
+                  "-g", f"daemon off; pid {tmp}/nginx.pid;"], tmp / "nginx.out")
+    wait_port(http_port, proc=nginx.proc)
+    wait_port(tls_port, proc=nginx.proc)
+    return nginx
+
+
+def self_signed_files(tmp: Path) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "nginx-cert.pem", tmp / "nginx-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def request_via(url: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """One GET through the proxy with the client's own (forged) headers; certificates are not checked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=10, context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+# Every header the app trusts with server.xheaders on, as a client would forge it.
+FORGED_SCHEME = [{"X-Scheme": "https"}, {"X-Forwarded-Proto": "https"},
+                 {"X-Scheme": "https", "X-Forwarded-Proto": "https"}, {"X-Scheme": "HTTPS"}]
+FORGED_DOWNGRADE = [{"X-Scheme": "http"}, {"X-Forwarded-Proto": "http"},
+                    {"X-Scheme": "http", "X-Forwarded-Proto": "http"}]
+
+
+def test_shipped_proxy_config_overwrites_every_header_the_app_trusts(tmp_path):
+    """deploy/nginx.conf.example as shipped: a client's own X-Scheme / X-Forwarded-Proto change nothing.
+
+    Tornado's xheaders reads X-Scheme before X-Forwarded-Proto, so the proxy must set both; over plain
+    http no __Host- cookie and no HSTS, over TLS both, whatever the client says.
+    """
+    emulator_url = f"http://127.0.0.1:{free_port()}"
+    app_port, http_port, tls_port = free_port(), free_port(), free_port()
+    origins = [f"http://127.0.0.1:{http_port}", f"https://127.0.0.1:{tls_port}"]
+    config = write_config(tmp_path, name="proxied", emulator_url=emulator_url, origins=origins,
+                          store={"backend": "memory"},
+                          server={"cookie_secret": {"$env": "TS_COOKIE_SECRET"}, "allowed_origins": origins,
+                                  "xheaders": True})
+    procs = [start_emulator(tmp_path, config, int(emulator_url.rsplit(":", 1)[1])),
+             start_server(tmp_path, config, app_port)]
+    try:
+        procs.append(start_nginx(tmp_path, [app_port], http_port=http_port, tls_port=tls_port))
+        for path in ("/", "/state", "/healthz"):
+            for forged in [{}, *FORGED_SCHEME]:
+                response = request_via(origins[0], path, forged)
+                assert response.status == 200, (path, forged, response.status)
+                cookies = response.headers.get_all("Set-Cookie") or []
+                assert not any(c.startswith("__Host-") or "Secure" in c for c in cookies), (path, forged, cookies)
+                assert response.headers.get("Strict-Transport-Security") is None, (path, forged)
+            for forged in [{}, *FORGED_DOWNGRADE]:
+                response = request_via(origins[1], path, forged)
+                assert response.status == 200, (path, forged, response.status)
+                cookies = response.headers.get_all("Set-Cookie") or []
+                if path != "/healthz":
+                    assert cookies and all(c.startswith("__Host-") and "Secure" in c for c in cookies), \
+                        (path, forged, cookies)
+                assert response.headers.get("Strict-Transport-Security"), (path, forged)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
 
 
 async def test_sigterm_finishes_in_flight_login_and_closes_sockets_with_reason(deployment_factory):
