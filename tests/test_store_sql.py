@@ -469,3 +469,43 @@ def test_a_value_that_does_not_convert_is_a_storage_error(sqlite_url):
         store.save(full_record(refresh_token_issued_at="1//rt-SECRET-as-a-time"))
     assert "SECRET" not in str(info.value) and "SECRET" not in str(info.value.__cause__)
     store.close()
+
+
+_SQLITE_MODE_CHILD = """
+import os, stat, sys
+os.umask(int(sys.argv[2], 8))
+from tornado_signin.testing import full_record
+from tornado_signin_backends.sql import SQLTokenStore
+store = SQLTokenStore(url="sqlite:///" + sys.argv[1])
+store.save(full_record())
+for suffix in ("", "-wal", "-shm", ".lock"):
+    print(suffix or "db", oct(stat.S_IMODE(os.stat(sys.argv[1] + suffix).st_mode)))
+store.close()
+"""
+
+
+@pytest.mark.parametrize("umask", ["022", "002", "000"])
+def test_sqlite_database_wal_and_shm_are_private_whatever_the_umask(tmp_path, umask):
+    """The database, -wal and -shm files hold emails and ciphertext: 0600 even under a permissive umask."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tokens.sqlite3"
+    result = subprocess.run([sys.executable, "-c", _SQLITE_MODE_CHILD, str(path), umask],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    modes = dict(line.split() for line in result.stdout.splitlines())
+    assert modes == {"db": "0o600", "-wal": "0o600", "-shm": "0o600", ".lock": "0o600"}
+
+
+def test_sqlite_file_readable_by_others_is_reported(tmp_path, caplog):
+    path = tmp_path / "old.sqlite3"
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)
+    store = SQLTokenStore(url=f"sqlite:///{path}")
+    try:
+        with caplog.at_level("WARNING"):
+            store.save(full_record())
+    finally:
+        store.close()
+    assert any("accessible to other users" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)

@@ -41,6 +41,11 @@ retries and messages are the same. Everything else goes through Core. Engine
 execution events (``before_cursor_execute``, ``handle_error`` …) do not see
 ``save``'s statements; pool events do.
 
+A new SQLite database file is created 0600, whatever the umask (SQLite
+itself would make it 0644), and SQLite gives its ``-wal`` and ``-shm`` files
+the database's mode: no other local user reads an email or a ciphertext. An
+existing file that others can read is used with a warning.
+
 Concurrency: one engine per store, shared by all threads (``pool_pre_ping``
 on). SQLite files run in WAL mode with a 30 s busy timeout, so threads and
 processes can write the same file. An in-memory SQLite URL uses one shared
@@ -342,11 +347,39 @@ def _is_transient(exc: DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
-def _sqlite_lock_path(database: str, uri: bool) -> str:
-    """Return the path of the write lock file of the SQLite database file ``database`` (a path, or a URI if ``uri``)."""
+def _sqlite_file_path(database: str, uri: bool) -> str:
+    """Return the path of the SQLite database file ``database`` (a path, or a URI if ``uri``)."""
     if uri and database.startswith("file:"):
         database = unquote(urlsplit(database).path)
-    return database + ".lock"
+    return database
+
+
+def _sqlite_private_file(path: str) -> Any:
+    """Return a ``do_connect`` listener that creates the database file 0600 before SQLite opens it.
+
+    SQLite creates a new database 0644 (it fchmods to its default, whatever
+    the umask) and gives its ``-wal`` and ``-shm`` files the database's own
+    mode; an email or a ciphertext must not be readable by other local users.
+    A file that exists already is left as it is, with a warning when others
+    can read it.
+    """
+    warned = False
+
+    def create_private(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        nonlocal warned
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            if not warned:
+                warned = True
+                mode = os.stat(path).st_mode & 0o777
+                if mode & 0o077:
+                    log.warning("SQLite token store %s is accessible to other users (mode %o): chmod 600 it "
+                                "and its -wal and -shm files", path, mode)
+        except OSError:
+            pass  # SQLite's own open reports it, as it would have without this listener
+
+    return create_private
 
 
 def _sqlite_pragmas(synchronous: str) -> Any:
@@ -427,7 +460,8 @@ class SQLTokenStore(TokenStore):
                 # processes then queue on the lock file (see the module docstring).
                 self._write_serial = threading.Lock()
                 uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
-                self._lock_path = _sqlite_lock_path(parsed.database, uri)
+                self._db_path = _sqlite_file_path(parsed.database, uri)
+                self._lock_path = self._db_path + ".lock"
         extra = dict(engine_options or {})
         connect_args.update(extra.pop("connect_args", {}) or {})
         options.update(extra)
@@ -439,6 +473,7 @@ class SQLTokenStore(TokenStore):
         except (ArgumentError, TypeError) as exc:
             raise ConfigError("store.engine_options", f"rejected by SQLAlchemy: {exc}") from exc
         if backend == "sqlite" and not in_memory:
+            event.listen(self._engine, "do_connect", _sqlite_private_file(self._db_path))
             event.listen(self._engine, "connect", _sqlite_pragmas(sqlite_synchronous))
 
         self._table = _define_table(table)
