@@ -189,3 +189,46 @@ def test_sigkill_mid_write_never_leaves_a_torn_record(tmp_path):
         assert [r.sub for r in store.records()] == ["victim"]
     assert last > 0
     print(f"{killed_while_writing} of 30 kills interrupted a write")
+
+
+def test_missing_parents_are_created_0700_whatever_the_umask(tmp_path):
+    old_umask = os.umask(0)
+    try:
+        FileTokenStore(path=str(tmp_path / "a" / "b" / "tokens")).close()
+    finally:
+        os.umask(old_umask)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "tokens"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_parent_writable_by_others_is_refused_naming_it(tmp_path, mode):
+    """Whoever can write a parent can move the store away (or swap in their own): refuse to start."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    for path in (shared / "tokens", shared / "deeper" / "tokens"):
+        with pytest.raises(ConfigError) as caught:
+            FileTokenStore(path=str(path))
+        assert str(shared) in str(caught.value) and "store.path" in str(caught.value)
+        assert not path.exists() and not (shared / "deeper").exists()
+
+
+def test_a_sticky_world_writable_parent_is_accepted(tmp_path):
+    """Like /tmp: others may write it, but not move what they do not own."""
+    shared = tmp_path / "sticky"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    FileTokenStore(path=str(shared / "tokens")).close()
+
+
+def test_a_symlinked_path_is_checked_where_it_leads(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "real").mkdir(mode=0o700)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "link").symlink_to(shared / "real")
+    with pytest.raises(ConfigError, match="shared"):
+        FileTokenStore(path=str(private / "link" / "tokens"))

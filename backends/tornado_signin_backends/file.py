@@ -6,6 +6,10 @@ Config (``store:`` section)::
       backend: file
       path: /var/lib/tornado-signin/tokens   # a directory; created 0700 if missing
 
+Missing parent folders are created 0700. A path with an existing parent that
+another user owns, or may write (unless it is sticky, like ``/tmp``), is
+refused at start-up: that user could move the store away or swap in another.
+
 Layout of the directory::
 
     <sha256 of the sub, hex>.json    one record (0600)
@@ -51,7 +55,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from tornado_signin.errors import StorageError
+from tornado_signin.errors import ConfigError, StorageError
 from tornado_signin.store import TokenRecord, TokenStore, merge_records
 
 from ._common import check_sub, is_valid_sub
@@ -106,19 +110,65 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def _unsafe(directory: str) -> str | None:
+    """Return why another local user could move or replace entries of ``directory``, or None when none can."""
+    info = os.stat(directory)
+    if info.st_uid not in (0, os.geteuid()):
+        return f"owned by another user (uid {info.st_uid})"
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return f"writable by other users (mode {info.st_mode & 0o777:o})"
+    return None
+
+
+def _unsafe_parents(path: str) -> str | None:
+    """Return a message naming the folder when another user could move the store at ``path`` away, else None.
+
+    Every existing folder above ``path`` counts, along the path as written and
+    along where its symlinks lead: it must belong to root or to this user and
+    be writable by nobody else, unless it is sticky (as ``/tmp`` is: others
+    can write it but not move what they do not own).
+    """
+    chains = []
+    for start in (os.path.dirname(path), os.path.dirname(os.path.realpath(path))):
+        chain, folder = [], start
+        while True:
+            chain.append(folder)
+            up = os.path.dirname(folder)
+            if up == folder:
+                break
+            folder = up
+        chains.append(chain)
+    for chain in chains:
+        for folder in chain:
+            if not os.path.lexists(folder) or os.path.islink(folder):
+                continue  # missing: created 0700 below; a link: its target's chain is checked
+            problem = _unsafe(folder)
+            if problem:
+                return (f"{folder} (a parent of the token store {path}) is {problem}: "
+                        "another user could move the store away; use a private folder")
+    return None
+
+
 class FileTokenStore(TokenStore):
     """A token store in the directory ``path``."""
 
     def __init__(self, *, path: str) -> None:
-        """Create ``path`` (mode 0700, and its missing parents) if missing.
+        """Create ``path`` (mode 0700, and its missing parents, 0700 too) if missing.
 
-        Raise StorageError when it cannot be created or is not a directory.
+        Raise ConfigError naming ``store.path`` and the folder when a parent
+        folder lets another user move the store away (see
+        :func:`_unsafe_parents`), StorageError when ``path`` cannot be
+        created or is not a directory.
         """
         if not path or not isinstance(path, (str, os.PathLike)):
             raise TypeError("FileTokenStore() option 'path' must be a directory path")
         self.path = os.path.abspath(os.fspath(path))
         self._locks = os.path.join(self.path, ".locks")
         self._closed = False
+        with self._translate("check the parent folders"):
+            problem = _unsafe_parents(self.path)
+        if problem:
+            raise ConfigError("store.path", problem)
         with self._translate("create the directory"):
             self._prepare()
 
@@ -126,7 +176,17 @@ class FileTokenStore(TokenStore):
         return f"<FileTokenStore {self.path}>"
 
     def _prepare(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        missing = []
+        parent = os.path.dirname(self.path)
+        while not os.path.lexists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(directory, 0o700)  # exactly 0700, whatever the umask
         for directory in (self.path, self._locks):
             try:
                 os.mkdir(directory, 0o700)
