@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -53,161 +51,32 @@ def _load(args: argparse.Namespace) -> Any:
 # ----------------------------------------------------------------------------- serve
 
 
-async def _serve_forever(servers: list[Any], contexts: list[Any], grace: float = 10.0) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully within ``grace`` seconds.
-
-    In order: stop accepting connections and mark the apps draining (readiness
-    fails, new code POSTs get 503), wait for the logins in flight, close the
-    websockets with 1001 "server shutting down", close the remaining
-    connections, then close store, hub and clients.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    started = time.monotonic()
-    deadline = started + grace
-    log.info("shutting down: no new connections, finishing in-flight logins")
-    for server in servers:
-        server.stop()
-    for ctx in contexts:
-        ctx.draining = True
-    while any(ctx.logins_in_flight for ctx in contexts) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    left = sum(ctx.logins_in_flight for ctx in contexts)
-    if left:
-        log.warning("%d login(s) still in flight after %.0fs; closing anyway", left, grace)
-    from .confirm import CLOSE_SHUTDOWN
-
-    for ctx in contexts:
-        for socket in list(ctx.sockets):
-            socket.close(CLOSE_SHUTDOWN, "server shutting down")
-    for server in servers:
-        try:
-            await asyncio.wait_for(server.close_all_connections(), max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            log.warning("connections still open after %.0fs; closing anyway", grace)
-    for ctx in contexts:
-        await ctx.close()
-    log.info("shut down in %.2fs", time.monotonic() - started)
-
-
-def _fork_workers(count: int) -> int | None:
-    """Fork ``count`` workers sharing the listening sockets (Tornado's pre-fork model).
-
-    Return the worker's task id in each child. The parent supervises: it
-    forwards SIGTERM/SIGINT to the workers, replaces a worker that died
-    unexpectedly (at most 100 times), and returns None once all have exited.
-    """
-    children: dict[int, int] = {}
-
-    def spawn(task_id: int) -> bool:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            return True
-        children[pid] = task_id
-        return False
-
-    for task_id in range(count):
-        if spawn(task_id):
-            return task_id
-    stopping = False
-
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    log.info("supervising %d worker processes: %s", count, " ".join(map(str, children)))
-    restarts = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        task_id = children.pop(pid, None)
-        if task_id is None:
-            continue
-        crashed = os.WIFSIGNALED(status) or os.waitstatus_to_exitcode(status) != 0
-        if crashed and not stopping and restarts < 100:
-            restarts += 1
-            log.warning("worker %d (pid %d) exited with status %d; starting another",
-                        task_id, pid, os.waitstatus_to_exitcode(status))
-            if spawn(task_id):
-                return task_id
-    return None
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tornado.netutil import bind_sockets
-
-    from .app import make_app, make_server
+    from .server import serve
 
     if args.config is None:
         return _serve_demo(args)
     config = _load(args)
     _setup_logging(config.log_level, config.log_format)
-    host = args.host or config.server.host
-    port = args.port if args.port is not None else config.server.port
-    sockets = bind_sockets(port, address=host)
-    processes = args.processes if args.processes is not None else config.server.processes
-    if processes != 1:
-        if config.hub.backend == "memory":
-            raise ConfigError("hub.backend", "several processes need a shared hub (redis)")
-        if _fork_workers(processes or os.cpu_count() or 1) is None:
-            return EXIT_OK
-
-    async def main() -> None:
-        app = make_app(config)
-        server = make_server(app, config)
-        server.add_sockets(sockets)
-        app.settings["signin"].store_health.start()
-        log.info("tornado-signin listening on http://%s:%d (pid %d)", host, port, os.getpid())
-        await _serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
-
-    asyncio.run(main())
+    serve(config, host=args.host or config.server.host,
+          port=args.port if args.port is not None else config.server.port,
+          processes=args.processes if args.processes is not None else config.server.processes)
     return EXIT_OK
 
 
 def _serve_demo(args: argparse.Namespace) -> int:
-    from .app import make_app, make_server
-    from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config, load_dev_secrets
-    from .emulator import Emulator, EmulatorClient, EmulatorStateError
+    from .emulator import EmulatorStateError
+    from .server import serve_demo
 
     _setup_logging("INFO")
-    host = args.host or "127.0.0.1"
-    port = args.port if args.port is not None else 8080
-    emulator_port = args.emulator_port
-    folder = Path.cwd()
-    dev = load_dev_secrets(folder)
-    emulator_url = f"http://{host}:{emulator_port}"
-    config = demo_config(folder=folder, host=host, port=port, emulator_url=emulator_url,
-                         client_library=args.client_library)
-    origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
 
-    async def main() -> None:
-        emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins)],
-                            base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
-        emulator_server = emulator.make_app().listen(emulator_port, address=host)
-        app = make_app(config)
-        server = make_server(app, config)
-        server.listen(port, address=host)
-        print(f"tornado-signin demo: open http://{host}:{port}/ "
-              f"(Google is played by the emulator at {emulator_url})", flush=True)
-        await _serve_forever([server, emulator_server], [app.settings["signin"]])
-        emulator.close()
+    def announce(app_url: str, emulator_url: str) -> None:
+        print(f"tornado-signin demo: open {app_url} (Google is played by the emulator at {emulator_url})", flush=True)
 
     try:
-        asyncio.run(main())
+        serve_demo(host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8080,
+                   emulator_port=args.emulator_port, client_library=args.client_library, folder=Path.cwd(),
+                   on_listening=announce)
     except EmulatorStateError as exc:
         print(f"tornado-signin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -216,7 +85,8 @@ def _serve_demo(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     from .demo import DEMO_CLIENT_ID, load_dev_secrets
-    from .emulator import Emulator, EmulatorClient, EmulatorStateError
+    from .emulator import EmulatorClient, EmulatorStateError
+    from .server import serve_emulator
 
     _setup_logging("INFO")
     host = args.host or "127.0.0.1"
@@ -232,16 +102,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
                                 ("http://127.0.0.1:8080", "http://localhost:8080"))
         development = True
 
-    async def main() -> None:
-        emulator = Emulator(clients=[client], base_url=f"http://{host}:{args.port}", development=development,
-                            state_dir=args.state_dir)
-        server = emulator.make_app().listen(args.port, address=host)
-        print(f"Google emulator listening on http://{host}:{args.port}/ (development={development})", flush=True)
-        await _serve_forever([server], [])
-        emulator.close()
+    def announce(url: str) -> None:
+        print(f"Google emulator listening on {url} (development={development})", flush=True)
 
     try:
-        asyncio.run(main())
+        serve_emulator(client, host=host, port=args.port, development=development, state_dir=args.state_dir,
+                       on_listening=announce)
     except EmulatorStateError as exc:
         print(f"tornado-signin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
