@@ -207,6 +207,18 @@ def _fmt_time(value: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value else "-"
 
 
+def _printable(text: str) -> str:
+    """Return ``text`` with every non-printable character (controls, ESC, bidi overrides …) escaped as ``\\xNN``.
+
+    Stored values (an email, a sub, a token written by hand or by an older
+    version) reach the operator's terminal: none may act on it. JSON output
+    needs no help, ``json.dumps`` escapes them already.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _public_record(record: Any) -> dict[str, Any]:
     return {
         "sub": record.sub,
@@ -234,7 +246,8 @@ def cmd_users(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'SUB':<24} {'EMAIL':<32} {'STATE':<17} {'UPDATED':<21} SCOPES")
     for r in records:
-        print(f"{r.sub:<24} {(r.email or '-'):<32} {r.state:<17} {_fmt_time(r.updated_at):<21} {' '.join(r.scopes)}")
+        sub, email, scopes = _printable(r.sub), _printable(r.email or "-"), _printable(" ".join(r.scopes))
+        print(f"{sub:<24} {email:<32} {r.state:<17} {_fmt_time(r.updated_at):<21} {scopes}")
     return EXIT_OK
 
 
@@ -251,7 +264,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         document["access_token"] = record.access_token
         print(json.dumps(document, indent=2))
     else:
-        print(record.access_token)
+        print(_printable(record.access_token or ""))
     return EXIT_OK
 
 

@@ -8,7 +8,9 @@ the client id; ``azp``, if present, equal to the client id; integer
 ID token lives; a ``sub`` that is a short printable string; ``at_hash``
 matching the access token when both are present; and, if configured, an ``hd``
 among the allowed domains. ``email_verified`` counts only when it is the JSON
-boolean ``true``.
+boolean ``true``. The string claims kept (``email``, ``name``, ``picture``,
+``hd``) must hold no control character (see :func:`has_control_characters`):
+a token carrying one is refused like any other bad token.
 
 Each failure raises :class:`~tornado_signin.errors.TokenVerificationError`
 whose message names the rule, never the token.
@@ -22,6 +24,7 @@ import hashlib
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +37,7 @@ from .certs import CertCache
 from .config import GOOGLE_ISSUERS, GoogleConfig
 from .errors import TokenVerificationError
 
-__all__ = ["IdTokenVerifier", "IdClaims"]
+__all__ = ["IdTokenVerifier", "IdClaims", "has_control_characters"]
 
 MAX_TOKEN_LENGTH = 8192
 #: Google's ID tokens live one hour.
@@ -85,9 +88,40 @@ def _int_claim(claims: dict[str, Any], name: str) -> int:
     return value
 
 
+#: Format controls that ordinary text needs: the zero-width non-joiner and
+#: joiner (Persian and Indic names, emoji sequences).
+_JOINERS = frozenset("\u200c\u200d")
+#: Unicode categories refused in a stored claim: controls (C0, DEL, C1),
+#: format controls (bidi overrides and isolates, zero-width spaces, BOM),
+#: lone surrogates, and line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def has_control_characters(value: str) -> bool:
+    """Return True when ``value`` holds a character that could act on a terminal, a log or a text's direction.
+
+    That is a C0 or C1 control, DEL, a line or paragraph separator, a lone
+    surrogate, or a Unicode format control other than the zero-width
+    (non-)joiner.
+    """
+    if value.isprintable():  # the common case, in C: none of those categories
+        return False
+    return any(c not in _JOINERS and unicodedata.category(c) in _REFUSED_CATEGORIES for c in value)
+
+
 def _optional_str(claims: dict[str, Any], name: str) -> str | None:
+    """Return the string claim ``name`` (None when absent, not a string or over 1024 characters).
+
+    Raise TokenVerificationError naming the claim when it holds a control
+    character: the server stores and shows these values, and an operator's
+    terminal or log must not interpret them.
+    """
     value = claims.get(name)
-    return value if isinstance(value, str) and len(value) <= 1024 else None
+    if not isinstance(value, str) or len(value) > 1024:
+        return None
+    if has_control_characters(value):
+        raise TokenVerificationError(f"claim {name} contains a control character")
+    return value
 
 
 class IdTokenVerifier:
