@@ -3,10 +3,13 @@
 Secrets are never written in clear in the file: any value may be
 ``{"$env": "NAME"}`` and is then read from the environment. Google's client
 settings come from the ``client_secret.json`` the API Console downloads (its
-``web`` section), whose ``auth_uri``, ``token_uri`` and
-``auth_provider_x509_cert_url`` set the endpoints; Google's real values are the
-defaults. Every problem raises :class:`~tornado_signin.errors.ConfigError`
-naming the key.
+``web`` section): it is the source of truth for its ``client_id``,
+``client_secret``, ``auth_uri``, ``token_uri`` and
+``auth_provider_x509_cert_url``, and the same key given in the YAML with
+another value is an error naming both. Google's real values are the defaults.
+Every problem raises :class:`~tornado_signin.errors.ConfigError` naming the
+key, in this order: unknown keys and backends (with the closest valid name),
+then the client secrets file, then everything else.
 
 Outside ``development: true`` the configuration refuses plain ``http://``
 Google endpoints, loopback endpoints (the emulator's), and the
@@ -15,13 +18,16 @@ Google endpoints, loopback endpoints (the emulator's), and the
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +44,7 @@ __all__ = [
     "LimitsConfig",
     "load_config",
     "config_from_dict",
+    "check_keys",
     "GOOGLE_ISSUERS",
 ]
 
@@ -168,6 +175,145 @@ class Config:
         return replace(self, **changes)
 
 
+# --------------------------------------------------------------------------- valid keys
+
+#: Keys of the file that are not fields of their section's dataclass.
+_EXTRA_KEYS: dict[type, tuple[str, ...]] = {GoogleConfig: ("client_secrets_file",)}
+
+
+def _key_tree(cls: type) -> dict[str, Any]:
+    """Return the valid keys of the section ``cls`` reads: a name maps to None or to its sub-section's tree.
+
+    Derived from the dataclasses, so a new field is a valid key without a
+    second list to keep in step. ``store`` is not here: its keys depend on
+    the backend (see :func:`_check_store_keys`).
+    """
+    hints = get_type_hints(cls)
+    tree: dict[str, Any] = {}
+    for f in fields(cls):
+        kind = hints.get(f.name)
+        tree[f.name] = _key_tree(kind) if isinstance(kind, type) and is_dataclass(kind) else None
+    for name in _EXTRA_KEYS.get(cls, ()):
+        tree[name] = None
+    return tree
+
+
+def _is_env_ref(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"$env"}
+
+
+def _all_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for name, sub in tree.items():
+        key = f"{prefix}.{name}" if prefix else name
+        out.append(key)
+        if isinstance(sub, dict):
+            out.extend(_all_keys(sub, key))
+    return out
+
+
+def _unknown_key_error(prefix: str, unknown: list[Any], valid: list[str], everywhere: list[str],
+                       what: str = "unknown") -> ConfigError:
+    """Return the error for the first of ``unknown`` at ``prefix``, with the closest valid key."""
+    name = str(unknown[0])
+    key = f"{prefix}.{name}" if prefix else name
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if close:
+        suggestion = f"{prefix}.{close[0]}" if prefix else close[0]
+    else:
+        # The right name in the wrong section (token_uri directly under google:).
+        elsewhere = [k for k in everywhere if k.rsplit(".", 1)[-1] == name]
+        suggestion = elsewhere[0] if elsewhere else None
+    message = f"{what}; did you mean {suggestion!r}?" if suggestion else (
+        f"{what} (valid here: {', '.join(sorted(valid)) or 'none'})")
+    if len(unknown) > 1:
+        message += " (also unknown: " + ", ".join(repr(f"{prefix}.{u}" if prefix else str(u)) for u in unknown[1:]) + ")"
+    return ConfigError(key, message)
+
+
+def _check_keys(data: Any, tree: dict[str, Any], prefix: str, everywhere: list[str]) -> None:
+    """Raise ConfigError for the first key of ``data`` (or its sections) that ``tree`` does not have."""
+    if not isinstance(data, Mapping) or _is_env_ref(data):
+        return  # not a section: the typed read reports it
+    unknown = [k for k in data if k not in tree]
+    if unknown:
+        raise _unknown_key_error(prefix, unknown, list(tree), everywhere)
+    for name, sub in tree.items():
+        if isinstance(sub, dict) and name in data:
+            _check_keys(data[name], sub, f"{prefix}.{name}" if prefix else name, everywhere)
+
+
+def _installed(group: str) -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=group)}
+
+
+def _check_backend_name(value: Any, key: str, group: str, what: str) -> str | None:
+    """Return the backend name when it is installed in ``group``; raise ConfigError listing the installed ones."""
+    if not isinstance(value, str):
+        return None  # the typed read reports it
+    installed = sorted(_installed(group))
+    if value in installed:
+        return value
+    close = difflib.get_close_matches(value, installed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(key, f"no {what} {value!r} is installed{hint} "
+                           f"(installed in entry-point group {group!r}: {', '.join(installed) or 'none'})")
+
+
+def _backend_options(group: str, name: str) -> list[str] | None:
+    """Return the option names the backend ``name`` accepts, or None when any may be (or it cannot be loaded).
+
+    A backend that cannot be imported (a missing extra) is reported when it
+    is opened, with the pip command.
+    """
+    import inspect
+
+    try:
+        factory = _installed(group)[name].load()
+        parameters = inspect.signature(factory).parameters
+    except Exception:  # noqa: BLE001 - reported with its cause when the store is opened
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+STORE_GROUP = "tornado_signin.backends"
+HUB_GROUP = "tornado_signin.hubs"
+
+
+def _check_store_keys(data: Any, everywhere: list[str]) -> None:
+    if not isinstance(data, Mapping) or _is_env_ref(data):
+        return
+    backend = _check_backend_name(data.get("backend", "sql"), "store.backend", STORE_GROUP, "token store")
+    options = _backend_options(STORE_GROUP, backend) if backend else None
+    if options is not None:
+        tree: dict[str, Any] = {"backend": None, "encryption": {"keys": None}, **{o: None for o in options}}
+        unknown = [k for k in data if k not in tree]
+        if unknown:
+            raise _unknown_key_error("store", unknown, list(tree), everywhere,
+                                     what=f"unknown option of backend {backend!r}")
+    _check_keys(data.get("encryption"), {"keys": None}, "store.encryption", everywhere)
+
+
+def check_keys(data: Any) -> None:
+    """Raise ConfigError for the first unknown key, or unknown store or hub backend, of the document.
+
+    Run before anything else reads the document, so that a typo is reported
+    as itself (with the closest valid key) rather than as the key it hides
+    being missing.
+    """
+    if not isinstance(data, Mapping):
+        return
+    tree = _key_tree(Config)
+    everywhere = _all_keys({**tree, "store": {"backend": None, "encryption": {"keys": None}}})
+    _check_keys(data, {**tree, "store": None}, "", everywhere)  # store: its keys depend on the backend
+    _check_store_keys(data.get("store"), everywhere)
+    hub = data.get("hub")
+    if isinstance(hub, Mapping) and not _is_env_ref(hub):
+        _check_backend_name(hub.get("backend", "memory"), "hub.backend", HUB_GROUP, "hub")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -253,21 +399,64 @@ class _Section:
             raise ConfigError(self.key(name), "unknown key (see config.example.yaml for the valid keys)")
 
 
+#: The fields of a client_secret.json ``web`` section that the config reads, and the keys they stand for.
+_FILE_FIELDS = {
+    "client_id": "google.client_id",
+    "client_secret": "google.client_secret",
+    "auth_uri": "google.endpoints.auth_uri",
+    "token_uri": "google.endpoints.token_uri",
+    "auth_provider_x509_cert_url": "google.endpoints.certs_uri",
+}
+_PLACEHOLDER = re.compile(r"your|client[_-]?id|placeholder|change[_-]?me|example|xxx|\.\.\.|\u2026|[<>{}]", re.I)
+
+
 def _read_client_secrets(path: Path, key: str) -> dict[str, Any]:
+    """Return the ``web`` section of the client_secret.json at ``path``, its fields checked.
+
+    Raise ConfigError naming ``key`` and the file, saying what is wrong with it.
+    """
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(key, f"file not found: {path}") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(key, f"cannot read {path} as Google client secrets JSON: {type(exc).__name__}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(key, f"{path} is not JSON{where}: download the client's JSON again "
+                               "from the Google API Console") from exc
     if not isinstance(document, dict):
-        raise ConfigError(key, "must be Google's client secrets JSON (an object with a 'web' section)")
+        raise ConfigError(key, f"{path} is not Google's client secrets JSON (an object with a 'web' section)")
     web = document.get("web")
     if not isinstance(web, dict):
         if "installed" in document:
-            raise ConfigError(key, "is an 'installed' (desktop) client; the one-time-code flow needs a 'web' client")
-        raise ConfigError(key, "has no 'web' section (download the JSON of a Web application client)")
+            raise ConfigError(key, f"{path} is an 'installed' (desktop) client; the one-time-code flow needs "
+                                   "a 'web' client ('Web application' in the Google API Console)")
+        raise ConfigError(key, f"{path} has no 'web' section (download the JSON of a 'Web application' client)")
+    for name in _FILE_FIELDS:
+        value = web.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(key, f"{path}: web.{name} must be a non-empty string")
+    if not web.get("client_id"):
+        raise ConfigError(key, f"{path}: web.client_id is missing")
     return web
+
+
+def _one_source(yaml_value: str | None, web: dict[str, Any], name: str, path: Path | None,
+                *, secret: bool = False) -> str | None:
+    """Return the value of a key the client secrets file may also hold; the file is the source of truth.
+
+    Raise ConfigError naming both places when the config gives another value
+    than the file (a secret's values are never shown).
+    """
+    file_value = web.get(name)
+    if yaml_value is None or file_value is None or yaml_value == file_value:
+        return file_value if file_value is not None else yaml_value
+    shown = "" if secret else f" ({yaml_value!r} here, {file_value!r} in the file)"
+    raise ConfigError(_FILE_FIELDS[name], f"differs from web.{name} in {path}{shown}: the file is the "
+                                          f"source of truth, remove {_FILE_FIELDS[name]} from the config")
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -312,6 +501,20 @@ def _origin(url: str, key: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _client_secrets(data: Any, base_dir: Path, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]]:
+    """Return the path and ``web`` section of ``google.client_secrets_file`` (None and {} when unset)."""
+    google = data.get("google") if isinstance(data, Mapping) else None
+    if not isinstance(google, Mapping) or google.get("client_secrets_file") is None:
+        return None, {}
+    key = "google.client_secrets_file"
+    name = _resolve_env(google["client_secrets_file"], key, environ)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(key, "must be the path of a client_secret.json")
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    return path, _read_client_secrets(path, key)
+
+
 def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build and validate a Config from the parsed YAML document.
 
@@ -320,6 +523,10 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     """
     environ = os.environ if environ is None else environ
     base_dir = base_dir or Path.cwd()
+    # Typos first: a misspelt key would otherwise surface as the key it hides
+    # being missing. Then the client secrets file, which holds most of google:.
+    check_keys(data)
+    secrets_path, web = _client_secrets(data, base_dir, environ)
     data = _resolve_env(data if data is not None else {}, "", environ)
     root = _Section(data, "")
     development = root.boolean("development", False)
@@ -352,15 +559,14 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
 
     # google
     g = root.section("google")
-    web: dict[str, Any] = {}
-    secrets_file = g.string("client_secrets_file")
-    if secrets_file:
-        path = Path(secrets_file)
-        web = _read_client_secrets(path if path.is_absolute() else base_dir / path, g.key("client_secrets_file"))
-    client_id = g.string("client_id") or web.get("client_id")
+    g.string("client_secrets_file")  # read above, before the environment
+    client_id = _one_source(g.string("client_id"), web, "client_id", secrets_path)
     if not client_id:
         raise ConfigError("google.client_id", "is required (or set google.client_secrets_file)")
-    client_secret = g.string("client_secret") or web.get("client_secret")
+    if not development and _PLACEHOLDER.search(client_id):
+        raise ConfigError("google.client_id", f"{client_id!r} is a placeholder: set google.client_secrets_file "
+                                              "to the client_secret.json of your Web application client")
+    client_secret = _one_source(g.string("client_secret"), web, "client_secret", secrets_path, secret=True)
     if not client_secret:
         raise ConfigError("google.client_secret", "is required (or set google.client_secrets_file)")
     defaults = GoogleEndpoints()
@@ -368,9 +574,9 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     certs_format = ep.string("certs_format", "jwks")
     if certs_format not in ("jwks", "pem"):
         raise ConfigError("google.endpoints.certs_format", "must be 'jwks' or 'pem'")
-    auth_uri = ep.string("auth_uri") or web.get("auth_uri") or defaults.auth_uri
-    token_uri = ep.string("token_uri") or web.get("token_uri") or defaults.token_uri
-    pem_uri = ep.string("certs_uri") or web.get("auth_provider_x509_cert_url") or defaults.certs_uri
+    auth_uri = _one_source(ep.string("auth_uri"), web, "auth_uri", secrets_path) or defaults.auth_uri
+    token_uri = _one_source(ep.string("token_uri"), web, "token_uri", secrets_path) or defaults.token_uri
+    pem_uri = _one_source(ep.string("certs_uri"), web, "auth_provider_x509_cert_url", secrets_path) or defaults.certs_uri
     # Google's v1 (PEM) and v3 (JWKS) documents sit side by side; derive one from the other.
     jwks_default = pem_uri.replace("/oauth2/v1/certs", "/oauth2/v3/certs") if pem_uri != defaults.certs_uri else defaults.jwks_uri
     # Revoke and userinfo have no field in client_secret.json: Google's own
