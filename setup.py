@@ -15,6 +15,8 @@ SQL = ["sqlalchemy>=2.0", "psycopg[binary]>=3.1", "pymysql>=1.1"]
 DYNAMODB = ["boto3>=1.28"]
 # hiredis: redis-py parses replies with it when installed (measured: -13% of the hub's CPU per login).
 REDIS = ["redis>=5.0", "hiredis>=2.0"]
+# The example host app (examples/drive) calls Drive v3 with Google's client library.
+EXAMPLES = ["google-api-python-client>=2.100"]
 TEST = [
     "pytest>=8",
     "pytest-tornado==0.8.1",
@@ -27,6 +29,8 @@ TEST = [
     "flask>=3",
     "gunicorn>=21",
     "google-auth-oauthlib>=1.0",
+    # The emulator's Drive v3 is tested with Google's own client library.
+    *EXAMPLES,
 ]
 
 setup(
@@ -67,6 +71,7 @@ setup(
         "dynamodb": DYNAMODB,
         "redis": REDIS,
         "test": TEST,
+        "examples": EXAMPLES,
         "all": SQL + DYNAMODB + REDIS,
     },
     entry_points={

@@ -24,6 +24,7 @@ import tornado.template
 import tornado.web
 
 from .faults import FaultPlan
+from .drive import DRIVE_HANDLERS
 from .handlers import HANDLERS, NotFoundHandler, path_only
 from .keys import KeySet, at_hash
 from .persist import EmulatorStateError, StateDir
@@ -76,7 +77,8 @@ class Emulator:
     ``auth``, ``token`` (and ``token.authorization_code``,
     ``token.refresh_token``), ``revoke``, ``userinfo``, ``certs`` (and
     ``certs.pem``, ``certs.jwks``), ``discovery``, ``client_secret``,
-    ``script`` (``script.gsi``, ``script.platform``). The test-only paths
+    ``script`` (``script.gsi``, ``script.platform``), ``drive``
+    (``drive.files.list``, ``drive.files.get``). The test-only paths
     are not counted. ``faults`` is the :class:`~.faults.FaultPlan`.
 
     ``state_dir`` (a folder path) keeps clients, grants, codes, tokens,
@@ -170,9 +172,18 @@ class Emulator:
     def base_url(self, value: str | None) -> None:
         self._base_url = value.rstrip("/") if value else None
 
+    @property
+    def drive_endpoint(self) -> str | None:
+        """Drive v3's base URL at the emulator, for ``client_options={"api_endpoint": ...}``.
+
+        Like Google's ``https://www.googleapis.com/drive/v3/``; None while
+        ``base_url`` is unknown.
+        """
+        return f"{self._base_url}/drive/v3/" if self._base_url else None
+
     def make_app(self, **settings: Any) -> tornado.web.Application:
         """Return a Tornado application serving every emulator path (``settings`` pass through)."""
-        routes = [(path, handler, {"emulator": self, **extra}) for path, handler, extra in HANDLERS]
+        routes = [(path, handler, {"emulator": self, **extra}) for path, handler, extra in HANDLERS + DRIVE_HANDLERS]
         settings.setdefault("log_function", _log_request)
         return tornado.web.Application(
             routes,

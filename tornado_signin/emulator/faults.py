@@ -7,7 +7,8 @@ list of them; Python code calls :meth:`FaultPlan.add`)::
 
 ``endpoint`` (default ``"token"``) names what misbehaves: ``token`` (or only
 ``token.authorization_code`` / ``token.refresh_token``), ``certs`` (or only
-``certs.pem`` / ``certs.jwks``), ``userinfo`` or ``revoke``. ``count`` is how
+``certs.pem`` / ``certs.jwks``), ``userinfo``, ``revoke`` or ``drive`` (or only
+``drive.files.list`` / ``drive.files.get``). ``count`` is how
 many matching calls it affects (default 1; ``-1`` = until cleared).
 
 Transport kinds, for every endpoint (one applies per call, oldest first):
@@ -66,6 +67,9 @@ ENDPOINTS = (
     "certs.jwks",
     "userinfo",
     "revoke",
+    "drive",
+    "drive.files.list",
+    "drive.files.get",
 )
 
 _NUMBER = (int, float)

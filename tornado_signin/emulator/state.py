@@ -563,6 +563,17 @@ class State:
         self._changed()
         log.info("grant revoked")
 
+    def live_access_token(self, access_token: str | None) -> _AccessToken | None:
+        """Return the record of a live access token; None if missing, unknown, expired or revoked."""
+        record = self._access_tokens.get(access_token or "")
+        if (
+            record is None
+            or record.expires_at <= self.clock()
+            or not self._grant_alive(record.client_id, record.sub, record.grant_id)
+        ):
+            return None
+        return record
+
     def userinfo(self, access_token: str | None) -> dict:
         """Return the userinfo answer for a live access token.
 
