@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class _SignedInHandler(BaseHandler):
-    def signed_in_sub(self) -> str:
-        session = self.read_session()
+    async def signed_in_sub(self) -> str:
+        session = await self.read_session()
         if session is None or not session.sub:
             raise self.fail(401, "not signed in")
         return session.sub
@@ -32,7 +32,7 @@ class UserinfoHandler(_SignedInHandler):
 
     async def post(self) -> None:
         self.check_request_origin()
-        sub = self.signed_in_sub()
+        sub = await self.signed_in_sub()
         try:
             info = await self.ctx.offline.call_userinfo(sub)
         except (ConsentRequiredError, UnknownUserError):
@@ -52,7 +52,7 @@ class ScopeHandler(_SignedInHandler):
     """``GET /api/scopes``: the scopes granted to this server for the session's user."""
 
     async def get(self) -> None:
-        sub = self.signed_in_sub()
+        sub = await self.signed_in_sub()
         try:
             record = await self.ctx.offline.find(sub)
         except UnknownUserError:

@@ -1,7 +1,8 @@
 """The ``tornado-signin`` command.
 
 ``serve`` (no ``--config``: demo mode), ``emulator``, ``backends``, ``check``,
-and the offline-access commands ``users``, ``token``, ``call``, ``revoke``,
+the offline-access commands ``users``, ``token``, ``call``, ``revoke``,
+``sessions`` (list and end a user's signed-in sessions),
 ``rotate-keys``, ``migrate``, plus ``genkey``. Errors print one line naming
 the config key or the problem and exit non-zero; nothing prints a token
 except ``token`` (by design, alone on stdout).
@@ -282,6 +283,76 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_hub(config: Any, command: str) -> Any:
+    """Return the configured shared hub; raise ConfigError for the memory hub (it lives inside the server)."""
+    from .hub import load_hub
+
+    if config.hub.backend == "memory":
+        raise ConfigError("hub.backend", f"`{command}` needs a shared hub (redis): with the memory hub the "
+                                         "records live inside the server process")
+    return load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+
+
+def _resolve_sub(config: Any, user: str) -> str:
+    """Return the sub of ``user`` (a sub or an email of a stored user); a sub not in the store is kept as given."""
+    from .errors import UnknownUserError
+
+    try:
+        return str(_with_offline(config, lambda offline: offline.find(user)).sub)
+    except UnknownUserError:
+        if "@" in user:
+            raise
+        return user
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from .errors import HubUnavailableError
+    from .live_sessions import SessionRegistry
+    from .metrics import Metrics
+
+    if args.all and args.end is None:
+        print("tornado-signin: --all goes with --end (sessions --config C USER --end --all)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.end == "" and not args.all:
+        print("tornado-signin: --end needs a SESSION_ID or --all", file=sys.stderr)
+        return EXIT_USAGE
+    config = _load(args)
+    sub = _resolve_sub(config, args.user)
+
+    async def work() -> int:
+        hub = _open_hub(config, "sessions")
+        registry = SessionRegistry(hub, Metrics(), ttl=config.limits.session_max_age_days * 86400.0)
+        try:
+            if args.end is None:
+                records = await registry.list(sub)
+                if args.json:
+                    print(json.dumps([{"session_id": r.sid, "sub": r.sub, "started": _fmt_time(r.started_at),
+                                       "address": r.address, "user_agent": r.user_agent} for r in records], indent=2))
+                    return EXIT_OK
+                print(f"{'SESSION_ID':<24} {'STARTED':<21} {'ADDRESS':<16} USER_AGENT")
+                for r in records:
+                    print(f"{r.sid:<24} {_fmt_time(r.started_at):<21} {(r.address or '-'):<16} {r.user_agent or '-'}")
+                return EXIT_OK
+            if args.all:
+                ended = await registry.end_all(sub, reason="cli")
+                print(f"ended {len(ended)} session(s) of {sub}")
+                return EXIT_OK
+            records = {r.sid for r in await registry.list(sub)}
+            if args.end not in records:
+                print(f"tornado-signin: no live session {args.end} of {sub}", file=sys.stderr)
+                return EXIT_ERROR
+            await registry.end(args.end, reason="cli")
+            print(f"ended session {args.end} of {sub}")
+            return EXIT_OK
+        except HubUnavailableError as exc:
+            print(f"tornado-signin: hub ({config.hub.backend}) unavailable: {exc}", file=sys.stderr)
+            return EXIT_HUB
+        finally:
+            await hub.close()
+
+    return asyncio.run(work())
+
+
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
     from .wiring import open_store
 
@@ -375,6 +446,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("user")
     p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser(
+        "sessions", help="list USER's signed-in sessions, or end them (--end SESSION_ID | --end --all)",
+        description="List the signed-in sessions of USER (sub or email), or end them: `--end SESSION_ID` ends one, "
+                    "`--end --all` ends every session of USER. An ended session stops working in every server "
+                    "process (copied cookies included) and its open pages are told `signed_out`. "
+                    "Needs a shared hub (hub.backend: redis).")
+    p.add_argument("--config", required=True)
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    p.add_argument("--end", nargs="?", const="", metavar="SESSION_ID", help="end this session (or --all)")
+    p.add_argument("--all", action="store_true", help="with --end: end every session of USER")
+    p.add_argument("user", metavar="USER")
+    p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser("rotate-keys", help="re-encrypt every stored token under the newest key")
     p.add_argument("--config", required=True)

@@ -64,6 +64,9 @@ class ConfirmSocket(WebSocketHandler):
             self.finish("origin not allowed")
             return
         self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
+        # An ended signed-in session is refused like a missing one (one hub read).
+        if self.session is not None and not await self.ctx.sessions.is_live(self.session):
+            self.session = None
         if self.session is None:
             self.set_status(403)
             self.finish("session required")

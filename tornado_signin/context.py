@@ -16,6 +16,7 @@ from .crypto import EncryptingStore
 from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub
+from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
 from .ratelimit import RateLimiter
@@ -45,6 +46,8 @@ class AppContext:
     states: StateSigner
     code_rate_limit: RateLimiter
     offline: OfflineAccess
+    #: Signed-in session records (sign-out everywhere); built by wiring.build_context.
+    sessions: SessionRegistry = None  # type: ignore[assignment]
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
     #: The store's up/down flag (the login gate and readiness); built by wiring.build_context.

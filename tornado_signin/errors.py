@@ -13,6 +13,7 @@ The tree::
     ├── StorageError                a token store failed (chained to cause)
     ├── CryptoError                 a token could not be encrypted/decrypted
     ├── OverloadedError             the bounded worker pool is full
+    ├── HubUnavailableError         the confirmation hub cannot answer (session records)
     ├── GoogleError                 an outbound call to Google failed
     │   ├── GoogleUnavailableError  timeout, connection error, 5xx: retryable
     │   ├── GoogleProtocolError     a reply that does not parse as OAuth
@@ -33,6 +34,7 @@ __all__ = [
     "StorageError",
     "CryptoError",
     "OverloadedError",
+    "HubUnavailableError",
     "GoogleError",
     "GoogleUnavailableError",
     "GoogleProtocolError",
@@ -68,6 +70,10 @@ class CryptoError(SigninError):
 
 class OverloadedError(SigninError):
     """The bounded worker pool is full; the caller should answer 503 at once."""
+
+
+class HubUnavailableError(SigninError):
+    """The confirmation hub could not answer a session-record call; ``__cause__`` holds why."""
 
 
 class GoogleError(SigninError):

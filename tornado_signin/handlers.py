@@ -22,6 +22,7 @@ from .logctx import accept_request_id, request_id
 from .errors import (
     ClientConfigError,
     GoogleError,
+    HubUnavailableError,
     GoogleUnavailableError,
     InvalidGrantError,
     OverloadedError,
@@ -135,9 +136,19 @@ class BaseHandler(RequestHandler):
 
     # -- session -------------------------------------------------------------------
 
-    def read_session(self) -> Session | None:
-        """Return the session of the signed cookie, or None."""
+    def read_session_cookie(self) -> Session | None:
+        """Return the session the signed cookie holds, or None, *without* checking that it was not ended."""
         return read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
+
+    async def read_session(self) -> Session | None:
+        """Return the session of the signed cookie, or None (also for a signed-in session that was ended).
+
+        A signed-in cookie costs one hub read (:meth:`SessionRegistry.is_live`); the answer is never cached.
+        """
+        session = self.read_session_cookie()
+        if session is not None and session.sub and not await self.ctx.sessions.is_live(session):
+            return None
+        return session
 
     def write_session(self, session: Session) -> None:
         """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https."""
@@ -156,9 +167,9 @@ class BaseHandler(RequestHandler):
         self.clear_cookie(session_cookie_name(self.is_secure), path="/", secure=self.is_secure, httponly=True,
                           samesite="Lax")
 
-    def ensure_session(self) -> Session:
+    async def ensure_session(self) -> Session:
         """Return the current session, starting (and setting) a new anonymous one if there is none."""
-        session = self.read_session()
+        session = await self.read_session()
         if session is None:
             session = Session(sid=new_session_id())
             self.write_session(session)
@@ -199,13 +210,22 @@ class BaseHandler(RequestHandler):
         except Exception as exc:
             log.error("confirmation hub publish failed: %s", type(exc).__name__)
 
-    async def end_session(self, session: Session) -> None:
-        """Clear the session cookie and close the session's sockets (in every process)."""
-        self.clear_session()
-        await self.publish(session.sid, {"type": "signed_out"}, close=True)
+    async def end_session(self, session: Session, *, everywhere: bool = False) -> None:
+        """Clear the session cookie, end the session's record and close its sockets, in every process.
 
-    def require_session(self) -> Session:
-        session = self.read_session()
+        With ``everywhere`` every session of the user ends. Raise HTTPError 503 when the hub cannot end it.
+        """
+        self.clear_session()
+        try:
+            ended = await self.ctx.sessions.end_all(session.sub) if everywhere and session.sub else []
+            if session.sid not in ended:
+                await self.ctx.sessions.end(session.sid)
+        except HubUnavailableError as exc:
+            log.error("sign-out could not end the session record: %s", exc)
+            raise self.fail(503, "session store unavailable") from exc
+
+    async def require_session(self) -> Session:
+        session = await self.read_session()
         if session is None:
             raise self.fail(403, "no session", "request without a session cookie")
         return session
@@ -214,8 +234,8 @@ class BaseHandler(RequestHandler):
 class PageHandler(BaseHandler):
     """``GET /``: the sign-in page (seed steps 1–4)."""
 
-    def get(self) -> None:
-        session = self.ensure_session()
+    async def get(self) -> None:
+        session = await self.ensure_session()
         config = self.ctx.config
         nonce = secrets.token_urlsafe(16)
         script_origin = origin_of(config.google.client_script_url) or ""
@@ -246,8 +266,8 @@ class PageHandler(BaseHandler):
 class StateHandler(BaseHandler):
     """``GET /state``: a fresh single-use state for this browser session (JSON)."""
 
-    def get(self) -> None:
-        session = self.ensure_session()
+    async def get(self) -> None:
+        session = await self.ensure_session()
         document: dict[str, Any] = {"state": self.ctx.states.issue(session.sid)}
         if session.needs_consent:
             document["prompt"] = "consent"
@@ -298,7 +318,7 @@ class StoreAuthCodeHandler(BaseHandler):
         return code
 
     async def post(self) -> None:
-        session = self.require_session()
+        session = await self.require_session()
         code = self._code()
         ctx = self.ctx
         if ctx.draining:
@@ -367,6 +387,14 @@ class StoreAuthCodeHandler(BaseHandler):
         # A new session id at sign-in defeats session fixation; the sockets of
         # the old id are told to follow the new one.
         new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
+        try:
+            await ctx.sessions.start(new_session, user_agent=self.request.headers.get("User-Agent", ""),
+                                     address=self.request.remote_ip or "")
+        except HubUnavailableError as exc:
+            # Without its record the new cookie would not count: fail the attempt (the tokens are stored).
+            log.error("sign-in could not record the session: %s", exc)
+            await self._failed(session, "session store unavailable", None, 503, "hub_unavailable")
+            return
         self.write_session(new_session)
         user = claims.public()
         frame = {"type": SIGNED_IN, "user": user}
@@ -396,13 +424,24 @@ class StoreAuthCodeHandler(BaseHandler):
 
 
 class SignoutHandler(BaseHandler):
-    """``POST /signout``: end the session: clear the cookie, close the session's sockets."""
+    """``POST /signout``: end the session in every process (its record, its cookie, its sockets).
+
+    ``?everywhere=1`` ends every session of the user ("sign out everywhere").
+    A cookie whose session already ended is still signed out (cookie cleared, 200).
+    """
 
     async def post(self) -> None:
         self.check_request_origin()
-        session = self.require_session()
+        # The cookie is read unchecked: signing out a session that already
+        # ended elsewhere still clears this browser's cookie.
+        session = self.read_session_cookie()
+        if session is None:
+            raise self.fail(403, "no session", "request without a session cookie")
         await self.consume_state(session)
-        await self.end_session(session)
+        everywhere = self.get_query_argument("everywhere", "") in ("1", "true")
+        if everywhere and session.sub and not await self.ctx.sessions.is_live(session):
+            everywhere = False  # an ended cookie must not end the user's other sessions
+        await self.end_session(session, everywhere=everywhere)
         self.write_json({"status": "signed_out"})
 
 
@@ -411,7 +450,7 @@ class DisconnectHandler(BaseHandler):
 
     async def post(self) -> None:
         self.check_request_origin()
-        session = self.require_session()
+        session = await self.require_session()
         await self.consume_state(session)
         if not session.sub:
             raise self.fail(403, "not signed in")
@@ -425,7 +464,7 @@ class DisconnectHandler(BaseHandler):
             raise self.fail(503, "storage unavailable") from exc
         except UnknownUserError:
             log.info("disconnect: user already forgotten")
-        await self.end_session(session)
+        await self.end_session(session, everywhere=True)
         self.write_json({"status": "disconnected"})
 
 

@@ -8,7 +8,12 @@ own session's channel.
 
 It also offers :meth:`ConfirmationHub.consume_once`, the shared single-use
 marker that makes sign-in ``state`` values single-use across every server
-process sharing the hub.
+process sharing the hub, and the *session records* that make a signed-in
+session revocable: a signed-in cookie counts only while its session's record
+exists in the hub (:meth:`ConfirmationHub.session_active`), so ending the
+record (sign-out, "sign out everywhere", a security event) ends that session
+in every process, copied cookies included. :mod:`tornado_signin.live_sessions`
+builds sign-out on these methods.
 
 Hubs are plugins in the ``tornado_signin.hubs`` entry-point group:
 ``memory`` (this module, one process) and ``redis`` (pub/sub, several
@@ -18,19 +23,51 @@ processes and machines).
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, HubUnavailableError
 
-__all__ = ["ConfirmationHub", "Subscription", "MemoryHub", "load_hub", "HUB_ENTRY_POINT_GROUP"]
+__all__ = ["ConfirmationHub", "Subscription", "MemoryHub", "SessionRecord", "load_hub", "HUB_ENTRY_POINT_GROUP"]
 
 HUB_ENTRY_POINT_GROUP = "tornado_signin.hubs"
 
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One signed-in browser session, as the hub records it (no token, no cookie)."""
+
+    sid: str
+    sub: str
+    #: POSIX seconds.
+    started_at: float
+    #: The browser's User-Agent at sign-in (at most 200 characters), for listings.
+    user_agent: str = ""
+    #: The client address at sign-in, for listings.
+    address: str = ""
+
+    def to_json(self) -> str:
+        """Return the record as compact JSON (what shared hubs store)."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> "SessionRecord | None":
+        """Return the record encoded in ``raw``, or None when it is absent or malformed."""
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(sid=str(data["sid"]), sub=str(data["sub"]), started_at=float(data["started_at"]),
+                       user_agent=str(data.get("user_agent", "")), address=str(data.get("address", "")))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 class Subscription(abc.ABC):
@@ -69,6 +106,47 @@ class ConfirmationHub(abc.ABC):
     async def consume_once(self, key: str, ttl: float) -> bool:
         """Return True the first time ``key`` is consumed within ``ttl`` seconds, False afterwards."""
 
+    # -- session records ---------------------------------------------------------------
+    #
+    # A record is written at sign-in and read on every request that relies on
+    # a signed-in cookie: these methods must be one round trip each where the
+    # hub is remote. Unlike publish/last, they raise HubUnavailableError when
+    # the hub cannot answer: a session whose end cannot be checked must not be
+    # taken as live.
+
+    @abc.abstractmethod
+    async def start_session(self, record: SessionRecord, ttl: float) -> None:
+        """Record ``record`` (a signed-in session of ``record.sub``) for ``ttl`` seconds, in every process.
+
+        Starting a session id again replaces its record. Raise HubUnavailableError when it cannot be recorded.
+        """
+
+    @abc.abstractmethod
+    async def session_active(self, sid: str) -> bool:
+        """Return True while the record of session ``sid`` exists (started, not ended, not expired).
+
+        One read. Raise HubUnavailableError when the hub cannot answer.
+        """
+
+    @abc.abstractmethod
+    async def sessions_of(self, sub: str) -> list[SessionRecord]:
+        """Return the live sessions of ``sub``, oldest first ([] when there are none).
+
+        Raise HubUnavailableError when the hub cannot answer.
+        """
+
+    @abc.abstractmethod
+    async def end_session(self, sid: str) -> str | None:
+        """Delete the record of session ``sid``; return the ``sub`` it belonged to, or None when no such
+        session was live. Idempotent. Raise HubUnavailableError when the hub cannot answer."""
+
+    @abc.abstractmethod
+    async def end_sessions(self, sub: str) -> list[str]:
+        """Delete the record of every session of ``sub``; return the ended session ids ([] when none).
+
+        A session started while this runs may survive it. Raise HubUnavailableError when the hub cannot answer.
+        """
+
     async def check(self) -> None:
         """Raise unless the hub is usable (readiness)."""
 
@@ -95,10 +173,13 @@ class MemoryHub(ConfirmationHub):
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._records: dict[str, tuple[float, Message]] = {}
         self._consumed: dict[str, float] = {}
+        self._sessions: dict[str, tuple[float, SessionRecord]] = {}
+        self._sessions_by_sub: dict[str, set[str]] = {}
         # Sizes at which the next clean-up runs: twice what survived the last
         # one, so a map full of live entries is not rescanned on every call.
         self._records_limit = 1024
         self._consumed_limit = 4096
+        self._sessions_limit = 1024
         self.clock = clock
 
     def _expire(self) -> None:
@@ -139,6 +220,54 @@ class MemoryHub(ConfirmationHub):
         self._expire()
         self._consumed[key] = now + ttl
         return True
+
+    def _live_session(self, sid: str) -> SessionRecord | None:
+        entry = self._sessions.get(sid)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            self._forget_session(sid)
+            return None
+        return entry[1]
+
+    def _forget_session(self, sid: str) -> SessionRecord | None:
+        entry = self._sessions.pop(sid, None)
+        if entry is None:
+            return None
+        sids = self._sessions_by_sub.get(entry[1].sub)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._sessions_by_sub[entry[1].sub]
+        return entry[1]
+
+    async def start_session(self, record: SessionRecord, ttl: float) -> None:
+        if len(self._sessions) > self._sessions_limit:  # amortised, as _expire
+            now = self.clock()
+            for sid in [sid for sid, (expires, _) in self._sessions.items() if expires <= now]:
+                self._forget_session(sid)
+            self._sessions_limit = max(1024, 2 * len(self._sessions))
+        self._forget_session(record.sid)
+        self._sessions[record.sid] = (self.clock() + ttl, record)
+        self._sessions_by_sub.setdefault(record.sub, set()).add(record.sid)
+
+    async def session_active(self, sid: str) -> bool:
+        return self._live_session(sid) is not None
+
+    async def sessions_of(self, sub: str) -> list[SessionRecord]:
+        live = [self._live_session(sid) for sid in list(self._sessions_by_sub.get(sub, ()))]
+        return sorted((r for r in live if r is not None), key=lambda r: (r.started_at, r.sid))
+
+    async def end_session(self, sid: str) -> str | None:
+        record = self._live_session(sid)
+        self._forget_session(sid)
+        return record.sub if record is not None else None
+
+    async def end_sessions(self, sub: str) -> list[str]:
+        ended = [r.sid for r in await self.sessions_of(sub)]
+        for sid in ended:
+            self._forget_session(sid)
+        return ended
 
     @property
     def subscriber_count(self) -> int:

@@ -27,6 +27,7 @@ from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub, MemoryHub, load_hub
+from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
 from .ratelimit import RateLimiter
@@ -97,6 +98,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         states=StateSigner(config.server.cookie_secret, config.limits.state_ttl_seconds),
         code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
         offline=OfflineAccess(store, google, workers, metrics),
+        sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
     )
     store_health = StoreHealth(store, workers, interval=config.limits.store_check_interval,
                                recheck=config.limits.store_recheck_interval)

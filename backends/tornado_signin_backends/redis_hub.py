@@ -34,6 +34,16 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
   also sends ``PING``: a listener that does not answer within ``timeout`` is
   replaced, as after any error.
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
+- session records: ``<prefix>sess:<sid>`` holds the record (JSON) with the
+  session's TTL and ``<prefix>user-sess:<sub>`` the set of the user's session
+  ids; ``start_session`` writes both in one ``MULTI``/``EXEC``,
+  ``session_active`` is one ``EXISTS`` (the per-request check),
+  ``sessions_of`` reads the set and the records (``MGET``) and drops ids whose
+  record expired, ``end_session``/``end_sessions`` ``DEL`` the records and
+  ``SREM`` the ids. While Redis is unreachable a session started or ended
+  here is kept locally (valid, or ended, on this process) and written when
+  Redis returns; ``session_active`` of any other session and ``sessions_of``
+  raise HubUnavailableError: an end that cannot be checked is not taken as live.
 - ``check``: ``PING``.
 
 Single commands (the script, ``SET NX``, ``GET``, ``PING``) go out on
@@ -72,8 +82,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tornado_signin.errors import ConfigError
-from tornado_signin.hub import Callback, ConfirmationHub, Message, Subscription
+from tornado_signin.errors import ConfigError, HubUnavailableError
+from tornado_signin.hub import Callback, ConfirmationHub, Message, SessionRecord, Subscription
 
 try:
     import redis.asyncio as aioredis
@@ -178,6 +188,10 @@ class RedisHub(ConfirmationHub):
         self._delivered: dict[str, str] = {}
         self._outbox: dict[str, tuple[float, str]] = {}
         self._consumed_locally: dict[str, float] = {}
+        # Session records started / ended here while Redis was away (written on reconnect).
+        self._sessions_started: dict[str, tuple[float, SessionRecord]] = {}
+        self._sessions_ended: dict[str, float] = {}
+        self._subs_ended: dict[str, float] = {}
         self._idle: list[Any] = []  # connected redis-py connections for _command, last used last
         self._listener: Any = None  # the pub/sub connection (RESP2), while connected
         self._listening: set[str] = set()  # channels SUBSCRIBEd on the listener
@@ -207,6 +221,12 @@ class RedisHub(ConfirmationHub):
 
     def _once_key(self, key: str) -> str:
         return f"{self.prefix}once:{key}"
+
+    def _session_key(self, sid: str) -> str:
+        return f"{self.prefix}sess:{sid}"
+
+    def _user_sessions_key(self, sub: str) -> str:
+        return f"{self.prefix}user-sess:{sub}"
 
     @staticmethod
     def _wrap(message_id: str, message: Message) -> str:
@@ -352,6 +372,18 @@ class RedisHub(ConfirmationHub):
     async def _flush(self) -> None:
         """Write what was kept locally while Redis was away."""
         now = self.clock()
+        # Session ends first, then starts: a copied cookie of a session ended
+        # during the outage must not come back to life on another process.
+        for sub, at in list(self._subs_ended.items()):
+            await self._end_sessions_in_redis(sub, started_before=at)
+            self._subs_ended.pop(sub, None)
+        for sid in list(self._sessions_ended):
+            await self._end_session_in_redis(sid)
+            self._sessions_ended.pop(sid, None)
+        for sid, (expires, record) in list(self._sessions_started.items()):
+            if expires > now:
+                await self._start_session_in_redis(record, expires - now)
+            self._sessions_started.pop(sid, None)
         for key, expires in list(self._consumed_locally.items()):
             if expires > now:
                 await self._command("SET", self._once_key(key), "1", "NX", "EX", max(1, int(expires - now)))
@@ -546,6 +578,116 @@ class RedisHub(ConfirmationHub):
             self._consumed_locally = {k: v for k, v in self._consumed_locally.items() if v > now}
         self._consumed_locally[key] = now + ttl
         return True
+
+    # -- session records -----------------------------------------------
+
+    async def _start_session_in_redis(self, record: SessionRecord, ttl: float) -> None:
+        seconds = max(1, int(ttl))
+        index = self._user_sessions_key(record.sub)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(self._session_key(record.sid), record.to_json(), ex=seconds)
+            pipe.sadd(index, record.sid)
+            # Every session gets the same TTL, so the newest one's is the
+            # longest: the index lives as long as it (plain EXPIRE: Redis 6 too).
+            pipe.expire(index, seconds)
+            await pipe.execute()
+
+    async def _end_session_in_redis(self, sid: str) -> str | None:
+        key = self._session_key(sid)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.delete(key)
+            raw, deleted = await pipe.execute()
+        record = SessionRecord.from_json(raw)
+        if record is not None:
+            await self._client.srem(self._user_sessions_key(record.sub), sid)
+        return record.sub if deleted and record is not None else None
+
+    async def _end_sessions_in_redis(self, sub: str, started_before: float | None = None) -> list[str]:
+        index = self._user_sessions_key(sub)
+        sids = sorted(await self._client.smembers(index))
+        if not sids:
+            return []
+        keys = [self._session_key(sid) for sid in sids]
+        raws = await self._client.mget(keys)
+        doomed, gone = [], []
+        for sid, key, raw in zip(sids, keys, raws):
+            record = SessionRecord.from_json(raw)
+            if record is None:
+                gone.append(sid)
+            elif started_before is None or record.started_at <= started_before:
+                doomed.append((sid, key))
+        async with self._client.pipeline(transaction=True) as pipe:
+            if doomed:
+                pipe.delete(*(key for _, key in doomed))
+            pipe.srem(index, *([sid for sid, _ in doomed] + gone))
+            await pipe.execute()
+        return [sid for sid, _ in doomed]
+
+    async def start_session(self, record: SessionRecord, ttl: float) -> None:
+        self._ensure_running()
+        self._sessions_ended.pop(record.sid, None)
+        try:
+            await self._start_session_in_redis(record, ttl)
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            # Valid on this process now, on every process once Redis returns.
+            self._sessions_started[record.sid] = (self.clock() + ttl, record)
+
+    async def session_active(self, sid: str) -> bool:
+        self._ensure_running()
+        if sid in self._sessions_ended:
+            return False
+        try:
+            return bool(await self._command("EXISTS", self._session_key(sid)))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            kept = self._sessions_started.get(sid)
+            if kept is not None and kept[0] > self.clock():
+                return True
+            raise HubUnavailableError("redis hub: cannot check the session") from exc
+
+    async def sessions_of(self, sub: str) -> list[SessionRecord]:
+        self._ensure_running()
+        index = self._user_sessions_key(sub)
+        try:
+            sids = sorted(await self._client.smembers(index))
+            if not sids:
+                return []
+            raws = await self._client.mget([self._session_key(sid) for sid in sids])
+            gone = [sid for sid, raw in zip(sids, raws) if raw is None]
+            if gone:
+                await self._client.srem(index, *gone)
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError("redis hub: cannot list sessions") from exc
+        records = [r for r in map(SessionRecord.from_json, raws) if r is not None and r.sub == sub]
+        return sorted(records, key=lambda r: (r.started_at, r.sid))
+
+    async def end_session(self, sid: str) -> str | None:
+        self._ensure_running()
+        kept = self._sessions_started.pop(sid, None)
+        try:
+            return await self._end_session_in_redis(sid)
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            # Ended here now, everywhere once Redis returns.
+            self._sessions_ended[sid] = self.clock()
+            return kept[1].sub if kept is not None else None
+
+    async def end_sessions(self, sub: str) -> list[str]:
+        self._ensure_running()
+        local = [sid for sid, (_, record) in self._sessions_started.items() if record.sub == sub]
+        for sid in local:
+            del self._sessions_started[sid]
+        try:
+            return sorted({*local, *await self._end_sessions_in_redis(sub)})
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            self._subs_ended[sub] = time.time()
+            for sid in local:
+                self._sessions_ended[sid] = self.clock()
+            return sorted(local)
 
     async def check(self) -> None:
         """Raise ConnectionError (or redis-py's error) unless Redis answers PING."""
