@@ -20,6 +20,8 @@ Paths (Google's where Google has one)::
     GET  /gsi/client                     google.accounts.oauth2.initCodeClient
     GET  /js/platform.js[?onload=fn]     gapi.auth2 ... grantOfflineAccess
     GET  /client_secret.json[?client_id=]
+    GET  /drive/v3/files                 Drive files.list (spaces, fields, pageSize, pageToken, q)
+    GET  /drive/v3/files/{fileId}        Drive files.get (appfolder / appDataFolder, root)
     test-only (403 unless development=True):
     POST /emulator/code                  form client_id, email, scope, prompt, redirect_uri
     GET|POST|DELETE /emulator/faults     list / plan (JSON) / clear faults
@@ -27,7 +29,26 @@ Paths (Google's where Google has one)::
     GET  /emulator/stats                 {endpoint name: count}
     POST /emulator/reset                 clear stats, faults, switches
     POST /emulator/expire-refresh-token  form client_id, email
-    GET|POST /emulator/settings          switches (JSON)
+    GET|POST /emulator/settings          switches (JSON): list / change some
+
+Switches (``POST /emulator/settings`` with a JSON object of some of them; it
+answers all of them; an unknown name or a bad value is a 400;
+``/emulator/reset`` restores the start-up values;
+:meth:`Emulator.configure` is the Python form)::
+
+    access_token_ttl       seconds, > 0 (default 3600): lifetime of access tokens issued from now on
+                           (``expires_in`` is one less, as with Google)
+    code_ttl               seconds, > 0 (default 600): lifetime of codes minted from now on
+    rotate_refresh_tokens  bool (default false): a refresh returns a new refresh token and the
+                           old one answers invalid_grant from then on
+    issuer_without_scheme  bool (default false): ID tokens say ``iss: accounts.google.com``
+
+Drive v3 (:mod:`.drive`): a few fake files per test account and an app data
+folder per client; what a token sees follows its scopes (``drive.appdata``
+for the app folder, a Drive read scope for the user's files); Google's 401,
+403 ``insufficientPermissions`` / ``insufficientScopes``, 404 and 400 bodies.
+Point google-api-python-client at ``Emulator.drive_endpoint``
+(``<base_url>/drive/v3/``) through ``client_options={"api_endpoint": ...}``.
 
 State: in memory by default (tests); with ``state_dir`` (CLI
 ``tornado-signin emulator --state-dir DIR``; the demo uses
