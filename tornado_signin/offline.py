@@ -55,6 +55,15 @@ REFRESH_MARGIN = 300.0
 REFRESH_RETRY_DELAYS = (0.2, 1.0, 3.0)
 
 
+def _require_active(record: TokenRecord) -> None:
+    """Raise ConsentRequiredError unless ``record`` holds a usable refresh token (its state is ``active``)."""
+    if record.has_usable_refresh_token:
+        return
+    if record.revoked_at is not None:
+        raise ConsentRequiredError("the user's grant is revoked: the user must sign in with consent again")
+    raise ConsentRequiredError("no refresh token is stored for the user: the user must sign in with consent again")
+
+
 class OfflineAccess:
     """Credentials, refresh and revocation for stored users of one client."""
 
@@ -91,14 +100,18 @@ class OfflineAccess:
     async def fresh_record(self, user: str, *, min_valid: float = REFRESH_MARGIN, force: bool = False) -> TokenRecord:
         """Return the record of ``user`` with an access token valid for ``min_valid`` seconds more.
 
-        Raise UnknownUserError, ConsentRequiredError (no usable refresh token,
-        or Google answered invalid_grant), GoogleUnavailableError.
+        Raise UnknownUserError, ConsentRequiredError (the record is not active:
+        no usable refresh token, a revoked grant — even with an unexpired
+        access token stored — or Google answered invalid_grant),
+        GoogleUnavailableError.
         """
         record = await self.find(user)
+        # A stored access token is handed out only while the record is active:
+        # once the grant is revoked (or was never offline), Google has most
+        # likely ended that token too, and the caller must learn it now.
+        _require_active(record)
         if not force and record.access_token and (record.access_token_expiry or 0) - time.time() > min_valid:
             return record
-        if not record.has_usable_refresh_token:
-            raise ConsentRequiredError("no usable refresh token: the user must sign in with consent again")
         pending = self._refreshing.get(record.sub)
         if pending is not None:
             return await asyncio.shield(pending)
