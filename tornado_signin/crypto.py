@@ -101,6 +101,9 @@ class EncryptingStore(TokenStore):
         for record in self.inner.records():
             yield self._open(record)
 
+    def find_by_email(self, email: str) -> list[TokenRecord]:
+        return [self._open(record) for record in self.inner.find_by_email(email)]
+
     def check(self) -> None:
         self.inner.check()
 

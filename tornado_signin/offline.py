@@ -83,16 +83,18 @@ class OfflineAccess:
         if record is not None:
             return record
         if "@" in user:
-            wanted = user.lower()
-            matches = [r for r in self.store.records() if (r.email or "").lower() == wanted]
+            # Only verified emails are stored; one that several records share
+            # (an address re-assigned, an account re-created) names nobody.
+            matches = self.store.find_by_email(user)
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise UnknownUserError(f"{len(matches)} users share that email; use the sub")
-        raise UnknownUserError("no stored user with that sub or email")
+                raise UnknownUserError(f"{len(matches)} users share that email: give the user's sub instead")
+        raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
 
     async def find(self, user: str) -> TokenRecord:
-        """Return the record of ``user`` (a sub or an email); raise UnknownUserError."""
+        """Return the record of ``user``: a sub, or an email that exactly one record holds (compared ignoring
+        ASCII case; only verified emails are stored). Raise UnknownUserError otherwise."""
         return await self.workers.run(self._find_blocking, user)
 
     # -- credentials -------------------------------------------------------------------

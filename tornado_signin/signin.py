@@ -109,6 +109,9 @@ class SigninService:
         started = time.perf_counter()
         claims = await self.verifier.verify(tokens.id_token, access_token=tokens.access_token)
         self.metrics.observe("signin_verify_seconds", time.perf_counter() - started)
-        merged = await self.save_with_retry(record_from_tokens(claims.sub, claims.email, tokens))
+        # An unverified email is anybody's claim: it is never stored, so no
+        # lookup by email (CLI, scripts) can reach this grant through it.
+        email = claims.email if claims.email_verified else None
+        merged = await self.save_with_retry(record_from_tokens(claims.sub, email, tokens))
         status = SIGNED_IN if merged.has_usable_refresh_token else CONSENT_REQUIRED
         return SigninOutcome(status=status, claims=claims, record=merged)

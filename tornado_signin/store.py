@@ -39,6 +39,7 @@ __all__ = [
     "installed_backends",
     "load_store",
     "BackendInfo",
+    "email_key",
 ]
 
 ENTRY_POINT_GROUP = "tornado_signin.backends"
@@ -93,6 +94,19 @@ class TokenRecord:
         return dataclasses.replace(self, **changes)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def email_key(email: str) -> str:
+    """Return the form under which emails compare: ASCII letters lower-cased, everything else as is.
+
+    Google compares addresses case-insensitively; only ASCII is folded, so
+    no Unicode case mapping (the Kelvin sign lower-cases to ``k``) can make
+    two different addresses one.
+    """
+    return email.translate(_ASCII_LOWER)
+
+
 def _newer(incoming: float | None, stored: float | None) -> bool:
     # Ties go to the incoming record so that a re-encryption (same issue time,
     # new ciphertext) replaces the stored value.
@@ -111,7 +125,8 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
     * access token, expiry, issue time and ``scopes``: replaced together only
       when ``incoming`` has an access token whose ``access_token_issued_at``
       is >= the stored one;
-    * ``email``: replaced when ``incoming`` has one;
+    * ``email``: replaced when ``incoming`` has one (the core passes only
+      verified emails);
     * ``revoked_at``: the later of the two;
     * ``created_at``: the stored one; for a new record the incoming one (a
       migration keeps it) or ``now``; ``updated_at``: ``now``.
@@ -170,6 +185,20 @@ class TokenStore(abc.ABC):
     @abc.abstractmethod
     def records(self) -> Iterator[TokenRecord]:
         """Yield every stored record (order unspecified). Used by the CLI and migrations."""
+
+    def find_by_email(self, email: str) -> list[TokenRecord]:
+        """Return every stored record whose email equals ``email`` under :func:`email_key` (order unspecified).
+
+        Exact matches only (no pattern, prefix or substring: ``%`` and ``_``
+        are ordinary characters); a record without an email never matches.
+        Only verified emails are stored (the core passes an email only when
+        the ID token's ``email_verified`` is ``true``), so callers resolve an
+        email to a user only when exactly one record comes back. The default
+        scans :meth:`records`; a backend may answer from an index instead, with
+        the same result. Thread-safe; raise StorageError like the others.
+        """
+        wanted = email_key(email)
+        return [r for r in self.records() if r.email and email_key(r.email) == wanted]
 
     def check(self) -> None:
         """Raise StorageError unless the backend is reachable and usable.

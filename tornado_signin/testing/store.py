@@ -20,6 +20,7 @@ even when the test has already closed the store)::
 pytest then runs every ``test_*`` method below against it: misses, the round
 trip of every field, each rule of :func:`~tornado_signin.store.merge_records`
 (plus a randomised comparison against it), delete, ``records()``,
+``find_by_email()`` (exact, ASCII case only),
 ``check()``, ``close()``, awkward ``sub`` values, and 20 threads saving the
 same user at once.
 
@@ -426,6 +427,49 @@ class TokenStoreContract:
         store.save(full_record())
         store.close()
         store.close()
+
+    # -- lookup by email ------------------------------------------------------
+
+    def test_find_by_email_ignores_ascii_case_only(self, store: TokenStore) -> None:
+        store.save(full_record(sub="mixed", email="Ada.Lovelace@Example.com"))
+        store.save(full_record(sub="upper", email="ADA.LOVELACE@EXAMPLE.COM"))
+        store.save(full_record(sub="other", email="grace@example.com"))
+        store.save(full_record(sub="longer", email="ada.lovelace@example.com.evil"))
+        store.save(full_record(sub="prefix", email="xada.lovelace@example.com"))
+        store.save(TokenRecord(sub="no-email"))
+        found = store.find_by_email("ada.lovelace@example.com")
+        assert sorted(r.sub for r in found) == ["mixed", "upper"]
+        for record in found:
+            assert record == store.get(record.sub), "find_by_email must return what get returns"
+        assert [r.sub for r in store.find_by_email("GRACE@example.COM")] == ["other"]
+        assert store.find_by_email("nobody@example.com") == []
+
+    def test_find_by_email_is_exact_not_a_pattern(self, store: TokenStore) -> None:
+        store.save(full_record(sub="ada", email="ada@example.com"))
+        store.save(full_record(sub="pct", email="%@example.com"))
+        for pattern in ("%@example.com", "_da@example.com", "ada@example.%", "*@example.com", "ada@example.co",
+                        "ada@example.com ", " ada@example.com", "ada@example.com\x00", ".*", "%"):
+            found = sorted(r.sub for r in store.find_by_email(pattern))
+            assert found == (["pct"] if pattern == "%@example.com" else []), pattern
+
+    def test_find_by_email_folds_no_unicode_case(self, store: TokenStore) -> None:
+        """Only ASCII letters fold: the Kelvin sign (which Python lower-cases to k) and Ä stay themselves."""
+        store.save(full_record(sub="kelvin", email="\u212aim@example.com"))
+        store.save(full_record(sub="umlaut", email="\u00c4da@example.com"))
+        store.save(full_record(sub="dotless", email="\u0130nci@example.com"))
+        assert store.find_by_email("kim@example.com") == []
+        assert store.find_by_email("\u00e4da@example.com") == []
+        assert store.find_by_email("inci@example.com") == []
+        assert [r.sub for r in store.find_by_email("\u212aIM@EXAMPLE.COM")] == ["kelvin"]
+        assert [r.sub for r in store.find_by_email("\u00c4DA@example.com")] == ["umlaut"]
+
+    def test_find_by_email_follows_changes_and_deletes(self, store: TokenStore) -> None:
+        store.save(full_record(sub="mover", email="old@example.com"))
+        store.save(TokenRecord(sub="mover", email="new@example.com"))
+        assert store.find_by_email("old@example.com") == []
+        assert [r.sub for r in store.find_by_email("new@example.com")] == ["mover"]
+        store.delete("mover")
+        assert store.find_by_email("new@example.com") == []
 
     # -- sub values ----------------------------------------------------------
 
