@@ -83,7 +83,7 @@ setup(
             "file = tornado_signin_backends.file:FileTokenStore",
         ],
         "tornado_signin.hubs": [
-            "memory = tornado_signin.hub:MemoryHub",
+            "memory = tornado_signin_backends.memory_hub:MemoryHub",
             "redis = tornado_signin_backends.redis_hub:RedisHub",
         ],
     },

@@ -12,7 +12,8 @@ from tornado.httpclient import HTTPClientError
 from harness import PageClient, json_body
 from security_oracle import drain, stack_fixture
 from tornado_signin.errors import HubUnavailableError
-from tornado_signin.hub import MemoryHub, SessionRecord
+from tornado_signin.hub import SessionRecord
+from tornado_signin_backends.memory_hub import MemoryHub
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

@@ -119,32 +119,27 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from .hub import HUB_ENTRY_POINT_GROUP
-    from .store import ENTRY_POINT_GROUP, installed_backends
+    from .plugins import GROUPS, HUBS, STORES, installed_backends
 
     infos = installed_backends()
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
         return EXIT_OK
-    print(f"Token stores (entry-point group {ENTRY_POINT_GROUP}):")
-    for info in infos:
-        state = "ok" if info.loadable else f"unavailable: {info.problem}"
-        print(f"  {info.name:<10} {info.module:<40} {info.distribution or '?':<18} {state}")
-        if info.install_hint:
-            print(f"  {'':<10} install with: {info.install_hint}")
-    from importlib import metadata
-
-    hubs = sorted(metadata.entry_points(group=HUB_ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-    print(f"Confirmation hubs (entry-point group {HUB_ENTRY_POINT_GROUP}):")
-    for ep in hubs:
-        print(f"  {ep.name:<10} {ep.module}")
+    titles = {STORES.name: "Token stores", HUBS.name: "Confirmation hubs"}
+    for group in GROUPS:
+        print(f"{titles[group.name]} (entry-point group {group.name}):")
+        for info in (i for i in infos if i.group == group.name):
+            state = "ok" if info.loadable else f"unavailable: {info.problem}"
+            print(f"  {info.name:<10} {info.module:<40} {info.distribution or '?':<18} {state}")
+            if info.install_hint:
+                print(f"  {'':<10} install with: {info.install_hint}")
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .wiring import open_store
     from .google import GoogleClient
-    from .hub import MemoryHub, load_hub
+    from .hub import load_hub
 
     try:
         config = _load(args)
@@ -163,8 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     async def check_async() -> int:
         try:
-            hub = MemoryHub() if config.hub.backend == "memory" else load_hub(
-                config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+            hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
             try:
                 await asyncio.wait_for(hub.check(), 10)
             finally:

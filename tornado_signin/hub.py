@@ -15,26 +15,25 @@ record (sign-out, "sign out everywhere", a security event) ends that session
 in every process, copied cookies included. :mod:`tornado_signin.live_sessions`
 builds sign-out on these methods.
 
-Hubs are plugins in the ``tornado_signin.hubs`` entry-point group:
-``memory`` (this module, one process) and ``redis`` (pub/sub, several
-processes and machines).
+Hubs are plugins in the ``tornado_signin.hubs`` entry-point group, loaded by
+:func:`load_hub`: ``memory`` (one process) and ``redis`` (pub/sub, several
+processes and machines), both in ``tornado_signin_backends``.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from typing import Any
 
-from .errors import ConfigError, HubUnavailableError
+from .errors import HubUnavailableError
+from .plugins import HUBS, load
 
-__all__ = ["ConfirmationHub", "Subscription", "MemoryHub", "SessionRecord", "load_hub", "HUB_ENTRY_POINT_GROUP"]
+__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "load_hub", "HUB_ENTRY_POINT_GROUP"]
 
-HUB_ENTRY_POINT_GROUP = "tornado_signin.hubs"
+HUB_ENTRY_POINT_GROUP = HUBS.name
 
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]
@@ -154,139 +153,18 @@ class ConfirmationHub(abc.ABC):
         """Release connections. Idempotent."""
 
 
-class _MemorySubscription(Subscription):
-    def __init__(self, hub: "MemoryHub", channel: str, callback: Callback) -> None:
-        self.hub, self.channel, self.callback = hub, channel, callback
+def load_hub(name: str, url: str | None = None, *, key_prefix: str | None = None, **options: Any) -> ConfirmationHub:
+    """Build the hub registered as ``name`` (see :func:`tornado_signin.plugins.load`).
 
-    def close(self) -> None:
-        subscribers = self.hub._subscribers.get(self.channel)
-        if subscribers is not None:
-            subscribers.discard(self)
-            if not subscribers:
-                del self.hub._subscribers[self.channel]
+    ``url`` (``hub.url``) and ``key_prefix`` (``hub.key_prefix``) are passed
+    only when set, so a hub without them still loads; ``options`` are further
+    keyword-only options. Raise ConfigError naming ``hub.backend`` for an
+    unknown hub (listing the installed ones) or a missing extra (with the
+    install command), and ``hub.<option>`` for an option the hub does not take.
 
+    Example::
 
-class MemoryHub(ConfirmationHub):
-    """An in-process hub: correct for one server process only."""
-
-    def __init__(self, *, url: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._subscribers: dict[str, set[_MemorySubscription]] = {}
-        self._records: dict[str, tuple[float, Message]] = {}
-        self._consumed: dict[str, float] = {}
-        self._sessions: dict[str, tuple[float, SessionRecord]] = {}
-        self._sessions_by_sub: dict[str, set[str]] = {}
-        # Sizes at which the next clean-up runs: twice what survived the last
-        # one, so a map full of live entries is not rescanned on every call.
-        self._records_limit = 1024
-        self._consumed_limit = 4096
-        self._sessions_limit = 1024
-        self.clock = clock
-
-    def _expire(self) -> None:
-        now = self.clock()
-        # Amortised clean-up: stale entries are dropped when the maps grow.
-        if len(self._records) > self._records_limit:
-            self._records = {k: v for k, v in self._records.items() if v[0] > now}
-            self._records_limit = max(1024, 2 * len(self._records))
-        if len(self._consumed) > self._consumed_limit:
-            self._consumed = {k: v for k, v in self._consumed.items() if v > now}
-            self._consumed_limit = max(4096, 2 * len(self._consumed))
-
-    async def publish(self, channel: str, message: Message, *, record: bool = True) -> None:
-        if record:
-            self._expire()
-            self._records[channel] = (self.clock() + self.record_ttl, message)
-        for subscription in list(self._subscribers.get(channel, ())):
-            result = subscription.callback(message)
-            if result is not None:
-                await result
-
-    async def subscribe(self, channel: str, callback: Callback) -> Subscription:
-        subscription = _MemorySubscription(self, channel, callback)
-        self._subscribers.setdefault(channel, set()).add(subscription)
-        return subscription
-
-    async def last(self, channel: str) -> Message | None:
-        entry = self._records.get(channel)
-        if entry is None or entry[0] <= self.clock():
-            return None
-        return entry[1]
-
-    async def consume_once(self, key: str, ttl: float) -> bool:
-        now = self.clock()
-        expires = self._consumed.get(key)
-        if expires is not None and expires > now:
-            return False
-        self._expire()
-        self._consumed[key] = now + ttl
-        return True
-
-    def _live_session(self, sid: str) -> SessionRecord | None:
-        entry = self._sessions.get(sid)
-        if entry is None:
-            return None
-        if entry[0] <= self.clock():
-            self._forget_session(sid)
-            return None
-        return entry[1]
-
-    def _forget_session(self, sid: str) -> SessionRecord | None:
-        entry = self._sessions.pop(sid, None)
-        if entry is None:
-            return None
-        sids = self._sessions_by_sub.get(entry[1].sub)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
-                del self._sessions_by_sub[entry[1].sub]
-        return entry[1]
-
-    async def start_session(self, record: SessionRecord, ttl: float) -> None:
-        if len(self._sessions) > self._sessions_limit:  # amortised, as _expire
-            now = self.clock()
-            for sid in [sid for sid, (expires, _) in self._sessions.items() if expires <= now]:
-                self._forget_session(sid)
-            self._sessions_limit = max(1024, 2 * len(self._sessions))
-        self._forget_session(record.sid)
-        self._sessions[record.sid] = (self.clock() + ttl, record)
-        self._sessions_by_sub.setdefault(record.sub, set()).add(record.sid)
-
-    async def session_active(self, sid: str) -> bool:
-        return self._live_session(sid) is not None
-
-    async def sessions_of(self, sub: str) -> list[SessionRecord]:
-        live = [self._live_session(sid) for sid in list(self._sessions_by_sub.get(sub, ()))]
-        return sorted((r for r in live if r is not None), key=lambda r: (r.started_at, r.sid))
-
-    async def end_session(self, sid: str) -> str | None:
-        record = self._live_session(sid)
-        self._forget_session(sid)
-        return record.sub if record is not None else None
-
-    async def end_sessions(self, sub: str) -> list[str]:
-        ended = [r.sid for r in await self.sessions_of(sub)]
-        for sid in ended:
-            self._forget_session(sid)
-        return ended
-
-    @property
-    def subscriber_count(self) -> int:
-        """Return the number of live subscriptions (for metrics)."""
-        return sum(len(s) for s in self._subscribers.values())
-
-
-def load_hub(name: str, url: str | None, *, key_prefix: str | None = None) -> ConfirmationHub:
-    """Build the hub registered as ``name``; raise ConfigError naming ``hub.backend``.
-
-    ``key_prefix`` (``hub.key_prefix``) is passed only when set, so hubs without one still load.
+        hub = load_hub("redis", "redis://127.0.0.1:6379/0", key_prefix="myapp:")
     """
-    eps = {ep.name: ep for ep in metadata.entry_points(group=HUB_ENTRY_POINT_GROUP)}
-    if name not in eps:
-        raise ConfigError("hub.backend", f"no hub {name!r} in entry-point group {HUB_ENTRY_POINT_GROUP!r} "
-                                         f"(installed: {', '.join(sorted(eps)) or 'none'})")
-    try:
-        factory = eps[name].load()
-    except ImportError as exc:
-        raise ConfigError("hub.backend", f"hub {name!r} needs a missing dependency ({exc.name}): "
-                                         f"pip install 'tornado-signin[{name}]'") from exc
-    return factory(url=url, **({"key_prefix": key_prefix} if key_prefix else {}))
+    given = {"url": url, "key_prefix": key_prefix, **options}
+    return load(HUBS, name, {k: v for k, v in given.items() if v is not None}, base=ConfirmationHub)

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
-from .errors import ConfigError
+from .plugins import STORES, BackendInfo, installed_backends, load
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -42,7 +40,7 @@ __all__ = [
     "email_key",
 ]
 
-ENTRY_POINT_GROUP = "tornado_signin.backends"
+ENTRY_POINT_GROUP = STORES.name
 
 #: Longest ``sub`` accepted anywhere. Google documents at most 255 ASCII characters.
 MAX_SUB_LENGTH = 255
@@ -211,85 +209,16 @@ class TokenStore(abc.ABC):
         """Release connections and files. The store is unusable afterwards. Idempotent."""
 
 
-@dataclass(frozen=True)
-class BackendInfo:
-    """One installed backend, as ``tornado-signin backends`` lists it."""
-
-    name: str
-    module: str
-    distribution: str | None
-    loadable: bool
-    problem: str | None = None
-    install_hint: str | None = None
-
-
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def installed_backends() -> list[BackendInfo]:
-    """Return every backend registered in the entry-point group, tried for import."""
-    infos = []
-    for name, ep in sorted(_entry_points().items()):
-        dist = ep.dist.name if ep.dist is not None else None
-        try:
-            ep.load()
-        except ImportError as exc:
-            hint = f"pip install 'tornado-signin[{name}]'" if dist == "tornado-signin" else None
-            infos.append(BackendInfo(name, ep.module, dist, False, f"missing dependency: {exc.name or exc}", hint))
-        except Exception as exc:  # a broken plugin must not hide the others
-            infos.append(BackendInfo(name, ep.module, dist, False, f"{type(exc).__name__}: {exc}"))
-        else:
-            infos.append(BackendInfo(name, ep.module, dist, True))
-    return infos
-
-
-def _check_options(factory: Any, name: str, options: dict[str, Any], key_prefix: str) -> None:
-    """Raise ConfigError naming the option when ``options`` do not fit ``factory``'s signature.
-
-    Checked before the call, so that a bug inside a constructor is not
-    misreported as a configuration error.
-    """
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # no introspectable signature: the call decides
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = {n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    for option in sorted(set(options) - accepted):
-        raise ConfigError(f"{key_prefix}.{option}",
-                          f"unknown option of backend {name!r} (valid: {', '.join(sorted(accepted)) or 'none'})")
-    for option, parameter in parameters.items():
-        if option in accepted and parameter.default is inspect.Parameter.empty and option not in options:
-            raise ConfigError(f"{key_prefix}.{option}", f"is required by backend {name!r}")
-
-
-def load_store(name: str, options: dict[str, Any] | None = None, *, key_prefix: str = "store") -> TokenStore:
-    """Build the backend registered as ``name`` with ``options``.
+def load_store(name: str, options: dict[str, Any] | None = None) -> TokenStore:
+    """Build the token store registered as ``name`` with ``options`` (see :func:`tornado_signin.plugins.load`).
 
     Raise ConfigError naming ``store.backend`` when no such backend is
     installed (the message lists the installed names) or its dependencies are
-    missing (the message gives the pip command), and naming the option when
-    the backend rejects it.
+    missing (the message gives the pip command), and naming ``store.<option>``
+    when the backend rejects an option.
+
+    Example::
+
+        store = load_store("sql", {"url": "sqlite:///tokens.sqlite3"})
     """
-    eps = _entry_points()
-    if name not in eps:
-        installed = ", ".join(sorted(eps)) or "none"
-        raise ConfigError(
-            f"{key_prefix}.backend",
-            f"no token store {name!r} in entry-point group {ENTRY_POINT_GROUP!r} (installed: {installed})",
-        )
-    ep = eps[name]
-    try:
-        factory = ep.load()
-    except ImportError as exc:
-        raise ConfigError(
-            f"{key_prefix}.backend",
-            f"backend {name!r} needs a missing dependency ({exc.name or exc}): pip install 'tornado-signin[{name}]'",
-        ) from exc
-    _check_options(factory, name, options or {}, key_prefix)
-    store = factory(**(options or {}))
-    if not isinstance(store, TokenStore):
-        raise ConfigError(f"{key_prefix}.backend", f"{ep.value} does not build a TokenStore")
-    return store
+    return load(STORES, name, options, base=TokenStore)

@@ -26,7 +26,7 @@ from .context import AppContext
 from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
 from .health import StoreHealth
-from .hub import ConfirmationHub, MemoryHub, load_hub
+from .hub import ConfirmationHub, load_hub
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
@@ -78,8 +78,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     elif not isinstance(store, EncryptingStore):
         store = EncryptingStore(store, _cipher(config))
     if hub is None:
-        hub = MemoryHub() if config.hub.backend == "memory" else load_hub(
-            config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+        hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
     google = GoogleClient(config.google)
     certs = CertCache(google, config.google.endpoints.verification_certs_uri,
                       on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result))

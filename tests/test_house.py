@@ -1,0 +1,111 @@
+"""The shape of the house: the core's import graph has no circle, and the core never imports a backend.
+
+The graph is read from the source (every ``import`` / ``from ... import``,
+at module level or inside a function), not from what happens to be imported
+at run time, so a lazy import cannot hide a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tornado_signin
+
+CORE = Path(tornado_signin.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(CORE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Return the absolute names of the modules ``path`` imports (``from X import y`` counts X and X.y)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    paths = sorted(CORE.rglob("*.py"))
+    modules = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _imports(path) if m in modules and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """Return one circle of ``graph`` as a path of module names, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            # A package's __init__ imported by its own submodule is not a circle of concerns.
+            if node.startswith(nxt + "."):
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_graph_is_read():
+    graph = _graph()
+    assert "tornado_signin.wiring" in graph["tornado_signin.app"]
+    assert "tornado_signin.offline" in graph["tornado_signin.wiring"]
+
+
+def test_the_import_graph_of_the_core_has_no_circle():
+    assert _cycle(_graph()) is None
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_core_never_imports_a_backend_or_the_emulator_internals():
+    """The emulator's public face is its package (``tornado_signin.emulator``); its modules are its own."""
+    emulator_modules = {m for m in _graph() if m.startswith("tornado_signin.emulator.")}
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        name = _module_name(path)
+        if name.startswith("tornado_signin.emulator"):
+            continue
+        for module in _imports(path):
+            if module.startswith("tornado_signin_backends"):
+                offenders.append(f"{name} imports {module}")
+            if module in emulator_modules:
+                offenders.append(f"{name} imports {module}")
+    assert offenders == []
