@@ -133,13 +133,21 @@ def test_client_secrets_follow_googles_format():
         Emulator(clients=[CLIENT]).client_secrets()
 
 
-def test_client_secret_json_endpoint(emu):
-    response = requests.get(emu.base_url + "/client_secret.json", params={"client_id": OTHER.client_id}, timeout=10)
-    assert response.status_code == 200
-    assert response.json() == emu.client_secrets(OTHER.client_id)
-    assert response.json()["web"]["token_uri"] == emu.base_url + "/token"
-    # Two clients are registered: the client id is needed.
-    assert requests.get(emu.base_url + "/client_secret.json", timeout=10).status_code == 404
+def test_client_secret_json_endpoint_serves_only_secrets_the_emulator_generated():
+    """Issue 12 item 6: an operator's secret (a config's) is never served; a generated one is."""
+    generated = EmulatorClient.generate("generated.apps.googleusercontent.com", ("http://localhost:8080",))
+    assert generated.secret_generated and generated.client_secret.startswith("GOCSPX-")
+    with EmulatorThread(clients=[generated, CLIENT]) as emu:
+        response = requests.get(emu.base_url + "/client_secret.json", params={"client_id": generated.client_id},
+                                timeout=10)
+        assert response.status_code == 200
+        assert response.headers["Content-Disposition"] == 'attachment; filename="client_secret.json"'
+        assert response.json() == emu.client_secrets(generated.client_id)
+        refused = requests.get(emu.base_url + "/client_secret.json", params={"client_id": CLIENT.client_id},
+                               timeout=10)
+        assert refused.status_code == 403 and CLIENT.client_secret not in refused.text
+        # Two clients: which one is ambiguous.
+        assert requests.get(emu.base_url + "/client_secret.json", timeout=10).status_code == 404
 
 
 def test_openid_configuration_points_at_the_emulator(emu):
@@ -390,6 +398,7 @@ def test_userinfo_answers_for_a_valid_token(emu, path):
         "email": "alice@example.com",
         "email_verified": True,
         "hd": "example.com",
+        "picture": f"{emu.base_url}/a/{DEFAULT_ACCOUNTS[0].sub}=s96-c",
     }
 
 

@@ -93,6 +93,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     host = args.host or "127.0.0.1"
     if args.config:
         config = _load(args)
+        if not config.development:
+            # The emulator stands in for Google only in development: a production
+            # config's client and secret are real Google's, never the emulator's.
+            print(f"tornado-signin: refusing to run the emulator for {args.config}: it has development: false "
+                  "(the emulator stands in for Google only with development: true)", file=sys.stderr)
+            return EXIT_CONFIG
         origins = config.server.allowed_origins or (
             config.server.public_origin or f"http://{config.server.host}:{config.server.port}",)
         client = EmulatorClient(config.google.client_id, config.google.client_secret, tuple(origins))
@@ -100,7 +106,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     else:
         dev = load_dev_secrets(Path.cwd())
         client = EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"],
-                                ("http://127.0.0.1:8080", "http://localhost:8080"))
+                                ("http://127.0.0.1:8080", "http://localhost:8080"), secret_generated=True)
         development = True
 
     def announce(url: str) -> None:

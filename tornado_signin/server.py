@@ -169,7 +169,7 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
 
     async def main() -> None:
-        emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins)],
+        emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins, secret_generated=True)],
                             base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = emulator.make_app().listen(emulator_port, address=host)
         app = make_app(config)

@@ -10,6 +10,7 @@ effect, for tests that run in-process.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import socket
@@ -26,15 +27,14 @@ import tornado.web
 from .faults import FaultPlan
 from .drive import DRIVE_HANDLERS
 from .handlers import HANDLERS, NotFoundHandler, path_only
-from .keys import KeySet, at_hash
+from .keys import DEFAULT_LEAD, KeySet, at_hash
 from .persist import EmulatorStateError, StateDir
-from .state import DEFAULT_ACCOUNTS, EmulatorClient, IssuedTokens, State, TestAccount, format_scopes
+from .state import DEFAULT_ACCOUNTS, GOOGLE_ISSUER, EmulatorClient, IssuedTokens, State, TestAccount, format_scopes
 
 __all__ = ["Emulator", "start_emulator", "GOOGLE_ISSUER"]
 
 log = logging.getLogger(__name__)
 
-GOOGLE_ISSUER = "https://accounts.google.com"
 
 _SETTINGS = ("rotate_refresh_tokens", "access_token_ttl", "code_ttl", "issuer_without_scheme")
 
@@ -71,7 +71,10 @@ class Emulator:
     With ``development`` off, the test-only ``/emulator/...`` paths answer
     403. ``clock`` (POSIX seconds) is injectable so tests can expire codes
     and access tokens without sleeping. ``certs_max_age`` is the max-age
-    of the certs endpoints' ``Cache-Control``.
+    of the certs endpoints' ``Cache-Control``. ``key_schedule`` overrides
+    the signing keys' rotation schedule (``period``, ``lead``, ``linger`` in
+    seconds, see :class:`~.keys.KeySet`; ``period=None`` rotates only on
+    request); ``lead`` must be at least ``certs_max_age``.
 
     ``stats`` counts requests per endpoint name, each dotted prefix too:
     ``auth``, ``token`` (and ``token.authorization_code``,
@@ -100,6 +103,7 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         certs_max_age: int = 3600,
         state_dir: str | os.PathLike[str] | None = None,
+        key_schedule: dict[str, Any] | None = None,
     ) -> None:
         self.state = State(
             clients=clients, accounts=accounts, code_ttl=code_ttl, access_token_ttl=access_token_ttl, clock=clock
@@ -108,7 +112,10 @@ class Emulator:
             raise ValueError("the emulator needs at least one test account")
         self.development = development
         self.certs_max_age = certs_max_age
-        self.keys = KeySet()
+        self._key_schedule = {"clock": clock, **dict(key_schedule or {})}
+        if self._key_schedule.get("lead", DEFAULT_LEAD) < certs_max_age:
+            raise ValueError("key_schedule lead must be at least certs_max_age (caches must see a key before it signs)")
+        self.keys = KeySet(**self._key_schedule)
         self.faults = FaultPlan()
         self.stats: collections.Counter[str] = collections.Counter()
         self.templates = _load_templates()
@@ -132,7 +139,7 @@ class Emulator:
             return
         try:
             self.state.restore(document)
-            self.keys = KeySet.from_json(document.get("keys", []))
+            self.keys = KeySet.from_json(document.get("keys", []), **self._key_schedule)
             self.issuer_without_scheme = bool(document.get("settings", {}).get("issuer_without_scheme", False))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise EmulatorStateError(f"emulator state file {folder.file} is malformed ({exc!r})") from None
@@ -171,6 +178,7 @@ class Emulator:
     @base_url.setter
     def base_url(self, value: str | None) -> None:
         self._base_url = value.rstrip("/") if value else None
+        self.state.picture_base = self._base_url
 
     @property
     def drive_endpoint(self) -> str | None:
@@ -205,11 +213,17 @@ class Emulator:
         access_type: str = "offline",
         include_granted_scopes: bool = False,
         nonce: str | None = None,
+        unticked: Iterable[str] = (),
+        code_challenge: str | None = None,
+        code_challenge_method: str | None = None,
     ) -> str:
         """Return a one-time code, exactly as if ``email`` had just consented in the popup.
 
-        Raise KeyError for an unknown account and
-        :class:`~.state.OAuthError` for an unknown client.
+        ``unticked``: scopes the user unticked on the granular consent screen
+        (not granted; the sign-in scopes cannot be unticked).
+        ``code_challenge`` / ``code_challenge_method``: PKCE, as the
+        authorization request would carry them. Raise KeyError for an
+        unknown account and :class:`~.state.OAuthError` for an unknown client.
         """
         code, _ = self.state.consent(
             client_id,
@@ -220,12 +234,20 @@ class Emulator:
             access_type=access_type,
             include_granted_scopes=include_granted_scopes,
             nonce=nonce,
+            unticked=unticked,
+            code_challenge=code_challenge,
+            code_challenge_method=code_challenge_method,
         )
         return code
 
-    def rotate_keys(self) -> str:
-        """Sign with a new key from now on; the previous key stays published. Return the new kid."""
-        return self.keys.rotate()
+    def rotate_keys(self, *, abrupt: bool = True) -> str:
+        """Rotate the signing key now; return the new kid.
+
+        ``abrupt`` (default; test-only): sign with the new key from now on,
+        the previous key stays published. ``abrupt=False``: Google's way,
+        publish the new key now and sign with it after the schedule's lead.
+        """
+        return self.keys.rotate(abrupt=abrupt)
 
     def reset(self) -> None:
         """Clear the stats, the faults and the switches (grants, codes and tokens stay)."""
@@ -327,6 +349,7 @@ class Emulator:
         return {
             "issuer": GOOGLE_ISSUER,
             "authorization_endpoint": f"{base}/o/oauth2/v2/auth",
+            "device_authorization_endpoint": f"{base}/device/code",
             "token_endpoint": f"{base}/token",
             "userinfo_endpoint": f"{base}/v1/userinfo",
             "revocation_endpoint": f"{base}/revoke",
@@ -342,6 +365,7 @@ class Emulator:
                 "none",
             ],
             "response_modes_supported": ["query", "fragment", "form_post"],
+            "authorization_response_iss_parameter_supported": True,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "email", "profile"],
@@ -367,6 +391,41 @@ class Emulator:
                 "urn:ietf:params:oauth:grant-type:jwt-bearer",
             ],
         }
+
+    def tokeninfo_id_token(self, id_token: str, version: int = 3) -> dict | None:
+        """Return Google's tokeninfo answer for an ID token this emulator signed and that has not expired, or None.
+
+        ``version`` 3: the token's claims and its header's ``alg``, ``kid``,
+        ``typ``, every value a string (``"email_verified": "true"``), as in
+        https://developers.google.com/identity/sign-in/web/backend-auth#calling-the-tokeninfo-endpoint.
+        ``version`` 2: the oauth2 v2 ``Tokeninfo`` schema (``issued_to``,
+        ``audience``, ``user_id``, ``expires_in``, ``email``, ``verified_email``).
+        """
+        verified = self.keys.verify(id_token)
+        if verified is None:
+            return None
+        header, claims = verified
+        exp = claims.get("exp")
+        now = self.state.clock()
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= now:
+            return None
+        if version == 2:
+            info: dict[str, Any] = {"issued_to": claims.get("azp", claims.get("aud")), "audience": claims.get("aud"),
+                                    "user_id": claims.get("sub"), "expires_in": int(exp - now)}
+            if "email" in claims:
+                info.update(email=claims["email"], verified_email=bool(claims.get("email_verified")))
+            return info
+
+        def text(value: Any) -> str:
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            return value if isinstance(value, str) else json.dumps(value)
+
+        info = {name: text(value) for name, value in claims.items()}
+        for name in ("alg", "kid", "typ"):
+            if name in header:
+                info[name] = text(header[name])
+        return info
 
     def token_response(self, issued: IssuedTokens, client: EmulatorClient, endpoint: str = "token") -> dict:
         """Return the JSON answer of the token endpoint for ``issued``, with token faults applied.

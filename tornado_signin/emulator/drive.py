@@ -460,9 +460,10 @@ class DriveHandler(EmulatorHandler):
                 item_message="Invalid Credentials", location="Authorization", location_type="header",
                 status_name="UNAUTHENTICATED", headers={"WWW-Authenticate": _REALM + ', error="invalid_token"'},
             )
-        if not record.scopes & DRIVE_SCOPES:
+        scopes = frozenset(record.scopes)  # the record keeps Google's order; a set here
+        if not scopes & DRIVE_SCOPES:
             raise self.insufficient_permissions()
-        return self.emulator.state.account(record.sub), record.client_id, record.scopes
+        return self.emulator.state.account(record.sub), record.client_id, scopes
 
     def insufficient_permissions(self) -> DriveError:
         """Return the 403 Google answers when the token lacks the scope this call needs."""

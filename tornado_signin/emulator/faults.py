@@ -7,7 +7,7 @@ list of them; Python code calls :meth:`FaultPlan.add`)::
 
 ``endpoint`` (default ``"token"``) names what misbehaves: ``token`` (or only
 ``token.authorization_code`` / ``token.refresh_token``), ``certs`` (or only
-``certs.pem`` / ``certs.jwks``), ``userinfo``, ``revoke`` or ``drive`` (or only
+``certs.pem`` / ``certs.jwks``), ``userinfo``, ``revoke``, ``tokeninfo`` or ``drive`` (or only
 ``drive.files.list`` / ``drive.files.get``). ``count`` is how
 many matching calls it affects (default 1; ``-1`` = until cleared).
 
@@ -70,6 +70,7 @@ ENDPOINTS = (
     "drive",
     "drive.files.list",
     "drive.files.get",
+    "tokeninfo",
 )
 
 _NUMBER = (int, float)

@@ -28,7 +28,8 @@ import tornado.iostream
 import tornado.web
 
 from .faults import Fault, FaultError
-from .state import OAuthError, expand_scopes, format_scopes
+from .pictures import avatar_png
+from .state import GOOGLE_ISSUER, IDENTITY_SCOPES, OAuthError, format_scopes, ordered_scopes
 
 if TYPE_CHECKING:
     from . import Emulator
@@ -38,6 +39,8 @@ __all__ = ["HANDLERS", "NotFoundHandler"]
 log = logging.getLogger(__name__)
 
 GRANT_TYPES = ("authorization_code", "refresh_token")
+#: Grant types Google's discovery document lists that the emulator's (web) clients cannot use.
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 #: Statuses of OAuth errors that are not 400.
 _ERROR_STATUS = {"invalid_client": 401, "unauthorized_client": 401}
@@ -239,14 +242,22 @@ class TokenHandler(EmulatorHandler):
         grant_type = self.get_body_argument("grant_type", None)
         state = self.emulator.state
         try:
-            if not grant_type:
-                raise OAuthError("invalid_request", "Missing required parameter: grant_type")
-            if grant_type not in GRANT_TYPES:
+            # Google's words: https://github.com/googlearchive/gplus-quickstart-ruby/issues/11 (missing),
+            # https://github.com/natelindev/tsdav/issues/130 (empty or unknown: "Invalid grant_type: ").
+            if grant_type is None:
+                raise OAuthError("invalid_request", "Required parameter is missing: grant_type")
+            if grant_type not in (*GRANT_TYPES, DEVICE_GRANT):
                 raise OAuthError("unsupported_grant_type", f"Invalid grant_type: {grant_type}")
             client = state.authenticate(*self._client_credentials())
+            if grant_type == DEVICE_GRANT:
+                # Only "TVs and Limited Input devices" clients may; the emulator registers web clients.
+                raise OAuthError("invalid_client", "Invalid client type.")
             if grant_type == "authorization_code":
                 issued = state.exchange_code(
-                    client, self.get_body_argument("code", None), self.get_body_argument("redirect_uri", None)
+                    client,
+                    self.get_body_argument("code", None),
+                    self.get_body_argument("redirect_uri", None),
+                    self.get_body_argument("code_verifier", None),
                 )
             else:
                 issued = state.refresh(
@@ -277,14 +288,22 @@ class RevokeHandler(EmulatorHandler):
     get = post
 
 
+def _bearer_token(handler: tornado.web.RequestHandler, *, body: bool = False) -> str | None:
+    """Return the access token of a request: ``Authorization: Bearer``, else ``access_token`` (query, or form)."""
+    auth = handler.request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    if body:
+        return handler.get_argument("access_token", None)
+    return handler.get_query_argument("access_token", None)
+
+
 class UserinfoHandler(EmulatorHandler):
-    """``GET /v1/userinfo`` and ``/oauth2/v3/userinfo``: the profile behind a Bearer token."""
+    """``GET /v1/userinfo`` and ``/oauth2/v3/userinfo``: the OpenID Connect profile behind a Bearer token."""
 
     async def get(self) -> None:
-        auth = self.request.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else self.get_query_argument("access_token", None)
         try:
-            info = self.emulator.state.userinfo(token)
+            info = self.emulator.state.userinfo(_bearer_token(self))
         except OAuthError as exc:
             challenge = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
             log.info("userinfo: invalid credentials")
@@ -293,6 +312,127 @@ class UserinfoHandler(EmulatorHandler):
         await self.reply(info)
 
     post = get
+
+
+#: The 401 of Google's API front end (www.googleapis.com) for a missing or bad token.
+_API_UNAUTHENTICATED = {
+    "error": {
+        "code": 401,
+        "message": "Request is missing required authentication credential. Expected OAuth 2 access token, "
+        "login cookie or other valid authentication credential. "
+        "See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        "errors": [
+            {
+                "message": "Invalid Credentials",
+                "domain": "global",
+                "reason": "authError",
+                "location": "Authorization",
+                "locationType": "header",
+            }
+        ],
+        "status": "UNAUTHENTICATED",
+    }
+}
+
+
+class UserinfoV2Handler(EmulatorHandler):
+    """``/oauth2/v2/userinfo``, ``/oauth2/v1/userinfo``, ``/userinfo/v2/me``: the oauth2 v2 ``Userinfo`` schema.
+
+    ``id`` and ``verified_email``, as google-api-python-client's oauth2 v2
+    discovery document declares; a bad token gets the API front end's 401.
+    """
+
+    async def get(self) -> None:
+        try:
+            info = self.emulator.state.userinfo_v2(_bearer_token(self))
+        except OAuthError:
+            log.info("userinfo: invalid credentials")
+            await self.reply(_API_UNAUTHENTICATED, 401, {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
+            return
+        await self.reply(info)
+
+    post = get
+
+
+class TokeninfoHandler(EmulatorHandler):
+    """``/tokeninfo``, ``/oauth2/v3/tokeninfo`` (``version`` 3) and ``/oauth2/v2/tokeninfo`` (``version`` 2).
+
+    ``id_token`` or ``access_token`` from the query or a form body (v3 also
+    takes the access token as ``Authorization: Bearer``, as Node's
+    ``getTokenInfo`` sends it). v3 answers every value as a string, the ID
+    token's claims plus its ``alg``/``kid``/``typ``; v2 answers the
+    ``Tokeninfo`` schema of the oauth2 v2 discovery document. A bad token:
+    400 ``invalid_token`` "Invalid Value" (v2: only the description).
+    """
+
+    def initialize(self, emulator: "Emulator", endpoint: str = "", version: int = 3) -> None:
+        super().initialize(emulator, endpoint)
+        self.version = version
+
+    async def get(self) -> None:
+        id_token = self.get_argument("id_token", None)
+        access_token = self.get_argument("access_token", None)
+        if id_token is None and access_token is None and self.version == 3:
+            access_token = _bearer_token(self)
+        state = self.emulator.state
+        if id_token is None and access_token is None:
+            if self.version == 2:
+                await self.reply({"error_description": "Invalid Value"}, 400)
+            else:
+                await self.reply(
+                    _error_body("invalid_request", "either access_token, id_token, or token_handle required"), 400
+                )
+            return
+        info = (
+            self.emulator.tokeninfo_id_token(id_token, self.version)
+            if id_token is not None
+            else state.tokeninfo_access_token(access_token, self.version)
+        )
+        if info is None:
+            log.info("tokeninfo: invalid token")
+            body = {"error_description": "Invalid Value"} if self.version == 2 else _error_body("invalid_token", "Invalid Value")
+            await self.reply(body, 400)
+            return
+        await self.reply(info)
+
+    post = get
+
+
+class PictureHandler(EmulatorHandler):
+    """``GET /a/{sub}=s{size}-c``: a test account's picture, a PNG made here (no network)."""
+
+    async def get(self, sub: str, size: str | None) -> None:
+        try:
+            account = self.emulator.state.account(sub)
+        except KeyError:
+            await self.reply(_error_body("not_found", "Not Found"), 404)
+            return
+        pixels = min(max(int(size or 96), 16), 256)
+        self.clear_header("Pragma")
+        self.set_header("Cache-Control", "public, max-age=86400, no-transform")
+        self.set_header("Content-Type", "image/png")
+        self.finish(avatar_png(account.sub, pixels))
+
+
+class DeviceCodeHandler(EmulatorHandler):
+    """``POST /device/code``: Google's device authorization endpoint, as it answers a web client.
+
+    Only clients of type "TVs and Limited Input devices" may use the device
+    flow; the emulator registers web clients, so a known client gets
+    ``401 invalid_client`` "Invalid client type." (an unknown one: not found).
+    """
+
+    async def post(self) -> None:
+        client_id = self.get_body_argument("client_id", None)
+        if not client_id:
+            await self.oauth_error(OAuthError("invalid_request", "Missing required parameter: client_id"))
+            return
+        try:
+            self.emulator.state.client(client_id)
+        except OAuthError as exc:
+            await self.oauth_error(exc)
+            return
+        await self.oauth_error(OAuthError("invalid_client", "Invalid client type."))
 
 
 # -- certs, discovery, client secrets ---------------------------------------
@@ -305,10 +445,15 @@ class CertsHandler(EmulatorHandler):
         keys = self.emulator.keys
         payload = keys.pem_map() if self.endpoint == "certs.pem" else keys.jwks()
         max_age = self.emulator.certs_max_age
+        now = self.emulator.state.clock()
+        # As from Google's edge cache: the document is refreshed every max_age
+        # seconds since the key set last changed, and Age says how old this copy is.
+        age = int((now - keys.changed_at) % max_age) if max_age > 0 else 0
         self.clear_header("Pragma")
         headers = {
             "Cache-Control": f"public, max-age={max_age}, must-revalidate, no-transform",
-            "Expires": email.utils.formatdate(self.emulator.state.clock() + max_age, usegmt=True),
+            "Expires": email.utils.formatdate(now - age + max_age, usegmt=True),
+            "Age": str(age),
         }
         await self.reply(payload, headers=headers)
 
@@ -321,7 +466,12 @@ class DiscoveryHandler(EmulatorHandler):
 
 
 class ClientSecretHandler(EmulatorHandler):
-    """``GET /client_secret.json[?client_id=...]``: Google's client secrets file format."""
+    """``GET /client_secret.json[?client_id=...]``: Google's client secrets file format.
+
+    Only for a client whose secret the emulator generated
+    (``EmulatorClient.secret_generated``): any other secret came from an
+    operator and is never served (403).
+    """
 
     async def get(self) -> None:
         client_id = self.get_query_argument("client_id", None)
@@ -330,6 +480,13 @@ class ClientSecretHandler(EmulatorHandler):
             client_id = next(iter(clients))
         if client_id not in clients:
             await self.reply(_error_body("invalid_request", "Unknown or missing client_id"), 404)
+            return
+        if not clients[client_id].secret_generated:
+            log.warning("client_secret.json refused: that client's secret was not generated by the emulator")
+            await self.reply(
+                _error_body("access_denied", "This client's secret was not generated by the emulator; it is not served."),
+                403,
+            )
             return
         self.set_header("Content-Disposition", 'attachment; filename="client_secret.json"')
         await self.reply(self.emulator.client_secrets(client_id, base_url=self.base_url()))
@@ -397,7 +554,8 @@ class AuthHandler(PopupPageHandler):
                 consent_token=token,
                 client_id=request["client_id"],
                 requester=request["origin"] or request["redirect_uri"],
-                scopes=sorted(expand_scopes(request["scope"])),
+                scopes=ordered_scopes(request["scope"] or ""),
+                identity_scopes=IDENTITY_SCOPES,
                 action=self.request.path,
             )
         )
@@ -411,6 +569,13 @@ class AuthHandler(PopupPageHandler):
         message: dict[str, Any]
         if action == "approve":
             email_address = self.get_body_argument("email", "")
+            # Granular consent: the page lists each non-sign-in scope with a
+            # checkbox; the unticked ones are not granted. A post without the
+            # page's "granular" field (a scripted answer) grants them all.
+            unticked: set[str] = set()
+            if self.get_body_argument("granular", None) is not None:
+                ticked = set(self.get_body_arguments("scope"))
+                unticked = {name for name in ordered_scopes(request["scope"] or "") if name not in ticked}
             try:
                 code, record = self.emulator.state.consent(
                     request["client_id"],
@@ -421,6 +586,9 @@ class AuthHandler(PopupPageHandler):
                     access_type=request.get("access_type") or "online",
                     include_granted_scopes=request.get("include_granted_scopes") == "true",
                     nonce=request.get("nonce"),
+                    unticked=unticked,
+                    code_challenge=request.get("code_challenge"),
+                    code_challenge_method=request.get("code_challenge_method"),
                 )
             except KeyError:
                 self.error_page(400, "invalid_request", "Unknown test account.")
@@ -441,6 +609,9 @@ class AuthHandler(PopupPageHandler):
         if request.get("state") is not None:
             message["state"] = request["state"]
         if request["redirect_uri"] != "postmessage":
+            # RFC 9207, which Google's discovery document advertises
+            # (authorization_response_iss_parameter_supported).
+            message["iss"] = GOOGLE_ISSUER
             separator = "&" if "?" in request["redirect_uri"] else "?"
             self.redirect(request["redirect_uri"] + separator + urllib.parse.urlencode(message))
             return
@@ -463,6 +634,8 @@ _AUTH_PARAMS = (
     "login_hint",
     "hd",
     "nonce",
+    "code_challenge",
+    "code_challenge_method",
 )
 
 
@@ -558,10 +731,22 @@ class FaultsHandler(TestOnlyHandler):
 
 
 class RotateKeysHandler(TestOnlyHandler):
-    """``POST /emulator/rotate-keys``: sign with a new key; answer ``{"kid": ...}``."""
+    """``POST /emulator/rotate-keys``: rotate the signing key; answer ``{"kid": ...}``.
+
+    By default abruptly (the new key signs at once: the test-only switch for
+    a verifier's refetch); with the JSON body ``{"abrupt": false}`` Google's
+    way (published now, signing after the schedule's lead).
+    """
 
     async def post(self) -> None:
-        await self.reply({"kid": self.emulator.rotate_keys()})
+        try:
+            body = self.json_body()
+            if not isinstance(body, dict) or not isinstance(body.get("abrupt", True), bool):
+                raise OAuthError("invalid_request", 'Expected {"abrupt": true|false}.')
+        except OAuthError as exc:
+            await self.oauth_error(exc)
+            return
+        await self.reply({"kid": self.emulator.rotate_keys(abrupt=body.get("abrupt", True))})
 
 
 class StatsHandler(TestOnlyHandler):
@@ -613,13 +798,24 @@ class SettingsHandler(TestOnlyHandler):
 
 
 #: (path, handler, extra initialize() arguments) of every emulator URL.
-HANDLERS: list[tuple[str, type[EmulatorHandler], dict[str, str]]] = [
+HANDLERS: list[tuple[str, type[EmulatorHandler], dict[str, Any]]] = [
     (r"/o/oauth2/v2/auth", AuthHandler, {"endpoint": "auth"}),
     (r"/o/oauth2/auth", AuthHandler, {"endpoint": "auth"}),
     (r"/token", TokenHandler, {"endpoint": "token"}),
+    (r"/oauth2/v4/token", TokenHandler, {"endpoint": "token"}),
+    (r"/o/oauth2/token", TokenHandler, {"endpoint": "token"}),
     (r"/revoke", RevokeHandler, {"endpoint": "revoke"}),
+    (r"/o/oauth2/revoke", RevokeHandler, {"endpoint": "revoke"}),
+    (r"/device/code", DeviceCodeHandler, {"endpoint": "device"}),
     (r"/v1/userinfo", UserinfoHandler, {"endpoint": "userinfo"}),
     (r"/oauth2/v3/userinfo", UserinfoHandler, {"endpoint": "userinfo"}),
+    (r"/oauth2/v2/userinfo", UserinfoV2Handler, {"endpoint": "userinfo"}),
+    (r"/oauth2/v1/userinfo", UserinfoV2Handler, {"endpoint": "userinfo"}),
+    (r"/userinfo/v2/me", UserinfoV2Handler, {"endpoint": "userinfo"}),
+    (r"/tokeninfo", TokeninfoHandler, {"endpoint": "tokeninfo", "version": 3}),
+    (r"/oauth2/v3/tokeninfo", TokeninfoHandler, {"endpoint": "tokeninfo", "version": 3}),
+    (r"/oauth2/v2/tokeninfo", TokeninfoHandler, {"endpoint": "tokeninfo", "version": 2}),
+    (r"/a/([0-9]{1,30})(?:=s([0-9]{1,3})-c)?", PictureHandler, {"endpoint": "picture"}),
     (r"/oauth2/v1/certs", CertsHandler, {"endpoint": "certs.pem"}),
     (r"/oauth2/v3/certs", CertsHandler, {"endpoint": "certs.jwks"}),
     (r"/\.well-known/openid-configuration", DiscoveryHandler, {"endpoint": "discovery"}),

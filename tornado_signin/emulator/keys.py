@@ -1,9 +1,9 @@
 """Signing keys, their published forms, and JWT encoding (honest and broken).
 
-A :class:`KeySet` holds the RSA keys the emulator signs ID tokens with. The
-newest key signs; the previous one stays published after a rotation, so a
-token signed just before :meth:`KeySet.rotate` still verifies, as with
-Google. Keys older than that are retired.
+A :class:`KeySet` holds the RSA keys the emulator signs ID tokens with, on
+Google's schedule: the next key is published well before it signs, and the
+one it replaces stays published for a while after the switch (see
+:class:`KeySet`). A test-only abrupt rotation signs with a new key at once.
 
 Published forms, as Google serves them:
 
@@ -22,10 +22,14 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -47,8 +51,11 @@ SIGNING_METHODS = (
     "raw",
 )
 
-#: How many keys stay published: the signing key and the one before it.
-PUBLISHED_KEYS = 2
+#: The default schedule (seconds): a next key every week, signing a day after
+#: it is published, its predecessor retired a day after the switch.
+DEFAULT_PERIOD = 7 * 86400.0
+DEFAULT_LEAD = 86400.0
+DEFAULT_LINGER = 86400.0
 
 
 def b64url(data: bytes) -> str:
@@ -59,6 +66,15 @@ def b64url(data: bytes) -> str:
 def at_hash(access_token: str) -> str:
     """Return the OpenID ``at_hash`` of ``access_token`` for RS256."""
     return b64url(hashlib.sha256(access_token.encode("ascii")).digest()[:16])
+
+
+def _b64decode(segment: str) -> bytes:
+    if not segment or any(c not in _B64URL for c in segment):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _int_b64(value: int) -> str:
@@ -124,55 +140,199 @@ class SigningKey:
         return {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "n": _int_b64(numbers.n), "e": _int_b64(numbers.e)}
 
 
-class KeySet:
-    """The emulator's signing keys: the newest signs, the newest two are published."""
+@dataclass
+class _Slot:
+    """One key on the schedule: published from ``published_at``, signs from ``signs_from``, gone at ``retires_at``."""
 
-    def __init__(self, keys: Iterable[SigningKey] | None = None) -> None:
-        self._keys: list[SigningKey] = list(keys or ()) or [SigningKey.generate()]
+    key: SigningKey
+    published_at: float
+    signs_from: float
+    retires_at: float = math.inf
+
+
+class KeySet:
+    """The emulator's signing keys, rotated on Google's schedule.
+
+    Google publishes the next key well before signing with it, and keeps the
+    previous key published for a while after the switch, so a client that
+    caches the certs for their ``max-age`` and never refetches on an unknown
+    ``kid`` (Node's google-auth-library) always holds the signing key. The
+    schedule here: every ``period`` seconds a next key is published; it signs
+    ``lead`` seconds later; the key it replaces is retired ``linger`` seconds
+    after that. ``lead`` must be at least the certs' max-age. ``period=None``
+    turns the automatic schedule off (:meth:`rotate` still works).
+
+    :meth:`rotate` with ``abrupt=True`` is the test-only switch that keeps the
+    old behaviour: the new key signs at once and only the previous one stays
+    published (for testing a verifier's refetch on an unknown kid).
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[SigningKey] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        period: float | None = DEFAULT_PERIOD,
+        lead: float = DEFAULT_LEAD,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
+        self.clock = clock
+        self.period, self.lead, self.linger = period, lead, linger
+        given = list(keys or ()) or [SigningKey.generate()]
+        # Given keys are newest first; the newest signs, the others are its predecessors.
+        self._slots = [_Slot(key, -math.inf, -math.inf) for key in reversed(given)]
+        self._changed_at = clock()
+        self._next_at = self._changed_at + period if period else math.inf
         self._impostor: SigningKey | None = None
         #: Called after a rotation (the emulator writes its state folder there).
         self.on_change: Callable[[], None] | None = None
 
-    def to_json(self) -> list[dict[str, str]]:
-        """Return the published keys, newest first, for the state folder."""
-        return [key.to_json() for key in self._keys]
+    # -- persistence -------------------------------------------------------
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Return the scheduled keys, newest first, with their times, for the state folder."""
+        self._tick()
+
+        def number(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return [
+            {**slot.key.to_json(), "published_at": number(slot.published_at), "signs_from": number(slot.signs_from),
+             "retires_at": number(slot.retires_at)}
+            for slot in reversed(self._slots)
+        ]
 
     @classmethod
-    def from_json(cls, documents: list[dict[str, str]]) -> "KeySet":
-        """Return the KeySet :meth:`to_json` wrote (a fresh key if it holds none)."""
-        return cls(SigningKey.from_json(document) for document in documents)
+    def from_json(cls, documents: list[dict[str, Any]], **schedule: Any) -> "KeySet":
+        """Return the KeySet :meth:`to_json` wrote (a fresh key if it holds none); ``schedule`` as for the constructor.
+
+        Documents without times (an older state folder) are keys newest first,
+        the newest signing.
+        """
+        keys = [SigningKey.from_json(d) for d in documents]
+        keyset = cls(keys or None, **schedule)
+        if keys and all("signs_from" in d for d in documents):
+
+            def time_of(value: Any, missing: float) -> float:
+                return missing if value is None else float(value)
+
+            keyset._slots = [
+                _Slot(key, time_of(d.get("published_at"), -math.inf), time_of(d.get("signs_from"), -math.inf),
+                      time_of(d.get("retires_at"), math.inf))
+                for key, d in zip(reversed(keys), reversed(documents))
+            ]
+        return keyset
+
+    # -- the schedule --------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Carry out the scheduled publications that are due by now."""
+        now = self.clock()
+        if now < self._next_at:
+            return
+        assert self.period
+        # A clock that jumped several periods gets one rotation at the last boundary, not one per period.
+        missed = int((now - self._next_at) // self.period)
+        at = self._next_at + missed * self.period
+        self._schedule(at)
+        self._next_at = at + self.period
+        if self.on_change is not None:
+            self.on_change()
+
+    def _schedule(self, at: float) -> SigningKey:
+        signing = self._signing_slot(at)
+        slot = _Slot(SigningKey.generate(), at, at + self.lead)
+        signing.retires_at = min(signing.retires_at, slot.signs_from + self.linger)
+        self._slots = [s for s in self._slots if s.retires_at > at] + [slot]
+        self._changed_at = at
+        log.info("next signing key published (signs in %ss)", self.lead)
+        return slot.key
+
+    def _signing_slot(self, now: float) -> _Slot:
+        return max((s for s in self._slots if s.signs_from <= now), key=lambda s: s.signs_from)
 
     @property
     def current(self) -> SigningKey:
-        """Return the key that signs new ID tokens."""
-        return self._keys[0]
+        """Return the key that signs new ID tokens now."""
+        self._tick()
+        return self._signing_slot(self.clock()).key
 
     @property
     def published(self) -> list[SigningKey]:
         """Return the published keys, newest first."""
-        return list(self._keys)
+        self._tick()
+        now = self.clock()
+        return [s.key for s in reversed(self._slots) if s.published_at <= now < s.retires_at]
 
-    def rotate(self) -> str:
-        """Start signing with a new key; keep the previous one published. Return the new kid."""
-        self._keys = [SigningKey.generate(), *self._keys][:PUBLISHED_KEYS]
-        log.info("signing key rotated")
+    @property
+    def changed_at(self) -> float:
+        """Return when the published set last changed (POSIX seconds; the certs' ``Age`` counts from it)."""
+        self._tick()
+        now = self.clock()
+        moments = [t for s in self._slots for t in (s.published_at, s.retires_at) if t <= now and math.isfinite(t)]
+        return max([self._changed_at, *moments])
+
+    def rotate(self, *, abrupt: bool = True) -> str:
+        """Rotate now; return the new kid.
+
+        ``abrupt`` (the default, the test-only switch): the new key signs at
+        once and only the key that signed until now stays published beside
+        it. ``abrupt=False``: Google's way, the new key is published now and
+        signs ``lead`` seconds later.
+        """
+        now = self.clock()
+        self._tick()
+        if abrupt:
+            previous = self._signing_slot(now)
+            previous.retires_at = math.inf
+            self._slots = [previous, _Slot(SigningKey.generate(), now, now)]
+            self._changed_at = now
+            key = self._slots[-1].key
+            log.info("signing key rotated")
+        else:
+            key = self._schedule(now)
         if self.on_change is not None:
             self.on_change()
-        return self.current.kid
+        return key.kid
 
     def pem_map(self) -> dict[str, str]:
         """Return ``{kid: certificate PEM}`` for the published keys."""
-        return {key.kid: key.certificate_pem for key in self._keys}
+        return {key.kid: key.certificate_pem for key in self.published}
 
     def jwks(self) -> dict:
         """Return the JWKS document of the published keys."""
-        return {"keys": [key.jwk() for key in self._keys]}
+        return {"keys": [key.jwk() for key in self.published]}
 
     def impostor(self) -> SigningKey:
         """Return a key that is never published (for the ``other_key_same_kid`` fault)."""
         if self._impostor is None:
             self._impostor = SigningKey.generate()
         return self._impostor
+
+    def verify(self, token: str) -> tuple[dict, dict] | None:
+        """Return ``(header, claims)`` of an RS256 JWT signed by a published key, or None.
+
+        Expiry is the caller's business (tokeninfo refuses expired tokens).
+        """
+        try:
+            header_b64, claims_b64, signature_b64 = token.split(".")
+            header = json.loads(_b64decode(header_b64))
+            claims = json.loads(_b64decode(claims_b64))
+            signature = _b64decode(signature_b64)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(header, dict) or not isinstance(claims, dict) or header.get("alg") != "RS256":
+            return None
+        key = next((k for k in self.published if k.kid == header.get("kid")), None)
+        if key is None:
+            return None
+        try:
+            key.private_key.public_key().verify(
+                signature, f"{header_b64}.{claims_b64}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except (InvalidSignature, UnicodeEncodeError):
+            return None
+        return header, claims
 
     def sign(
         self,

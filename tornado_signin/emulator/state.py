@@ -27,8 +27,11 @@ Not thread-safe: the emulator runs on one IOLoop.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -44,11 +47,16 @@ __all__ = [
     "IssuedTokens",
     "State",
     "expand_scopes",
+    "ordered_scopes",
+    "merge_scopes",
     "format_scopes",
+    "IDENTITY_SCOPES",
+    "pkce_challenge",
 ]
 
 log = logging.getLogger(__name__)
 
+GOOGLE_ISSUER = "https://accounts.google.com"
 OPENID = "openid"
 EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
 PROFILE_SCOPE = "https://www.googleapis.com/auth/userinfo.profile"
@@ -58,6 +66,12 @@ CONSENT_TTL = 3600
 
 _SHORT_SCOPES = {"email": EMAIL_SCOPE, "profile": PROFILE_SCOPE, OPENID: OPENID}
 
+#: The sign-in scopes: Google's granular consent screen never lets the user untick these.
+IDENTITY_SCOPES = frozenset({OPENID, EMAIL_SCOPE, PROFILE_SCOPE})
+
+#: PKCE methods Google accepts (case-sensitive), and the default without one.
+PKCE_METHODS = ("S256", "plain")
+
 
 @dataclass(frozen=True)
 class EmulatorClient:
@@ -65,13 +79,25 @@ class EmulatorClient:
 
     ``javascript_origins`` are the exact origins (scheme, host, port) allowed
     to request codes with ``redirect_uri=postmessage``; ``redirect_uris`` are
-    the other redirect URIs accepted, matched exactly.
+    the other redirect URIs accepted, matched exactly. ``secret_generated``
+    says the secret was made for the emulator (:meth:`generate`, the demo's
+    dev secrets file): only such a secret is ever served at
+    ``/client_secret.json``; one from an operator's config never is.
     """
 
     client_id: str
     client_secret: str
     javascript_origins: tuple[str, ...]
     redirect_uris: tuple[str, ...] = ()
+    secret_generated: bool = False
+
+    @classmethod
+    def generate(
+        cls, client_id: str, javascript_origins: Iterable[str], redirect_uris: Iterable[str] = ()
+    ) -> "EmulatorClient":
+        """Return a client with a fresh Google-style secret (``GOCSPX-…``) made for the emulator."""
+        return cls(client_id, "GOCSPX-" + secrets.token_urlsafe(21), tuple(javascript_origins), tuple(redirect_uris),
+                   secret_generated=True)
 
 
 @dataclass(frozen=True)
@@ -119,22 +145,53 @@ class OAuthError(Exception):
         self.description = description
 
 
-def expand_scopes(scope: str | Iterable[str]) -> frozenset[str]:
-    """Return the scopes of a space-separated string (or iterable) as Google expands them.
+def ordered_scopes(scope: str | Iterable[str]) -> tuple[str, ...]:
+    """Return the scopes of a space-separated string (or iterable) as Google expands and orders them.
 
-    ``email`` and ``profile`` become their ``userinfo`` URLs; an email or
-    profile scope implies ``openid``, as Google's token endpoint reports it.
+    ``email`` and ``profile`` become their ``userinfo`` URLs, duplicates go,
+    and the order is the request's, not sorted. An email or profile scope
+    implies ``openid``, which Google reports right after the first of them:
+    asked for ``email profile``, Google answers ``…/userinfo.email openid
+    …/userinfo.profile`` (quoted in googleapis/google-api-python-client#1088).
     """
     names = scope.split() if isinstance(scope, str) else list(scope)
-    expanded = {_SHORT_SCOPES.get(name, name) for name in names}
-    if expanded & {EMAIL_SCOPE, PROFILE_SCOPE}:
-        expanded.add(OPENID)
-    return frozenset(expanded)
+    ordered: list[str] = []
+    for name in names:
+        expanded = _SHORT_SCOPES.get(name, name)
+        if expanded not in ordered:
+            ordered.append(expanded)
+        if expanded in (EMAIL_SCOPE, PROFILE_SCOPE) and OPENID not in ordered:
+            ordered.append(OPENID)
+    return tuple(ordered)
+
+
+def expand_scopes(scope: str | Iterable[str]) -> frozenset[str]:
+    """Return the scopes of :func:`ordered_scopes` as a set (for comparisons)."""
+    return frozenset(ordered_scopes(scope))
+
+
+def merge_scopes(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
+    """Return ``first`` followed by the scopes of ``then`` it lacks, order kept."""
+    merged = list(dict.fromkeys(first))
+    merged.extend(name for name in then if name not in merged)
+    return tuple(merged)
 
 
 def format_scopes(scopes: Iterable[str]) -> str:
-    """Return ``scopes`` as one space-separated string in a stable order."""
-    return " ".join(sorted(scopes))
+    """Return ``scopes`` as one space-separated string, in their order (Google's is not sorted)."""
+    return " ".join(scopes)
+
+
+def pkce_challenge(verifier: str, method: str) -> str:
+    """Return the RFC 7636 code challenge of ``verifier`` for ``method`` (``S256`` or ``plain``)."""
+    if method == "S256":
+        digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return verifier
+
+
+#: What Google's codes look like (``4/0A…``, URL-safe); anything else is "Malformed auth code.".
+_CODE_RE = re.compile(r"^4/[A-Za-z0-9_\-]{20,}$")
 
 
 def _new_token(prefix: str, nbytes: int) -> str:
@@ -146,7 +203,7 @@ class _Grant:
     grant_id: str
     client_id: str
     sub: str
-    scopes: set[str] = field(default_factory=set)
+    scopes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -155,20 +212,23 @@ class Code:
 
     client_id: str
     sub: str
-    scopes: frozenset[str]
+    scopes: tuple[str, ...]
     redirect_uri: str
     issued_at: float
     grant_id: str
     with_refresh_token: bool
     consent_shown: bool
     nonce: str | None = None
+    code_challenge: str | None = None
+    code_challenge_method: str | None = None
+    access_type: str = "offline"
 
 
 @dataclass
 class _RefreshToken:
     client_id: str
     sub: str
-    scopes: frozenset[str]
+    scopes: tuple[str, ...]
     grant_id: str
 
 
@@ -176,9 +236,10 @@ class _RefreshToken:
 class _AccessToken:
     client_id: str
     sub: str
-    scopes: frozenset[str]
+    scopes: tuple[str, ...]
     grant_id: str
     expires_at: float
+    access_type: str = "online"
 
 
 @dataclass
@@ -191,7 +252,7 @@ class IssuedTokens:
 
     access_token: str
     expires_in: int
-    scopes: frozenset[str]
+    scopes: tuple[str, ...]
     refresh_token: str | None
     id_token_claims: dict | None
     account: TestAccount
@@ -223,6 +284,8 @@ class State:
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._access_tokens: dict[str, _AccessToken] = {}
         self._consents: dict[str, tuple[float, dict]] = {}
+        #: Where the emulator serves account pictures (its base URL; None before binding).
+        self.picture_base: str | None = None
         #: Called after every change worth keeping (None: nobody keeps it).
         self.on_change: Callable[[], None] | None = None
 
@@ -295,20 +358,26 @@ class State:
     def authenticate(self, client_id: str | None, client_secret: str | None) -> EmulatorClient:
         """Return the client whose id and secret these are.
 
-        Raise OAuthError ``invalid_request`` when no client id was sent and
-        ``invalid_client`` for an unknown client or a wrong secret.
+        Raise OAuthError as Google's token endpoint answers: ``invalid_request``
+        "Could not determine client ID from request." without a client id,
+        ``invalid_client`` "The OAuth client was not found." for an unknown
+        one, ``invalid_request`` "client_secret is missing." without a secret
+        (a web client must send it even with PKCE), ``invalid_client``
+        "Unauthorized" for a wrong one.
         """
         if not client_id:
             raise OAuthError("invalid_request", "Could not determine client ID from request.")
         client = self.client(client_id)
-        if not secrets.compare_digest((client_secret or "").encode(), client.client_secret.encode()):
+        if not client_secret:
+            raise OAuthError("invalid_request", "client_secret is missing.")
+        if not secrets.compare_digest(client_secret.encode(), client.client_secret.encode()):
             raise OAuthError("invalid_client", "Unauthorized")
         return client
 
-    def granted_scopes(self, client_id: str, sub: str) -> frozenset[str]:
-        """Return the scopes of the live grant of ``sub`` to ``client_id`` (empty if none)."""
+    def granted_scopes(self, client_id: str, sub: str) -> tuple[str, ...]:
+        """Return the scopes of the live grant of ``sub`` to ``client_id``, in grant order (empty if none)."""
         grant = self._grants.get((client_id, sub))
-        return frozenset(grant.scopes) if grant else frozenset()
+        return tuple(grant.scopes) if grant else ()
 
     def grant_revoked(self, client_id: str, email_or_sub: str) -> bool:
         """Return True when that user has no live grant for ``client_id`` (revoked or never given)."""
@@ -319,11 +388,14 @@ class State:
     def validate_auth_request(self, args: dict[str, str | None]) -> dict[str, str | None]:
         """Check the query of an authorization request as Google does; return it.
 
-        Raise OAuthError: ``invalid_client`` (unknown client),
+        Raise OAuthError with Google's words: ``invalid_request`` "Missing
+        required parameter: client_id" / "…: redirect_uri" / "…: scope",
+        "Required parameter is missing: response_type", an unknown
+        ``code_challenge_method``; ``invalid_client`` (unknown client),
         ``redirect_uri_mismatch`` (unregistered redirect URI),
         ``origin_mismatch`` (with ``redirect_uri=postmessage``, an ``origin``
         that is not exactly one of the client's JavaScript origins),
-        ``unsupported_response_type`` or ``invalid_request`` (missing scope).
+        ``unsupported_response_type``.
         """
         if not args.get("client_id"):
             raise OAuthError("invalid_request", "Missing required parameter: client_id")
@@ -336,10 +408,19 @@ class State:
                 raise OAuthError("origin_mismatch", "The origin of this request is not registered for this client.")
         elif redirect_uri not in client.redirect_uris:
             raise OAuthError("redirect_uri_mismatch", "The redirect URI is not registered for this client.")
-        if args.get("response_type") != "code":
-            raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
+        response_type = args.get("response_type")
+        if not response_type:
+            raise OAuthError("invalid_request", "Required parameter is missing: response_type")
+        if response_type != "code":
+            raise OAuthError("unsupported_response_type", f"Invalid response_type: {response_type}")
         if not (args.get("scope") or "").split():
             raise OAuthError("invalid_request", "Missing required parameter: scope")
+        method = args.get("code_challenge_method")
+        if args.get("code_challenge") and method is not None and method not in PKCE_METHODS:
+            raise OAuthError(
+                "invalid_request",
+                f"Invalid parameter value for code_challenge_method: '{method}' is not a valid CodeChallengeMethod",
+            )
         return dict(args)
 
     def open_consent(self, request: dict[str, str | None]) -> str:
@@ -373,15 +454,23 @@ class State:
         access_type: str = "offline",
         include_granted_scopes: bool = False,
         nonce: str | None = None,
+        unticked: Iterable[str] = (),
+        code_challenge: str | None = None,
+        code_challenge_method: str | None = None,
     ) -> tuple[str, Code]:
         """Record that the user ``email`` consented to ``scope`` for ``client_id``; mint a code.
 
-        Return ``(code, Code)``. Raise KeyError for an unknown account and
-        OAuthError ``invalid_client`` for an unknown client.
+        ``unticked`` are scopes the user unticked on the granular consent
+        screen: they are not granted (the sign-in scopes cannot be unticked,
+        as on Google's screen). ``code_challenge`` binds the code to a PKCE
+        verifier (``code_challenge_method`` defaults to ``plain``, as at
+        Google). Return ``(code, Code)``. Raise KeyError for an unknown
+        account and OAuthError ``invalid_client`` for an unknown client.
         """
         self.client(client_id)
         account = self.account(email)
-        requested = expand_scopes(scope)
+        refused = expand_scopes(unticked) - IDENTITY_SCOPES
+        requested = tuple(name for name in ordered_scopes(scope) if name not in refused)
         key = (client_id, account.sub)
         grant = self._grants.get(key)
         first = grant is None
@@ -389,19 +478,22 @@ class State:
             grant = self._grants[key] = _Grant(secrets.token_hex(8), client_id, account.sub)
         prompts = set((prompt or "").split())
         consent_shown = first or "consent" in prompts
-        code_scopes = requested | grant.scopes if include_granted_scopes else requested
-        grant.scopes |= requested
+        code_scopes = merge_scopes(requested, grant.scopes) if include_granted_scopes else requested
+        grant.scopes = list(merge_scopes(grant.scopes, requested))
         code = _new_token("4/0A", 48)
         record = Code(
             client_id=client_id,
             sub=account.sub,
-            scopes=frozenset(code_scopes),
+            scopes=code_scopes,
             redirect_uri=redirect_uri,
             issued_at=self.clock(),
             grant_id=grant.grant_id,
             with_refresh_token=access_type == "offline" and consent_shown,
             consent_shown=consent_shown,
             nonce=nonce,
+            code_challenge=code_challenge or None,
+            code_challenge_method=(code_challenge_method or "plain") if code_challenge else None,
+            access_type=access_type,
         )
         self._codes[code] = record
         self._changed()
@@ -414,14 +506,25 @@ class State:
         grant = self._grants.get((client_id, sub))
         return grant is not None and grant.grant_id == grant_id
 
-    def exchange_code(self, client: EmulatorClient, code: str | None, redirect_uri: str | None) -> IssuedTokens:
+    def exchange_code(
+        self,
+        client: EmulatorClient,
+        code: str | None,
+        redirect_uri: str | None,
+        code_verifier: str | None = None,
+    ) -> IssuedTokens:
         """Spend ``code`` for ``client``; return the tokens.
 
         Raise OAuthError: ``invalid_request`` for a missing parameter,
         ``invalid_grant`` for an unknown, spent, expired or revoked code or
         one issued to another client, ``redirect_uri_mismatch`` when
-        ``redirect_uri`` differs from the one the code was issued for (the
-        code stays usable then).
+        ``redirect_uri`` differs from the one the code was issued for, and
+        ``invalid_grant`` with Google's PKCE words: "Missing code verifier."
+        (the code has a challenge, no verifier came), "Invalid code
+        verifier." (it does not match), "code_verifier or verifier is not
+        needed" (a verifier for a code issued without a challenge). The code
+        stays usable after a redirect URI or PKCE refusal, as at Google,
+        where clients retry the exchange without the verifier.
         """
         if not code:
             raise OAuthError("invalid_request", "Missing required parameter: code")
@@ -429,11 +532,19 @@ class State:
             raise OAuthError("invalid_request", "Missing parameter: redirect_uri")
         record = self._codes.get(code)
         if record is None:
-            raise OAuthError("invalid_grant", "Bad Request")
+            raise OAuthError("invalid_grant", "Malformed auth code." if not _CODE_RE.match(code) else "Bad Request")
         if record.client_id != client.client_id:
             raise OAuthError("invalid_grant", "Bad Request")
         if redirect_uri != record.redirect_uri:
             raise OAuthError("redirect_uri_mismatch", "Bad Request")
+        if record.code_challenge is not None:
+            if not code_verifier:
+                raise OAuthError("invalid_grant", "Missing code verifier.")
+            expected = pkce_challenge(code_verifier, record.code_challenge_method or "plain")
+            if not secrets.compare_digest(expected.encode(), record.code_challenge.encode()):
+                raise OAuthError("invalid_grant", "Invalid code verifier.")
+        elif code_verifier:
+            raise OAuthError("invalid_grant", "code_verifier or verifier is not needed")
         del self._codes[code]
         if self.clock() - record.issued_at >= self.code_ttl or not self._grant_alive(
             record.client_id, record.sub, record.grant_id
@@ -446,7 +557,10 @@ class State:
             self._refresh_tokens[refresh_token] = _RefreshToken(
                 record.client_id, record.sub, record.scopes, record.grant_id
             )
-        return self._issue(record.client_id, record.sub, record.scopes, record.grant_id, refresh_token, record.nonce)
+        return self._issue(
+            record.client_id, record.sub, record.scopes, record.grant_id, refresh_token, record.nonce,
+            access_type="offline" if record.access_type == "offline" else "online",
+        )
 
     def refresh(self, client: EmulatorClient, refresh_token: str | None, scope: str | None) -> IssuedTokens:
         """Use ``refresh_token`` for ``client``; return a new access token (and ID token).
@@ -467,8 +581,8 @@ class State:
             raise OAuthError("unauthorized_client", "Unauthorized")
         scopes = record.scopes
         if scope:
-            wanted = expand_scopes(scope)
-            if not wanted <= record.scopes:
+            wanted = ordered_scopes(scope)
+            if not set(wanted) <= set(record.scopes):
                 raise OAuthError("invalid_scope", "Bad Request")
             scopes = wanted
         new_refresh_token = None
@@ -476,26 +590,30 @@ class State:
             del self._refresh_tokens[refresh_token]
             new_refresh_token = _new_token("1//0", 64)
             self._refresh_tokens[new_refresh_token] = record
-        return self._issue(record.client_id, record.sub, scopes, record.grant_id, new_refresh_token, None)
+        return self._issue(
+            record.client_id, record.sub, scopes, record.grant_id, new_refresh_token, None, access_type="offline"
+        )
 
     def _issue(
         self,
         client_id: str,
         sub: str,
-        scopes: frozenset[str],
+        scopes: tuple[str, ...],
         grant_id: str,
         refresh_token: str | None,
         nonce: str | None,
+        *,
+        access_type: str = "online",
     ) -> IssuedTokens:
         now = self.clock()
         access_token = _new_token("ya29.a0", 96)
         self._access_tokens[access_token] = _AccessToken(
-            client_id, sub, scopes, grant_id, now + self.access_token_ttl
+            client_id, sub, scopes, grant_id, now + self.access_token_ttl, access_type
         )
         account = self.account(sub)
         claims = None
         if OPENID in scopes:
-            claims = self.id_token_claims(client_id, account, scopes, int(now), nonce)
+            claims = self.id_token_claims(client_id, account, frozenset(scopes), int(now), nonce)
         self._changed()
         return IssuedTokens(
             access_token=access_token,
@@ -506,16 +624,24 @@ class State:
             account=account,
         )
 
-    @staticmethod
+    def picture(self, account: TestAccount) -> str | None:
+        """Return the account's picture URL: its own, or the one the emulator serves (None before binding)."""
+        if account.picture:
+            return account.picture
+        if not self.picture_base:
+            return None
+        return f"{self.picture_base}/a/{account.sub}=s96-c"
+
     def id_token_claims(
-        client_id: str, account: TestAccount, scopes: frozenset[str], now: int, nonce: str | None
+        self, client_id: str, account: TestAccount, scopes: frozenset[str], now: int, nonce: str | None
     ) -> dict:
         """Return the ID token claims Google would sign for ``account`` (``at_hash`` added later).
 
-        Email claims need the email scope and profile claims the profile
-        scope, as with Google.
+        Email claims need the email scope and profile claims (``name``,
+        ``picture``, ``given_name``, ``family_name``) the profile scope, as
+        with Google.
         """
-        claims: dict = {"iss": "https://accounts.google.com", "azp": client_id, "aud": client_id, "sub": account.sub}
+        claims: dict = {"iss": GOOGLE_ISSUER, "azp": client_id, "aud": client_id, "sub": account.sub}
         if account.hosted_domain:
             claims["hd"] = account.hosted_domain
         if EMAIL_SCOPE in scopes:
@@ -525,8 +651,9 @@ class State:
             claims["nonce"] = nonce
         if PROFILE_SCOPE in scopes:
             claims["name"] = account.name
-            if account.picture:
-                claims["picture"] = account.picture
+            picture = self.picture(account)
+            if picture:
+                claims["picture"] = picture
             claims["given_name"] = account.given_name
             if account.family_name:
                 claims["family_name"] = account.family_name
@@ -574,18 +701,45 @@ class State:
             return None
         return record
 
+    def tokeninfo_access_token(self, access_token: str | None, version: int = 3) -> dict | None:
+        """Return Google's tokeninfo answer for a live access token, or None (Google: "Invalid Value").
+
+        ``version`` 3 (``/tokeninfo``, ``/oauth2/v3/tokeninfo``): ``azp``,
+        ``aud``, ``sub``, ``scope``, ``exp``, ``expires_in``, ``email``,
+        ``email_verified``, ``access_type``, every value a string. ``version``
+        2 (``/oauth2/v2/tokeninfo``): the oauth2 v2 ``Tokeninfo`` schema,
+        ``issued_to``, ``audience``, ``user_id``, ``scope``, ``expires_in``
+        (integer), ``email``, ``verified_email`` (boolean), ``access_type``.
+        """
+        record = self.live_access_token(access_token)
+        if record is None:
+            return None
+        account = self.account(record.sub)
+        expires_in = max(int(record.expires_at - self.clock()), 0)
+        scope = format_scopes(record.scopes)
+        with_email = EMAIL_SCOPE in record.scopes
+        if version == 2:
+            info: dict = {"issued_to": record.client_id, "audience": record.client_id, "user_id": account.sub,
+                          "scope": scope, "expires_in": expires_in}
+            if with_email:
+                info.update(email=account.email, verified_email=account.email_verified)
+            info["access_type"] = record.access_type
+            return info
+        info = {"azp": record.client_id, "aud": record.client_id, "sub": account.sub, "scope": scope,
+                "exp": str(int(record.expires_at)), "expires_in": str(expires_in)}
+        if with_email:
+            info.update(email=account.email, email_verified=str(account.email_verified).lower())
+        info["access_type"] = record.access_type
+        return info
+
     def userinfo(self, access_token: str | None) -> dict:
-        """Return the userinfo answer for a live access token.
+        """Return the OpenID Connect userinfo answer (``/v1/userinfo``, ``/oauth2/v3/userinfo``) for a live token.
 
         Raise OAuthError ``invalid_request`` ("Invalid Credentials") for a
         missing, unknown, expired or revoked token.
         """
-        record = self._access_tokens.get(access_token or "")
-        if (
-            record is None
-            or record.expires_at <= self.clock()
-            or not self._grant_alive(record.client_id, record.sub, record.grant_id)
-        ):
+        record = self.live_access_token(access_token)
+        if record is None:
             raise OAuthError("invalid_request", "Invalid Credentials")
         account = self.account(record.sub)
         info: dict = {"sub": account.sub}
@@ -593,10 +747,36 @@ class State:
             info.update(name=account.name, given_name=account.given_name)
             if account.family_name:
                 info["family_name"] = account.family_name
-            if account.picture:
-                info["picture"] = account.picture
+            picture = self.picture(account)
+            if picture:
+                info["picture"] = picture
         if EMAIL_SCOPE in record.scopes:
             info.update(email=account.email, email_verified=account.email_verified)
+        if account.hosted_domain:
+            info["hd"] = account.hosted_domain
+        return info
+
+    def userinfo_v2(self, access_token: str | None) -> dict:
+        """Return the ``oauth2/v2/userinfo`` answer (also ``oauth2/v1/userinfo``, ``userinfo/v2/me``).
+
+        The schema of Google's oauth2 v2 discovery document: ``id`` (not
+        ``sub``), ``verified_email`` (not ``email_verified``). Raise
+        OAuthError ``invalid_request`` for a token that is not live.
+        """
+        record = self.live_access_token(access_token)
+        if record is None:
+            raise OAuthError("invalid_request", "Invalid Credentials")
+        account = self.account(record.sub)
+        info: dict = {"id": account.sub}
+        if EMAIL_SCOPE in record.scopes:
+            info.update(email=account.email, verified_email=account.email_verified)
+        if PROFILE_SCOPE in record.scopes:
+            info.update(name=account.name, given_name=account.given_name)
+            if account.family_name:
+                info["family_name"] = account.family_name
+            picture = self.picture(account)
+            if picture:
+                info["picture"] = picture
         if account.hosted_domain:
             info["hd"] = account.hosted_domain
         return info
