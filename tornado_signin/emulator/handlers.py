@@ -343,11 +343,18 @@ class UserinfoV2Handler(EmulatorHandler):
     """
 
     async def get(self) -> None:
+        token = _bearer_token(self)
         try:
-            info = self.emulator.state.userinfo_v2(_bearer_token(self))
+            info = self.emulator.state.userinfo_v2(token)
         except OAuthError:
             log.info("userinfo: invalid credentials")
-            await self.reply(_API_UNAUTHENTICATED, 401, {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
+            body = json.loads(json.dumps(_API_UNAUTHENTICATED))
+            if token:  # a token was sent, and it is not live
+                body["error"]["message"] = body["error"]["message"].replace(
+                    "Request is missing required authentication credential.",
+                    "Request had invalid authentication credentials.")
+            challenge = 'Bearer realm="https://accounts.google.com/"' + (', error="invalid_token"' if token else "")
+            await self.reply(body, 401, {"WWW-Authenticate": challenge})
             return
         await self.reply(info)
 
