@@ -5,7 +5,8 @@ the offline-access commands ``users``, ``token``, ``call``, ``revoke``,
 ``sessions`` (list and end a user's signed-in sessions),
 ``rotate-keys``, ``migrate``, plus ``genkey``. Errors print one line naming
 the config key or the problem and exit non-zero; nothing prints a token
-except ``token`` (by design, alone on stdout).
+except ``token`` (by design, alone on stdout). ``TORNADO_SIGNIN_CONFIG``
+stands for ``--config FILE`` wherever the option is absent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,9 @@ from .errors import ConfigError, SigninError
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("tornado_signin")
+
+#: Stands for ``--config FILE`` in every command that takes one, when the option is absent.
+CONFIG_ENV = "TORNADO_SIGNIN_CONFIG"
 
 # Exit statuses of `check` (and of any command): one per failing part.
 EXIT_OK = 0
@@ -71,8 +77,10 @@ def _serve_demo(args: argparse.Namespace) -> int:
 
     _setup_logging("INFO")
 
-    def announce(app_url: str, emulator_url: str) -> None:
+    def announce(app_url: str, emulator_url: str, config_path: Path) -> None:
         print(f"tornado-signin demo: open {app_url} (Google is played by the emulator at {emulator_url})", flush=True)
+        print(f"tornado-signin demo: the CLI reaches this demo with: "
+              f"tornado-signin users --config {shlex.quote(str(config_path))}", flush=True)
 
     try:
         serve_demo(host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8080,
@@ -150,7 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        print(f"config: FAILED: {exc}")
+        print(f"config: FAILED: {exc}{_config_origin(args)}")
         return EXIT_CONFIG
     print("config: ok")
     try:
@@ -392,6 +400,29 @@ def cmd_genkey(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _config_option(parser: argparse.ArgumentParser, *, required: bool = True, help: str = "YAML config file") -> None:
+    """Add ``--config FILE`` to ``parser``; :func:`main` takes it from ``TORNADO_SIGNIN_CONFIG`` when absent."""
+    parser.add_argument("--config", metavar="FILE", help=f"{help} (default: ${CONFIG_ENV} if set)")
+    parser.set_defaults(config_required=required)
+
+
+def _config_from_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill a missing ``--config`` from ``TORNADO_SIGNIN_CONFIG``; exit 2 when a command needs one and has none."""
+    args.config_from_env = False
+    if not hasattr(args, "config_required") or args.config:
+        return
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        args.config, args.config_from_env = from_env, True
+    elif args.config_required:
+        parser.error(f"{args.command}: --config FILE is required (or set {CONFIG_ENV})")
+
+
+def _config_origin(args: argparse.Namespace) -> str:
+    """Return " (--config from TORNADO_SIGNIN_CONFIG=…)" when the config came from there, else ""."""
+    return f" (--config from {CONFIG_ENV}={args.config})" if getattr(args, "config_from_env", False) else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tornado-signin",
@@ -400,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server (without --config: demo mode with the emulator)")
-    p.add_argument("--config", help="YAML config file; omit for demo mode")
+    _config_option(p, required=False, help="YAML config file; omit for demo mode")
     p.add_argument("--host", help="address to bind (default: server.host, or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the app (default: server.port, or 8080)")
     p.add_argument("--emulator-port", type=int, default=8081, help="demo mode: port of the Google emulator")
@@ -410,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("emulator", help="run the Google emulator alone")
-    p.add_argument("--config", help="register this config's client with the emulator")
+    _config_option(p, required=False, help="register this config's client with the emulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--state-dir", metavar="DIR",
@@ -422,28 +453,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("check", help="check config, store, hub and Google endpoints (exit status says which failed)")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("users", help="list stored users")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("token", help="print a valid access token for USER (sub or email)")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.add_argument("--json", action="store_true", help="the whole record, minus the refresh token")
     p.add_argument("--scope", action="append", help="require this scope (repeatable)")
     p.add_argument("user")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("call", help="call Google's userinfo API for USER with stored credentials")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.add_argument("user")
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("revoke", help="revoke USER's grant at Google, then forget USER")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.add_argument("user")
     p.set_defaults(func=cmd_revoke)
 
@@ -453,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`--end --all` ends every session of USER. An ended session stops working in every server "
                     "process (copied cookies included) and its open pages are told `signed_out`. "
                     "Needs a shared hub (hub.backend: redis).")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.add_argument("--json", action="store_true", help="list as JSON")
     p.add_argument("--end", nargs="?", const="", metavar="SESSION_ID", help="end this session (or --all)")
     p.add_argument("--all", action="store_true", help="with --end: end every session of USER")
@@ -461,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser("rotate-keys", help="re-encrypt every stored token under the newest key")
-    p.add_argument("--config", required=True)
+    _config_option(p)
     p.set_defaults(func=cmd_rotate_keys)
 
     p = sub.add_parser("migrate", help="copy every record from one configured store to another")
@@ -475,11 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _config_from_environment(parser, args)
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"tornado-signin: {exc}", file=sys.stderr)
+        print(f"tornado-signin: {exc}{_config_origin(args)}", file=sys.stderr)
         return EXIT_CONFIG
     except SigninError as exc:
         print(f"tornado-signin: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -13,29 +13,40 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .config import Config, config_from_dict
 from .crypto import generate_key
 
-__all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "load_dev_secrets", "demo_config"]
+__all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "DEMO_CONFIG_FILE",
+           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config"]
 
 DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
 DEV_SECRETS_FILE = ".tornado-signin-dev.json"
 DEMO_STORE_FILE = "tornado-signin-demo.sqlite3"
 #: The demo emulator's state folder (grants, tokens, keys), inside the demo folder.
 DEMO_EMULATOR_DIR = ".tornado-signin-emulator"
+#: The demo's effective config, for the CLI (``--config``), inside the demo folder.
+DEMO_CONFIG_FILE = "tornado-signin-demo.yaml"
 
 
 def write_secret_file(path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` as JSON to ``path``: created 0600, replaced atomically."""
+    _write_private(path, json.dumps(document, indent=2))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``: created 0600, fsynced, replaced atomically."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -60,31 +71,54 @@ def load_dev_secrets(folder: Path) -> dict[str, str]:
     return document
 
 
+def demo_config_document(*, folder: Path, host: str, port: int, emulator_url: str, client_library: str = "gis",
+                         store: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the config document of demo mode (secrets in clear, from the dev secrets file)."""
+    dev = load_dev_secrets(folder)
+    script = "/gsi/client" if client_library == "gis" else "/js/platform.js"
+    return {
+        "development": True,
+        "server": {"host": host, "port": port, "cookie_secret": dev["cookie_secret"]},
+        "google": {
+            "client_id": DEMO_CLIENT_ID,
+            "client_secret": dev["client_secret"],
+            "client_library": client_library,
+            "client_script_url": emulator_url + script,
+            "endpoints": {
+                "auth_uri": emulator_url + "/o/oauth2/v2/auth",
+                "token_uri": emulator_url + "/token",
+                "certs_uri": emulator_url + "/oauth2/v1/certs",
+            },
+        },
+        "store": {
+            **(store or {"backend": "sql", "url": f"sqlite:///{folder / DEMO_STORE_FILE}"}),
+            "encryption": {"keys": [dev["encryption_key"]]},
+        },
+    }
+
+
 def demo_config(*, folder: Path, host: str, port: int, emulator_url: str, client_library: str = "gis",
                 store: dict[str, Any] | None = None) -> Config:
     """Return the Config of demo mode: development on, Google played by the emulator at ``emulator_url``."""
-    dev = load_dev_secrets(folder)
-    script = "/gsi/client" if client_library == "gis" else "/js/platform.js"
-    return config_from_dict(
-        {
-            "development": True,
-            "server": {"host": host, "port": port, "cookie_secret": dev["cookie_secret"]},
-            "google": {
-                "client_id": DEMO_CLIENT_ID,
-                "client_secret": dev["client_secret"],
-                "client_library": client_library,
-                "client_script_url": emulator_url + script,
-                "endpoints": {
-                    "auth_uri": emulator_url + "/o/oauth2/v2/auth",
-                    "token_uri": emulator_url + "/token",
-                    "certs_uri": emulator_url + "/oauth2/v1/certs",
-                },
-            },
-            "store": {
-                **(store or {"backend": "sql", "url": f"sqlite:///{folder / DEMO_STORE_FILE}"}),
-                "encryption": {"keys": [dev["encryption_key"]]},
-            },
-        },
-        base_dir=folder,
-        environ={},
+    document = demo_config_document(folder=folder, host=host, port=port, emulator_url=emulator_url,
+                                    client_library=client_library, store=store)
+    return config_from_dict(document, base_dir=folder, environ={})
+
+
+def write_demo_config(folder: Path, document: dict[str, Any]) -> Path:
+    """Write the demo's effective config ``document`` to ``folder``/DEMO_CONFIG_FILE; return its path.
+
+    The CLI loads it as any config (``tornado-signin users --config PATH``).
+    It holds the demo's generated secrets, so, like the dev secrets file,
+    it is created 0600 and replaced atomically; rewritten at every start so
+    it always names the ports the demo runs on.
+    """
+    path = folder / DEMO_CONFIG_FILE
+    header = (
+        "# The effective config of the tornado-signin demo in this folder, written at each start.\n"
+        f"# 0600: it holds the demo's generated secrets (also in {DEV_SECRETS_FILE}).\n"
+        f"# Use it from the CLI: tornado-signin users --config {shlex.quote(str(path))}\n"
+        "#   (or export TORNADO_SIGNIN_CONFIG=<this file>; the demo must run for token refreshes).\n"
     )
+    _write_private(path, header + yaml.safe_dump(document, sort_keys=False))
+    return path

@@ -151,21 +151,24 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> None:
 
 
 def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str, folder: Path,
-               on_listening: Callable[[str, str], None]) -> None:
+               on_listening: Callable[[str, str, Path], None]) -> None:
     """Serve the demo (the app and the Google emulator, dev secrets and store in ``folder``) until SIGTERM/SIGINT.
 
-    The emulator keeps its state in ``folder``/DEMO_EMULATOR_DIR.
-    ``on_listening(app_url, emulator_url)`` is called once both listen.
+    The emulator keeps its state in ``folder``/DEMO_EMULATOR_DIR; the
+    effective config is written to ``folder``/DEMO_CONFIG_FILE for the CLI.
+    ``on_listening(app_url, emulator_url, config_path)`` is called once both listen.
     Raise EmulatorStateError for an unusable emulator state folder.
     """
     from .app import make_app, make_server
-    from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config, load_dev_secrets
+    from .config import config_from_dict
+    from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config_document, load_dev_secrets, write_demo_config
     from .emulator import Emulator, EmulatorClient
 
     dev = load_dev_secrets(folder)
     emulator_url = f"http://{host}:{emulator_port}"
-    config = demo_config(folder=folder, host=host, port=port, emulator_url=emulator_url,
-                         client_library=client_library)
+    document = demo_config_document(folder=folder, host=host, port=port, emulator_url=emulator_url,
+                                    client_library=client_library)
+    config = config_from_dict(document, base_dir=folder, environ={})
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
 
     async def main() -> None:
@@ -175,7 +178,8 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
         app = make_app(config)
         server = make_server(app, config)
         server.listen(port, address=host)
-        on_listening(f"http://{host}:{port}/", emulator_url)
+        # Written once both ports are ours, so the file never names a demo that did not start.
+        on_listening(f"http://{host}:{port}/", emulator_url, write_demo_config(folder, document))
         await serve_forever([server, emulator_server], [app.settings["signin"]])
         emulator.close()
 

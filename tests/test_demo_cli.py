@@ -1,0 +1,177 @@
+"""The demo and the CLI together, as a newcomer runs them: the printed --config line, restarts.
+
+``tornado-signin serve`` (demo mode) runs in a temporary folder as a real
+process. The test signs a user in the way the page does (a code minted by the
+emulator's ``POST /emulator/code``, posted to the app's ``/storeauthcode``),
+runs the exact CLI line the demo printed, kills the demo with SIGKILL,
+starts it again, and the stored user's refresh token still works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from procs import free_port, wait_port
+from tornado_signin.demo import DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR
+
+BIN = str(Path(sys.executable).parent)
+ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+ENV.pop("TORNADO_SIGNIN_CONFIG", None)
+HINT = "the CLI reaches this demo with: "
+
+
+class Demo:
+    """One ``tornado-signin serve`` process in ``folder``; ``cli_line`` is what it printed for the CLI."""
+
+    def __init__(self, folder: Path, port: int, emulator_port: int) -> None:
+        self.app_url = f"http://127.0.0.1:{port}"
+        self.emulator_url = f"http://127.0.0.1:{emulator_port}"
+        self.log = open(folder / "demo.log", "ab")
+        self.proc = subprocess.Popen(
+            ["tornado-signin", "serve", "--port", str(port), "--emulator-port", str(emulator_port)],
+            cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True,
+        )
+        self.cli_line = self._read_hint()
+        wait_port(port, proc=self.proc)
+
+    def _read_hint(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        seen = b""
+        while time.monotonic() < deadline:
+            for line in seen.decode(errors="replace").splitlines():
+                if HINT in line:
+                    return line.split(HINT, 1)[1].strip()
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(fd, 65536)  # unbuffered: select sees every byte the demo wrote
+                if not chunk:
+                    break
+                seen += chunk
+            elif self.proc.poll() is not None:
+                break
+        raise AssertionError(f"the demo printed no CLI line: {seen!r}")
+
+    def kill(self) -> None:
+        """SIGKILL the demo's process group (its own session): nothing gets to flush."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.log.close()
+
+    def sign_in(self, email: str) -> dict:
+        """Sign ``email`` in as the page would: state, a freshly consented code, the code POST."""
+        page = requests.Session()
+        state = page.get(self.app_url + "/state", timeout=10).json()["state"]
+        code = requests.post(self.emulator_url + "/emulator/code", timeout=10,
+                             data={"client_id": DEMO_CLIENT_ID, "email": email}).json()["code"]
+        response = page.post(self.app_url + "/storeauthcode", data=code.encode(), timeout=20, headers={
+            "Content-Type": "application/octet-stream", "X-Requested-With": "XMLHttpRequest",
+            "Origin": self.app_url, "X-Signin-State": state})
+        assert response.status_code == 200, response.text
+        return response.json()["user"]
+
+    def settings(self, **switches: object) -> None:
+        response = requests.post(self.emulator_url + "/emulator/settings", json=switches, timeout=10)
+        assert response.status_code == 200, response.text
+
+
+def run(line: str, **env: str) -> subprocess.CompletedProcess:
+    """Run a shell-quoted command line (as the user would paste it) with the venv's scripts on PATH."""
+    return subprocess.run(shlex.split(line), capture_output=True, text=True, env={**ENV, **env}, timeout=60)
+
+
+@pytest.fixture
+def demo_folder(tmp_path):
+    demos: list[Demo] = []
+    ports = (free_port(), free_port())
+
+    def start() -> Demo:
+        demo = Demo(tmp_path, *ports)
+        demos.append(demo)
+        return demo
+
+    yield tmp_path, start
+    for demo in demos:
+        demo.kill()
+
+
+@pytest.mark.slow
+def test_printed_cli_line_works_and_survives_restarts(demo_folder):
+    folder, start = demo_folder
+    demo = start()
+    config_path = folder / DEMO_CONFIG_FILE
+    assert demo.cli_line == f"tornado-signin users --config {shlex.quote(str(config_path))}"
+    # The file holds the demo's secrets: never readable by others.
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / DEMO_EMULATOR_DIR).stat().st_mode) == 0o700
+
+    # Short-lived access tokens while signing in, so the CLI must refresh after the restart.
+    demo.settings(access_token_ttl=2)
+    user = demo.sign_in("alice@example.com")
+    demo.settings(access_token_ttl=3600)
+
+    listed = run(demo.cli_line)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [(row[0], row[1], row[2]) for row in rows] == [(user["sub"], "alice@example.com", "active")]
+    # The same, with the config named by the environment instead.
+    from_env = run("tornado-signin users", TORNADO_SIGNIN_CONFIG=str(config_path))
+    assert (from_env.returncode, from_env.stdout) == (0, listed.stdout), from_env.stderr
+
+    demo.kill()
+    time.sleep(2.1)  # the stored access token is now expired
+    demo = start()
+    assert demo.cli_line == f"tornado-signin users --config {shlex.quote(str(config_path))}"
+    called = run(f"tornado-signin call --config {shlex.quote(str(config_path))} alice@example.com")
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout)["email"] == "alice@example.com"
+    stats = requests.get(demo.emulator_url + "/emulator/stats", timeout=10).json()
+    assert stats.get("token.refresh_token") == 1  # a refresh, answered by the restarted emulator
+    # Users signed in after a restart work too, and the config names the running ports.
+    run_env = run("tornado-signin token bob@gmail.com", TORNADO_SIGNIN_CONFIG=str(config_path))
+    assert run_env.returncode != 0 and "Traceback" not in run_env.stderr  # not signed in yet
+    demo.sign_in("bob@gmail.com")
+    token = run("tornado-signin token bob@gmail.com", TORNADO_SIGNIN_CONFIG=str(config_path))
+    assert token.returncode == 0 and token.stdout.strip().startswith("ya29."), token.stderr
+    assert yaml.safe_load(config_path.read_text())["google"]["endpoints"]["token_uri"] == demo.emulator_url + "/token"
+
+    # Without the emulator's state folder, the same restart loses the grants: what the folder is for.
+    demo.kill()
+    shutil.rmtree(folder / DEMO_EMULATOR_DIR)
+    demo = start()
+    stored = json.loads(run(demo.cli_line.replace(" users ", " users --json ")).stdout)
+    assert {u["email"] for u in stored} == {"alice@example.com", "bob@gmail.com"}
+    lost = run(f"tornado-signin call --config {shlex.quote(str(config_path))} alice@example.com")
+    assert lost.returncode != 0 and "Traceback" not in lost.stderr
+
+
+def test_commands_take_config_from_the_environment(tmp_path):
+    missing = run("tornado-signin users")
+    assert missing.returncode == 2 and "TORNADO_SIGNIN_CONFIG" in missing.stderr
+    for command in ("users", "check", "rotate-keys", "token alice@example.com", "call alice@example.com",
+                    "revoke alice@example.com", "sessions alice@example.com"):
+        result = run(f"tornado-signin {command}", TORNADO_SIGNIN_CONFIG=str(tmp_path / "nope.yaml"))
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert f"TORNADO_SIGNIN_CONFIG={tmp_path / 'nope.yaml'}" in result.stdout + result.stderr, command
+    # An explicit --config wins over the environment.
+    explicit = run(f"tornado-signin users --config {tmp_path / 'other.yaml'}",
+                   TORNADO_SIGNIN_CONFIG=str(tmp_path / "nope.yaml"))
+    assert explicit.returncode == 3 and "other.yaml" in explicit.stderr and "nope.yaml" not in explicit.stderr
