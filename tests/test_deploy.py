@@ -368,8 +368,8 @@ async def test_sigkill_under_load_leaves_no_partial_record(deployment_factory):
     for row in rows:
         # Every row is whole: both tokens present and decryptable, times and scopes set.
         assert row["email"] in emails
-        assert cipher.decrypt(row["refresh_token"]).startswith("1//")
-        assert cipher.decrypt(row["access_token"])
+        assert cipher.decrypt(row["refresh_token"], sub=row["sub"], field="refresh_token").startswith("1//")
+        assert cipher.decrypt(row["access_token"], sub=row["sub"], field="access_token")
         assert row["access_token_expiry"] and row["created_at"] and row["updated_at"] and row["scopes"]
     # Every login answered 200 is stored.
     stored = {row["sub"] for row in rows}

@@ -226,3 +226,81 @@ def test_migration_reports_progress_and_mismatches(make_backend):
     assert report.mismatched_subs == ["user-00"] and not report.ok
     with pytest.raises(ValueError):
         migrate(source, target, batch_size=0)
+
+
+# -- ciphertexts bound to their record (issue 12 §5) -------------------------------------
+
+
+def _copy_tokens(raw_store: TokenStore, source_sub: str, target_sub: str) -> None:
+    """Write ``source_sub``'s ciphertexts into ``target_sub``'s row, as someone with write access to the store."""
+    stolen = raw_store.get(source_sub)
+    raw_store.save(TokenRecord(sub=target_sub, refresh_token=stolen.refresh_token,
+                               refresh_token_issued_at=9e9, access_token=stolen.access_token,
+                               access_token_issued_at=9e9, access_token_expiry=9e9))
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_a_ciphertext_copied_into_another_users_row_does_not_decrypt(make_backend, kind):
+    backend = make_backend(kind)
+    store = EncryptingStore(backend.store, TokenCipher([generate_key()]))
+    store.save(full_record(sub="alice", refresh_token="rt-alice", access_token="at-alice"))
+    store.save(full_record(sub="bob", refresh_token="rt-bob", access_token="at-bob"))
+    _copy_tokens(backend.store, "alice", "bob")
+    with pytest.raises(CryptoError, match="does not belong to this record"):
+        store.get("bob")
+    with pytest.raises(CryptoError):
+        list(store.records())
+    assert store.get("alice").refresh_token == "rt-alice"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_ciphertext_moved_to_the_other_field_does_not_decrypt(make_backend, kind):
+    backend = make_backend(kind)
+    store = EncryptingStore(backend.store, TokenCipher([generate_key()]))
+    store.save(full_record(sub="alice", refresh_token="rt-alice", access_token="at-alice"))
+    sealed = backend.store.get("alice")
+    backend.store.save(sealed.replace(access_token=sealed.refresh_token, access_token_issued_at=9e9))
+    with pytest.raises(CryptoError):
+        store.get("alice")
+
+
+def _legacy_record(key: str, sub: str, refresh: str, access: str) -> TokenRecord:
+    """A record as versions before the binding wrote it: plain Fernet tokens."""
+    from cryptography.fernet import Fernet
+
+    fernet = Fernet(key.encode())
+    return full_record(sub=sub, email=f"{sub}@example.com", refresh_token=fernet.encrypt(refresh.encode()).decode(),
+                       access_token=fernet.encrypt(access.encode()).decode())
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_legacy_fernet_records_still_decrypt_and_rotation_binds_them(make_backend, kind):
+    backend = make_backend(kind)
+    old_key, new_key = generate_key(), generate_key()
+    for sub in ("alice", "bob"):
+        backend.store.save(_legacy_record(old_key, sub, f"rt-{sub}", f"at-{sub}"))
+    before = EncryptingStore(backend.store, TokenCipher([old_key]))
+    assert before.get("alice").refresh_token == "rt-alice", "an old record must still decrypt"
+    # Unbound: a legacy ciphertext copied elsewhere still opens (what the upgrade removes).
+    rotated = EncryptingStore(backend.store, TokenCipher([new_key, old_key]))
+    assert rotated.reencrypt_all() == 2
+    for sub in ("alice", "bob"):
+        raw = backend.store.get(sub)
+        assert raw.refresh_token.startswith("tsg1.") and raw.access_token.startswith("tsg1.")
+        got = EncryptingStore(backend.store, TokenCipher([new_key])).get(sub)
+        assert (got.refresh_token, got.access_token) == (f"rt-{sub}", f"at-{sub}")
+    _copy_tokens(backend.store, "alice", "bob")
+    with pytest.raises(CryptoError):
+        rotated.get("bob")
+
+
+def test_migration_binds_legacy_records_in_the_target(make_backend):
+    key = generate_key()
+    source_backend, target_backend = make_backend("sqlite"), make_backend("file")
+    source_backend.store.save(_legacy_record(key, "alice", "rt-alice", "at-alice"))
+    source = EncryptingStore(source_backend.store, TokenCipher([key]))
+    target = EncryptingStore(target_backend.store, TokenCipher([key]))
+    assert migrate(source, target).ok
+    raw = target_backend.store.get("alice")
+    assert raw.refresh_token.startswith("tsg1.") and raw.access_token.startswith("tsg1.")
+    assert target.get("alice").refresh_token == "rt-alice"

@@ -1,22 +1,51 @@
 """Encryption at rest for stored tokens, done in the core before any backend sees them.
 
-Tokens are encrypted with Fernet (AES-128-CBC + HMAC-SHA256, authenticated)
-under a list of keys, newest first: the newest encrypts, every key decrypts,
-so keys can rotate without downtime (``tornado-signin rotate-keys``).
-:class:`EncryptingStore` wraps any :class:`~tornado_signin.store.TokenStore`
-so that every backend, a third party's included, gets this for free.
+Each token is encrypted with AES-256-GCM (authenticated) under a list of
+keys, newest first: the newest encrypts, every key decrypts, so keys can
+rotate without downtime (``tornado-signin rotate-keys``). The associated
+data of each ciphertext is its field (``refresh_token`` or ``access_token``)
+and the ``sub`` of the record it is stored in: a ciphertext copied into
+another user's row, or into the other field, does not decrypt
+(:class:`~tornado_signin.errors.CryptoError`), so write access to the store
+cannot make Bob's row act as Alice.
+
+The configured keys are Fernet keys (``tornado-signin genkey``); each one's
+AES key is derived from it with HKDF-SHA256. A ciphertext reads
+``tsg1.<base64url: key id (4) | nonce (12) | ciphertext and tag>``; the key id
+(derived from the key, not secret) picks the key without trying each one.
+Records written by earlier versions hold Fernet tokens, which are not bound
+to their user: they still decrypt (under any configured key), and
+``rotate-keys`` or ``migrate`` rewrites them bound. :class:`EncryptingStore`
+wraps any :class:`~tornado_signin.store.TokenStore` so that every backend, a
+third party's included, gets this for free.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import os
 from collections.abc import Iterator, Sequence
 
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import ConfigError, CryptoError
 from .store import TokenRecord, TokenStore
 
-__all__ = ["TokenCipher", "EncryptingStore", "generate_key"]
+__all__ = ["TokenCipher", "EncryptingStore", "generate_key", "TOKEN_FIELDS"]
+
+#: The record fields that hold tokens (and the associated data's field names).
+TOKEN_FIELDS = ("refresh_token", "access_token")
+_PREFIX = "tsg1."
+_KEY_ID_BYTES = 4
+_NONCE_BYTES = 12
+_HKDF_INFO = b"tornado-signin token encryption: AES-256-GCM, v1"
 
 
 def generate_key() -> str:
@@ -24,8 +53,24 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
+def _associated_data(sub: str, field: str) -> bytes:
+    # The field names hold no NUL, so the split is unambiguous whatever the sub.
+    return b"tornado-signin/v1\x00" + field.encode("ascii") + b"\x00" + sub.encode("utf-8", "surrogatepass")
+
+
+class _Key:
+    """One configured key: its Fernet form (legacy tokens) and its derived AES-GCM key and id."""
+
+    def __init__(self, fernet_key: bytes) -> None:
+        self.fernet = Fernet(fernet_key)
+        raw = base64.urlsafe_b64decode(fernet_key)
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(raw)
+        self.aead = AESGCM(derived)
+        self.key_id = hmac.new(derived, b"key id", hashlib.sha256).digest()[:_KEY_ID_BYTES]
+
+
 class TokenCipher:
-    """Authenticated encryption of token strings under rotating keys."""
+    """Authenticated encryption of token strings, bound to their user and field, under rotating keys."""
 
     def __init__(self, keys: Sequence[str], *, config_key: str = "encryption.keys") -> None:
         """Build from Fernet keys, newest first.
@@ -35,25 +80,51 @@ class TokenCipher:
         """
         if not keys:
             raise ConfigError(config_key, "at least one key is required (generate one with `tornado-signin genkey`)")
-        fernets = []
+        self._keys: list[_Key] = []
         for index, key in enumerate(keys):
             try:
-                fernets.append(Fernet(key.encode("ascii") if isinstance(key, str) else key))
-            except (ValueError, TypeError, UnicodeEncodeError) as exc:
+                self._keys.append(_Key(key.encode("ascii") if isinstance(key, str) else key))
+            except (ValueError, TypeError, UnicodeEncodeError, binascii.Error) as exc:
                 raise ConfigError(f"{config_key}[{index}]", "not a valid Fernet key (32 url-safe base64 bytes)") from exc
-        self._newest = fernets[0]
-        self._all = MultiFernet(fernets)
+        self._newest = self._keys[0]
+        self._legacy = MultiFernet([key.fernet for key in self._keys])
 
-    def encrypt(self, plaintext: str) -> str:
-        """Return ``plaintext`` encrypted under the newest key."""
-        return self._newest.encrypt(plaintext.encode("utf-8")).decode("ascii")
+    def encrypt(self, plaintext: str, *, sub: str, field: str) -> str:
+        """Return ``plaintext`` encrypted under the newest key, bound to ``sub`` and ``field``."""
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._newest.aead.encrypt(nonce, plaintext.encode("utf-8"), _associated_data(sub, field))
+        return _PREFIX + base64.urlsafe_b64encode(self._newest.key_id + nonce + sealed).decode("ascii")
 
-    def decrypt(self, ciphertext: str) -> str:
-        """Return the plaintext; raise CryptoError if no configured key opens it."""
+    def decrypt(self, ciphertext: str, *, sub: str, field: str) -> str:
+        """Return the plaintext of ``ciphertext`` stored in ``field`` of ``sub``'s record.
+
+        Raise CryptoError when no configured key opens it, or it was made for
+        another user or field (the message says which check failed, never a
+        value). A legacy Fernet token (unbound) opens under any configured key.
+        """
+        if not ciphertext.startswith(_PREFIX):
+            try:
+                return self._legacy.decrypt(ciphertext.encode("ascii")).decode("utf-8")
+            except (InvalidToken, UnicodeError, ValueError) as exc:
+                raise CryptoError("a stored token cannot be decrypted with the configured encryption.keys") from exc
         try:
-            return self._all.decrypt(ciphertext.encode("ascii")).decode("utf-8")
-        except (InvalidToken, UnicodeError, ValueError) as exc:
-            raise CryptoError("a stored token cannot be decrypted with the configured encryption.keys") from exc
+            blob = base64.urlsafe_b64decode(ciphertext[len(_PREFIX):].encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeError) as exc:
+            raise CryptoError("a stored token is malformed") from exc
+        key_id, nonce = blob[:_KEY_ID_BYTES], blob[_KEY_ID_BYTES:_KEY_ID_BYTES + _NONCE_BYTES]
+        sealed = blob[_KEY_ID_BYTES + _NONCE_BYTES:]
+        candidates = [key for key in self._keys if key.key_id == key_id]
+        if not candidates or len(nonce) != _NONCE_BYTES:
+            raise CryptoError("a stored token cannot be decrypted with the configured encryption.keys")
+        for key in candidates:
+            try:
+                return key.aead.decrypt(nonce, sealed, _associated_data(sub, field)).decode("utf-8")
+            except InvalidTag:
+                continue
+            except UnicodeError as exc:
+                raise CryptoError("a stored token does not decode as text") from exc
+        raise CryptoError("a stored token does not belong to this record (another user's or field's "
+                          "ciphertext) or was altered")
 
 
 class EncryptingStore(TokenStore):
@@ -68,31 +139,35 @@ class EncryptingStore(TokenStore):
         self.cipher = cipher
 
     def _seal(self, record: TokenRecord) -> TokenRecord:
-        return record.replace(
-            refresh_token=self.cipher.encrypt(record.refresh_token) if record.refresh_token else None,
-            access_token=self.cipher.encrypt(record.access_token) if record.access_token else None,
-        )
+        cipher, sub = self.cipher, record.sub
+        return record.replace(**{
+            field: cipher.encrypt(value, sub=sub, field=field) if value else None
+            for field in TOKEN_FIELDS for value in (getattr(record, field),)
+        })
 
-    def _open(self, record: TokenRecord | None, known: dict[str, str] | None = None) -> TokenRecord | None:
-        # ``known`` maps ciphertexts this process just made to their plaintext:
-        # what a save wrote back need not be decrypted again.
+    def _open(self, record: TokenRecord | None,
+              known: dict[tuple[str, str], str] | None = None) -> TokenRecord | None:
+        # ``known`` maps (field, ciphertext) this process just made for this
+        # record to the plaintext: what a save wrote back need not be decrypted again.
         if record is None:
             return None
         known = known or {}
-        return record.replace(
-            refresh_token=(known.get(record.refresh_token) or self.cipher.decrypt(record.refresh_token))
-            if record.refresh_token else None,
-            access_token=(known.get(record.access_token) or self.cipher.decrypt(record.access_token))
-            if record.access_token else None,
-        )
+        opened = {}
+        for field in TOKEN_FIELDS:
+            value = getattr(record, field)
+            if value:
+                value = known.get((field, value)) or self.cipher.decrypt(value, sub=record.sub, field=field)
+            opened[field] = value or None
+        return record.replace(**opened)
 
     def get(self, sub: str) -> TokenRecord | None:
         return self._open(self.inner.get(sub))
 
     def save(self, record: TokenRecord) -> TokenRecord:
         sealed = self._seal(record)
-        known = {sealed.refresh_token: record.refresh_token, sealed.access_token: record.access_token}
-        return self._open(self.inner.save(sealed), {k: v for k, v in known.items() if k and v})
+        known = {(field, getattr(sealed, field)): getattr(record, field) for field in TOKEN_FIELDS
+                 if getattr(sealed, field)}
+        return self._open(self.inner.save(sealed), known)
 
     def delete(self, sub: str) -> bool:
         return self.inner.delete(sub)
@@ -111,11 +186,13 @@ class EncryptingStore(TokenStore):
         self.inner.close()
 
     def reencrypt_all(self) -> int:
-        """Re-encrypt every stored token under the newest key; return how many records were rewritten.
+        """Re-encrypt every stored token under the newest key, bound to its record; return how many were rewritten.
 
-        Each record is written back with its own issue times, so the merge
-        replaces the ciphertext without ever letting an older token win over
-        a newer one saved meanwhile.
+        This also upgrades the unbound Fernet tokens of earlier versions. Each
+        record is written back with its own issue times, so the merge replaces
+        the ciphertext without ever letting an older token win over a newer
+        one saved meanwhile. Raise CryptoError for a token no key opens (or
+        one bound to another record): nothing is served as another user.
         """
         count = 0
         for record in list(self.records()):

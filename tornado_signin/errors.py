@@ -11,7 +11,8 @@ The tree::
     SigninError
     ├── ConfigError                 bad configuration; names the key
     ├── StorageError                a token store failed (chained to cause)
-    ├── CryptoError                 a token could not be encrypted/decrypted
+    │   └── CryptoError             a stored token could not be decrypted (wrong key,
+    │                               another record's ciphertext, altered)
     ├── OverloadedError             the bounded worker pool is full
     ├── HubUnavailableError         the confirmation hub cannot answer (session records)
     ├── GoogleError                 an outbound call to Google failed
@@ -64,8 +65,12 @@ class StorageError(SigninError):
     """A token store operation failed; ``__cause__`` holds the backend's error."""
 
 
-class CryptoError(SigninError):
-    """A stored token could not be decrypted (wrong or missing key) or encrypted."""
+class CryptoError(StorageError):
+    """A stored token could not be decrypted: no configured key opens it, or it was made for another
+    record or field (copied there by someone with write access to the store), or it was altered.
+
+    A StorageError, so every handler answers it as a store failure (a clean 503), never as a 500.
+    """
 
 
 class OverloadedError(SigninError):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .crypto import EncryptingStore
-from .errors import GoogleProtocolError, StorageError
+from .errors import CryptoError, GoogleProtocolError, StorageError
 from .google import GoogleClient, TokenResponse
 from .metrics import Metrics
 from .store import TokenRecord
@@ -80,6 +80,10 @@ class SigninService:
             started = time.perf_counter()
             try:
                 merged = await self.workers.run(self.store.save, record)
+            except CryptoError:
+                # The save was written; the stored record does not decrypt
+                # (tampered, or a key missing). The store itself is up.
+                raise
             except StorageError as exc:
                 if self.health is not None:
                     self.health.report(False, type(exc.__cause__ or exc).__name__)

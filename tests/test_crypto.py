@@ -1,0 +1,151 @@
+"""The token cipher: AES-GCM bound to the record's sub and field, rotating keys, legacy Fernet tokens."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tornado_signin.crypto import TokenCipher, generate_key
+from tornado_signin.errors import ConfigError, CryptoError, StorageError
+
+
+def test_round_trip_and_binding():
+    cipher = TokenCipher([generate_key()])
+    sealed = cipher.encrypt("1//secret", sub="alice", field="refresh_token")
+    assert sealed.startswith("tsg1.") and "secret" not in sealed
+    assert cipher.decrypt(sealed, sub="alice", field="refresh_token") == "1//secret"
+    assert cipher.encrypt("1//secret", sub="alice", field="refresh_token") != sealed, "a fresh nonce every time"
+    for sub, field in (("bob", "refresh_token"), ("alice", "access_token"), ("Alice", "refresh_token"),
+                       ("alice\x00", "refresh_token"), ("", "refresh_token")):
+        with pytest.raises(CryptoError, match="does not belong"):
+            cipher.decrypt(sealed, sub=sub, field=field)
+
+
+def test_rotation_newest_encrypts_every_key_decrypts():
+    old, new = generate_key(), generate_key()
+    made_by_old = TokenCipher([old]).encrypt("tok", sub="u", field="access_token")
+    rotated = TokenCipher([new, old])
+    assert rotated.decrypt(made_by_old, sub="u", field="access_token") == "tok"
+    made_by_rotated = rotated.encrypt("tok", sub="u", field="access_token")
+    assert TokenCipher([new]).decrypt(made_by_rotated, sub="u", field="access_token") == "tok"
+    with pytest.raises(CryptoError, match="configured encryption.keys"):
+        TokenCipher([old]).decrypt(made_by_rotated, sub="u", field="access_token")
+
+
+def test_legacy_fernet_tokens_decrypt_under_any_configured_key():
+    old = generate_key()
+    legacy = Fernet(old.encode()).encrypt(b"1//legacy").decode()
+    assert TokenCipher([generate_key(), old]).decrypt(legacy, sub="anyone", field="refresh_token") == "1//legacy"
+    with pytest.raises(CryptoError):
+        TokenCipher([generate_key()]).decrypt(legacy, sub="anyone", field="refresh_token")
+
+
+@pytest.mark.parametrize("garbage", ["tsg1.", "tsg1.!!!", "tsg1.AAAA", "tsg1." + "A" * 40, "gAAAAAgarbage", ""])
+def test_garbage_is_a_crypto_error(garbage):
+    with pytest.raises(CryptoError):
+        TokenCipher([generate_key()]).decrypt(garbage, sub="u", field="refresh_token")
+
+
+def test_a_crypto_error_is_a_storage_error():
+    """Handlers treat an unreadable stored token like any store failure: a clean 503, never a 500."""
+    assert issubclass(CryptoError, StorageError)
+
+
+def test_bad_keys_name_the_config_key():
+    with pytest.raises(ConfigError, match=r"store.encryption.keys\[1\]"):
+        TokenCipher([generate_key(), "not-a-key"], config_key="store.encryption.keys")
+    with pytest.raises(ConfigError, match="at least one key"):
+        TokenCipher([])
+
+
+# -- end to end: Alice's ciphertexts in Bob's row ------------------------------------------------------
+
+
+from harness import json_body  # noqa: E402
+from security_oracle import stack_fixture  # noqa: E402
+from tornado_signin.store import TokenRecord  # noqa: E402
+
+stack = stack_fixture()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_alices_ciphertexts_in_bobs_row_never_answer_as_alice(stack):
+    alice_client, bob_client = stack.client(), stack.client()
+    assert (await alice_client.post_code(stack.mint("alice@example.com"))).code == 200
+    assert (await bob_client.post_code(stack.mint("bob@gmail.com"))).code == 200
+    alice = stack.emulator.state.account("alice@example.com").sub
+    bob = stack.emulator.state.account("bob@gmail.com").sub
+    raw = stack.store.inner
+    stolen = raw.get(alice)
+    raw.save(TokenRecord(sub=bob, refresh_token=stolen.refresh_token, refresh_token_issued_at=9e9,
+                         access_token=stolen.access_token, access_token_issued_at=9e9, access_token_expiry=9e9))
+    calls = stack.emulator.stats["userinfo"]
+    response = await bob_client.fetch("/api/userinfo", method="POST",
+                                      headers={"X-Requested-With": "XMLHttpRequest", "Origin": stack.app_url})
+    assert response.code == 503, response.body
+    assert json_body(response) == {"error": "storage unavailable"}
+    assert stack.emulator.stats["userinfo"] == calls, "a token was used for Bob's request"
+    assert "alice" not in response.body.decode()
+    # Alice's own row still works.
+    response = await alice_client.fetch("/api/userinfo", method="POST",
+                                        headers={"X-Requested-With": "XMLHttpRequest", "Origin": stack.app_url})
+    assert response.code == 200 and json_body(response)["userinfo"]["email"] == "alice@example.com"
+
+
+def test_rotate_keys_command_binds_legacy_records(tmp_path):
+    """``tornado-signin rotate-keys`` as the README shows it: old Fernet records decrypt, and come out bound."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from harness import CLIENT_ID, COOKIE_SECRET
+    from tornado_signin.config import load_config
+    from tornado_signin.wiring import open_store
+
+    key = generate_key()
+    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": "s" * 24, "TS_KEY": key}
+    document = {
+        "development": True,
+        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
+        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_CLIENT_SECRET"},
+                   "endpoints": {"auth_uri": "http://127.0.0.1:1/auth", "token_uri": "http://127.0.0.1:1/token",
+                                 "certs_uri": "http://127.0.0.1:1/certs"}},
+        "store": {"backend": "sql", "url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}",
+                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    store = open_store(load_config(path, environ=env))
+    fernet, now = Fernet(key.encode()), time.time()
+    for sub in ("alice", "bob"):
+        store.inner.save(TokenRecord(sub=sub, refresh_token=fernet.encrypt(f"1//rt-{sub}".encode()).decode(),
+                                     refresh_token_issued_at=now, access_token=fernet.encrypt(
+                                         f"ya29.at-{sub}".encode()).decode(),
+                                     access_token_issued_at=now, access_token_expiry=now + 3600))
+    store.close()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tornado_signin.cli", *args, "--config", str(path)],
+                              capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+
+    assert cli("token", "alice").stdout.strip() == "ya29.at-alice", "a legacy record must still decrypt"
+    result = cli("rotate-keys")
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 2 record(s)" in result.stdout
+    store = open_store(load_config(path, environ=env))
+    try:
+        for sub in ("alice", "bob"):
+            raw = store.inner.get(sub)
+            assert raw.refresh_token.startswith("tsg1.") and raw.access_token.startswith("tsg1.")
+        stolen = store.inner.get("alice")
+        store.inner.save(TokenRecord(sub="bob", access_token=stolen.access_token, access_token_issued_at=now + 1,
+                                     access_token_expiry=now + 3600))
+    finally:
+        store.close()
+    assert cli("token", "alice").stdout.strip() == "ya29.at-alice"
+    swapped = cli("token", "bob")
+    assert swapped.returncode != 0 and "ya29" not in swapped.stdout + swapped.stderr
+    assert "does not belong to this record" in swapped.stderr and swapped.stderr.count("\n") == 1
