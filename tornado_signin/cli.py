@@ -238,6 +238,15 @@ def _public_record(record: Any) -> dict[str, Any]:
         "created": _fmt_time(record.created_at),
         "updated": _fmt_time(record.updated_at),
         "revoked": _fmt_time(record.revoked_at) if record.revoked_at else None,
+        # Time-limited access: when the refresh token stops working (None: no limit).
+        "refresh_token_expires_at": _fmt_time(record.refresh_token_expires_at)
+        if record.refresh_token_expires_at else None,
+        # What security events (Cross-Account Protection) did to the record.
+        "signin_blocked": record.signin_blocked,
+        "disabled_at": _fmt_time(record.disabled_at) if record.disabled_at else None,
+        "enabled_at": _fmt_time(record.enabled_at) if record.enabled_at else None,
+        "security_event": record.security_event,
+        "security_event_at": _fmt_time(record.security_event_at) if record.security_event_at else None,
     }
 
 
@@ -253,10 +262,11 @@ def cmd_users(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_public_record(r) for r in records], indent=2))
         return EXIT_OK
-    print(f"{'SUB':<24} {'EMAIL':<32} {'STATE':<17} {'UPDATED':<21} SCOPES")
+    print(f"{'SUB':<24} {'EMAIL':<32} {'STATE':<17} {'UPDATED':<21} {'ACCESS_UNTIL':<21} SCOPES")
     for r in records:
         sub, email, scopes = _printable(r.sub), _printable(r.email or "-"), _printable(" ".join(r.scopes))
-        print(f"{sub:<24} {email:<32} {r.state:<17} {_fmt_time(r.updated_at):<21} {scopes}")
+        print(f"{sub:<24} {email:<32} {r.state:<17} {_fmt_time(r.updated_at):<21} "
+              f"{_fmt_time(r.refresh_token_expires_at):<21} {scopes}")
     return EXIT_OK
 
 

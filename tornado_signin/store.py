@@ -55,6 +55,13 @@ class TokenRecord:
     ``refresh_token_issued_at`` and ``access_token_issued_at`` order competing
     saves: the newer token wins. ``revoked_at`` marks the grant revoked; a
     refresh token issued after it is usable again.
+    ``refresh_token_expires_at`` is set when the user granted time-limited
+    access (Google's ``refresh_token_expires_in``): the refresh token stops
+    working then. ``disabled_at`` / ``enabled_at`` are the times of the last
+    security events that blocked and unblocked sign-in (account-disabled for
+    hijacking, account-enabled); ``security_event`` / ``security_event_at``
+    say what the last security event was (for example
+    ``account-disabled:hijacking``) and when it was received.
     """
 
     sub: str
@@ -68,23 +75,42 @@ class TokenRecord:
     created_at: float | None = None
     updated_at: float | None = None
     revoked_at: float | None = None
+    refresh_token_expires_at: float | None = None
+    disabled_at: float | None = None
+    enabled_at: float | None = None
+    security_event: str | None = None
+    security_event_at: float | None = None
+
+    @property
+    def refresh_token_expired(self) -> bool:
+        """Return True when the stored refresh token was time-limited and its time is up (now)."""
+        return self.refresh_token_expires_at is not None and self.refresh_token_expires_at <= time.time()
 
     @property
     def has_usable_refresh_token(self) -> bool:
-        """Return True when a refresh token is stored and was issued after any revocation."""
-        if not self.refresh_token:
+        """Return True when a refresh token is stored, was issued after any revocation, and has not expired."""
+        if not self.refresh_token or self.refresh_token_expired:
             return False
         if self.revoked_at is None:
             return True
         return (self.refresh_token_issued_at or 0.0) > self.revoked_at
 
     @property
+    def signin_blocked(self) -> bool:
+        """Return True while a security event blocks sign-in (disabled and not enabled since)."""
+        return self.disabled_at is not None and (self.enabled_at is None or self.enabled_at < self.disabled_at)
+
+    @property
     def state(self) -> str:
-        """Return ``active``, ``revoked`` or ``no_refresh_token`` (for listings)."""
+        """Return ``active``, ``blocked``, ``revoked``, ``expired`` or ``no_refresh_token`` (for listings)."""
+        if self.signin_blocked:
+            return "blocked"
         if self.has_usable_refresh_token:
             return "active"
-        if self.revoked_at is not None:
+        if self.revoked_at is not None and (self.refresh_token_issued_at or 0.0) <= self.revoked_at:
             return "revoked"
+        if self.refresh_token and self.refresh_token_expired:
+            return "expired"
         return "no_refresh_token"
 
     def replace(self, **changes: Any) -> "TokenRecord":
@@ -117,7 +143,8 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
     This function is the reference semantics of :meth:`TokenStore.save`;
     backends that merge inside a database implement the same rules:
 
-    * refresh token: replaced (with its issue time) only when ``incoming`` has
+    * refresh token: replaced (with its issue time and its
+      ``refresh_token_expires_at``, None included) only when ``incoming`` has
       one whose ``refresh_token_issued_at`` is >= the stored one; a missing
       refresh token never replaces a stored one;
     * access token, expiry, issue time and ``scopes``: replaced together only
@@ -125,7 +152,9 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
       is >= the stored one;
     * ``email``: replaced when ``incoming`` has one (the core passes only
       verified emails);
-    * ``revoked_at``: the later of the two;
+    * ``revoked_at``, ``disabled_at``, ``enabled_at``: each the later of the two;
+    * ``security_event`` and ``security_event_at``: replaced together only when
+      ``incoming`` has an event whose ``security_event_at`` is >= the stored one;
     * ``created_at``: the stored one; for a new record the incoming one (a
       migration keeps it) or ``now``; ``updated_at``: ``now``.
     """
@@ -137,6 +166,7 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
         merged = merged.replace(
             refresh_token=incoming.refresh_token,
             refresh_token_issued_at=incoming.refresh_token_issued_at,
+            refresh_token_expires_at=incoming.refresh_token_expires_at,
         )
     if incoming.access_token and _newer(incoming.access_token_issued_at, stored.access_token_issued_at):
         merged = merged.replace(
@@ -147,9 +177,17 @@ def merge_records(stored: TokenRecord | None, incoming: TokenRecord, now: float 
         )
     if incoming.email:
         merged = merged.replace(email=incoming.email)
-    revoked = [t for t in (stored.revoked_at, incoming.revoked_at) if t is not None]
+    if incoming.security_event and _newer(incoming.security_event_at, stored.security_event_at):
+        merged = merged.replace(security_event=incoming.security_event, security_event_at=incoming.security_event_at)
+
+    def later(name: str) -> float | None:
+        times = [t for t in (getattr(stored, name), getattr(incoming, name)) if t is not None]
+        return max(times) if times else None
+
     return merged.replace(
-        revoked_at=max(revoked) if revoked else None,
+        revoked_at=later("revoked_at"),
+        disabled_at=later("disabled_at"),
+        enabled_at=later("enabled_at"),
         created_at=stored.created_at or now,
         updated_at=now,
     )

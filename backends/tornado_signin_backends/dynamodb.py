@@ -20,24 +20,26 @@ Config (``store:`` section; every option is a keyword-only constructor argument)
 
 Items hold ``email``, ``refresh_token``, ``refresh_token_issued_at``,
 ``access_token``, ``access_token_expiry``, ``access_token_issued_at``,
-``scopes`` (space-joined), ``created_at``, ``updated_at`` and ``revoked_at``
-beside the partition key; absent values are absent attributes. Tokens are the
+``scopes`` (space-joined), ``created_at``, ``updated_at``, ``revoked_at``,
+``refresh_token_expires_at``, ``disabled_at``, ``enabled_at``,
+``security_event`` and ``security_event_at`` beside the partition key; absent values are absent attributes. Tokens are the
 core's ciphertext.
 
 **The merge** (:func:`tornado_signin.store.merge_records`) is done by DynamoDB
 with conditional ``UpdateItem`` requests, never read-then-write. A save is
 split into groups: the unconditional part (``email`` if given, ``updated_at``,
 ``created_at = if_not_exists(…)``) and up to three conditional groups — the
-refresh token with its issue time (condition ``attribute_not_exists(issued)
-OR issued <= :new``), the access token with expiry, issue time and scopes
-(same shape), and ``revoked_at`` (``attribute_not_exists OR revoked_at <
-:new``). The first request carries every group under the AND of their
+refresh token with its issue time and expiry (condition
+``attribute_not_exists(issued) OR issued <= :new``), the access token with
+expiry, issue time and scopes (same shape), the security event with its time
+(same shape), and each of ``revoked_at``, ``disabled_at`` and ``enabled_at``
+(``attribute_not_exists OR revoked_at < :new``). The first request carries every group under the AND of their
 conditions, with ``ReturnValues=ALL_NEW`` and
 ``ReturnValuesOnConditionCheckFailure=ALL_OLD``. If the condition fails,
 DynamoDB returns the item it saw; the groups whose condition that item fails
 are dropped and the rest retried under their conditions plus
 ``attribute_exists(<key>)``. This is exact because each condition is
-monotonic: stored issue times and ``revoked_at`` only grow while the item
+monotonic: stored issue times and ``revoked_at`` (and the others) only grow while the item
 exists, so a group that lost once loses forever — unless the item is deleted,
 which the ``attribute_exists`` guard detects (and the save starts over). Each
 retry follows another writer's progress, so the loop ends; it is bounded all
@@ -82,8 +84,14 @@ _NUMBERS = (
     "created_at",
     "updated_at",
     "revoked_at",
+    "refresh_token_expires_at",
+    "disabled_at",
+    "enabled_at",
+    "security_event_at",
 )
-_STRINGS = ("email", "refresh_token", "access_token", "scopes")
+_STRINGS = ("email", "refresh_token", "access_token", "scopes", "security_event")
+#: Attributes a save sets to the later of the stored and the incoming time.
+_LATER = ("revoked_at", "disabled_at", "enabled_at")
 
 
 def _number(value: float) -> dict[str, str]:
@@ -324,8 +332,9 @@ class DynamoDBTokenStore(TokenStore):
             groups.append("refresh")
         if record.access_token:
             groups.append("access")
-        if record.revoked_at is not None:
-            groups.append("revoked")
+        if record.security_event:
+            groups.append("event")
+        groups.extend(name for name in _LATER if getattr(record, name) is not None)
         return groups
 
     def _group_holds(self, group: str, record: TokenRecord, item: dict[str, Any]) -> bool:
@@ -334,7 +343,9 @@ class DynamoDBTokenStore(TokenStore):
             return _newer(record.refresh_token_issued_at, _stored_number(item, "refresh_token_issued_at"))
         if group == "access":
             return _newer(record.access_token_issued_at, _stored_number(item, "access_token_issued_at"))
-        return _newer(record.revoked_at, _stored_number(item, "revoked_at"), strictly=True)
+        if group == "event":
+            return _newer(record.security_event_at, _stored_number(item, "security_event_at"))
+        return _newer(getattr(record, group), _stored_number(item, group), strictly=True)
 
     def _update_request(self, record: TokenRecord, now: float, groups: list[str], must_exist: bool) -> dict[str, Any]:
         update = _Update()
@@ -348,6 +359,10 @@ class DynamoDBTokenStore(TokenStore):
             update.set("refresh_token", {"S": record.refresh_token})
             if record.refresh_token_issued_at is not None:
                 update.set("refresh_token_issued_at", _number(record.refresh_token_issued_at))
+            if record.refresh_token_expires_at is not None:
+                update.set("refresh_token_expires_at", _number(record.refresh_token_expires_at))
+            else:
+                update.removes.append(update.name("refresh_token_expires_at"))
         if "access" in groups:
             update.newer_or_absent("access_token_issued_at", record.access_token_issued_at)
             update.set("access_token", {"S": record.access_token})
@@ -359,9 +374,15 @@ class DynamoDBTokenStore(TokenStore):
                 update.removes.append(update.name("access_token_expiry"))
             if record.scopes:
                 update.set("scopes", {"S": " ".join(record.scopes)})
-        if "revoked" in groups:
-            update.newer_or_absent("revoked_at", record.revoked_at, strictly=True)
-            update.set("revoked_at", _number(record.revoked_at))
+        if "event" in groups:
+            update.newer_or_absent("security_event_at", record.security_event_at)
+            update.set("security_event", {"S": record.security_event})
+            if record.security_event_at is not None:
+                update.set("security_event_at", _number(record.security_event_at))
+        for name in _LATER:
+            if name in groups:
+                update.newer_or_absent(name, getattr(record, name), strictly=True)
+                update.set(name, _number(getattr(record, name)))
         if must_exist:
             update.conditions.append(f"attribute_exists({update.name(self.partition_key)})")
         return {

@@ -76,6 +76,11 @@ _FIELDS = (
     "created_at",
     "updated_at",
     "revoked_at",
+    "refresh_token_expires_at",
+    "disabled_at",
+    "enabled_at",
+    "security_event",
+    "security_event_at",
 )
 
 

@@ -18,6 +18,11 @@ migration job)::
 
     SQLTokenStore(url=..., create_table=False).create_schema()
 
+A table an older release created lacks the later nullable columns
+(``refresh_token_expires_at``, ``disabled_at``, ``enabled_at``,
+``security_event``, ``security_event_at``): the same first use (or
+``create_schema()``) adds them with ``ALTER TABLE … ADD COLUMN``.
+
 The merge of :meth:`SQLTokenStore.save` is done by the database in one
 statement: ``INSERT … ON CONFLICT (sub) DO UPDATE SET col = CASE … END`` on
 SQLite and PostgreSQL, ``INSERT … ON DUPLICATE KEY UPDATE col = CASE … END`` on
@@ -109,6 +114,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects.mysql import VARBINARY
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -181,6 +187,12 @@ def _define_table(name: str) -> Table:
         Column("created_at", Double),
         Column("updated_at", Double),
         Column("revoked_at", Double),
+        # Added after the first release: an existing table gets them on first use (_add_missing_columns).
+        Column("refresh_token_expires_at", Double),
+        Column("disabled_at", Double),
+        Column("enabled_at", Double),
+        Column("security_event", Text),
+        Column("security_event_at", Double),
         mysql_charset="utf8mb4",
         mysql_engine="InnoDB",
     )
@@ -272,6 +284,11 @@ def _incoming_row(record: TokenRecord, now: float) -> dict[str, Any]:
         "created_at": record.created_at or now,
         "updated_at": now,
         "revoked_at": record.revoked_at,
+        "refresh_token_expires_at": record.refresh_token_expires_at if has_refresh else None,
+        "disabled_at": record.disabled_at,
+        "enabled_at": record.enabled_at,
+        "security_event": record.security_event or None,
+        "security_event_at": record.security_event_at if record.security_event else None,
     }
 
 
@@ -292,9 +309,18 @@ def _merge_assignments(old: Any, new: Any) -> list[tuple[str, Any]]:
 
     refresh_wins = newer("refresh_token", "refresh_token_issued_at")
     access_wins = newer("access_token", "access_token_issued_at")
+    event_wins = newer("security_event", "security_event_at")
 
     def pick(condition: Any, column: str) -> Any:
         return case((condition, new[column]), else_=old[column])
+
+    def later(column: str) -> Any:
+        return case(
+            (old[column].is_(None), new[column]),
+            (new[column].is_(None), old[column]),
+            (new[column] > old[column], new[column]),
+            else_=old[column],
+        )
 
     return [
         ("email", func.coalesce(new.email, old.email)),
@@ -302,21 +328,18 @@ def _merge_assignments(old: Any, new: Any) -> list[tuple[str, Any]]:
         ("access_token", pick(access_wins, "access_token")),
         ("access_token_expiry", pick(access_wins, "access_token_expiry")),
         ("scopes", pick(and_(access_wins, new.scopes.is_not(None)), "scopes")),
-        (
-            "revoked_at",
-            case(
-                (old.revoked_at.is_(None), new.revoked_at),
-                (new.revoked_at.is_(None), old.revoked_at),
-                (new.revoked_at > old.revoked_at, new.revoked_at),
-                else_=old.revoked_at,
-            ),
-        ),
+        ("refresh_token_expires_at", pick(refresh_wins, "refresh_token_expires_at")),
+        ("security_event", pick(event_wins, "security_event")),
+        ("revoked_at", later("revoked_at")),
+        ("disabled_at", later("disabled_at")),
+        ("enabled_at", later("enabled_at")),
         ("created_at", func.coalesce(old.created_at, new.created_at)),
         ("updated_at", new.updated_at),
         # Last, because MySQL evaluates SET left to right and every CASE above
         # must compare against the stored issue times, not the new ones.
         ("refresh_token_issued_at", pick(refresh_wins, "refresh_token_issued_at")),
         ("access_token_issued_at", pick(access_wins, "access_token_issued_at")),
+        ("security_event_at", pick(event_wins, "security_event_at")),
     ]
 
 
@@ -333,6 +356,11 @@ def _record_from_row(row: Any) -> TokenRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         revoked_at=row.revoked_at,
+        refresh_token_expires_at=row.refresh_token_expires_at,
+        disabled_at=row.disabled_at,
+        enabled_at=row.enabled_at,
+        security_event=row.security_event,
+        security_event_at=row.security_event_at,
     )
 
 
@@ -648,8 +676,29 @@ class SQLTokenStore(TokenStore):
             with self._serial:
                 if not inspect(self._engine).has_table(self._table.name):
                     raise
+        self._add_missing_columns()
         self._schema_ready = True
         log.debug("SQL token store %s: table ready", self._label)
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns later releases introduced to a table an older one created (all nullable)."""
+        with self._serial:
+            present = {c["name"] for c in inspect(self._engine).get_columns(self._table.name)}
+            missing = [c for c in self._table.c if c.name not in present]
+            if not missing:
+                return
+            preparer = self._engine.dialect.identifier_preparer
+            with self._engine.begin() as conn:
+                for column in missing:
+                    kind = column.type.compile(dialect=self._engine.dialect)
+                    try:
+                        conn.execute(text(f"ALTER TABLE {preparer.format_table(self._table)} "
+                                          f"ADD COLUMN {preparer.quote(column.name)} {kind}"))
+                    except DBAPIError:
+                        # Added meanwhile by another process: fine if it is there now.
+                        if column.name not in {c["name"] for c in inspect(conn).get_columns(self._table.name)}:
+                            raise
+            log.info("SQL token store %s: added columns %s", self._label, ", ".join(c.name for c in missing))
 
     def create_schema(self) -> None:
         """Create the table if it does not exist (idempotent). Raise StorageError on failure."""

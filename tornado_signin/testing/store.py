@@ -81,6 +81,11 @@ _FIELDS = (
     "access_token_issued_at",
     "scopes",
     "revoked_at",
+    "refresh_token_expires_at",
+    "disabled_at",
+    "enabled_at",
+    "security_event",
+    "security_event_at",
 )
 
 
@@ -96,6 +101,11 @@ def full_record(sub: str = "108204268033311374519", **changes: Any) -> TokenReco
         access_token_issued_at=1_700_000_000.25,
         scopes=("openid", "email", "https://www.googleapis.com/auth/drive.readonly"),
         revoked_at=1_600_000_000.0,
+        refresh_token_expires_at=4_100_000_000.5,
+        disabled_at=1_600_000_100.0,
+        enabled_at=1_600_000_200.0,
+        security_event="account-enabled",
+        security_event_at=1_600_000_200.0,
     )
     return record.replace(**changes)
 
@@ -359,6 +369,40 @@ class TokenStoreContract:
         assert saved.created_at == 1_500_000_000.5
         assert store.get(saved.sub).created_at == 1_500_000_000.5
 
+    def test_security_event_times_are_each_the_later_of_the_two(self, store: TokenStore) -> None:
+        sub = "security-times"
+        store.save(TokenRecord(sub=sub, disabled_at=200.0))
+        assert store.save(TokenRecord(sub=sub, disabled_at=100.0, enabled_at=50.0)).disabled_at == 200.0
+        merged = store.save(TokenRecord(sub=sub, enabled_at=300.0))
+        assert (merged.disabled_at, merged.enabled_at) == (200.0, 300.0)
+        assert not merged.signin_blocked
+        assert store.save(TokenRecord(sub=sub, disabled_at=400.0)).signin_blocked
+        assert store.get(sub).enabled_at == 300.0
+
+    def test_last_security_event_is_the_newest(self, store: TokenStore) -> None:
+        sub = "security-event"
+        store.save(TokenRecord(sub=sub, security_event="sessions-revoked", security_event_at=200.0))
+        older = store.save(TokenRecord(sub=sub, security_event="tokens-revoked", security_event_at=100.0))
+        assert (older.security_event, older.security_event_at) == ("sessions-revoked", 200.0)
+        assert store.save(TokenRecord(sub=sub)).security_event == "sessions-revoked"
+        newer = store.save(TokenRecord(sub=sub, security_event="account-disabled:hijacking", security_event_at=300.0))
+        assert (newer.security_event, newer.security_event_at) == ("account-disabled:hijacking", 300.0)
+
+    def test_refresh_token_expiry_travels_with_its_refresh_token(self, store: TokenStore) -> None:
+        sub = "time-limited"
+        store.save(TokenRecord(sub=sub, refresh_token="rt-1", refresh_token_issued_at=100.0,
+                               refresh_token_expires_at=4_000_000_000.0))
+        kept = store.save(TokenRecord(sub=sub, access_token="at", access_token_issued_at=200.0))
+        assert kept.refresh_token_expires_at == 4_000_000_000.0 and kept.has_usable_refresh_token
+        older = store.save(TokenRecord(sub=sub, refresh_token="rt-0", refresh_token_issued_at=50.0))
+        assert older.refresh_token_expires_at == 4_000_000_000.0
+        unlimited = store.save(TokenRecord(sub=sub, refresh_token="rt-2", refresh_token_issued_at=300.0))
+        assert unlimited.refresh_token_expires_at is None
+        expired = store.save(TokenRecord(sub=sub, refresh_token="rt-3", refresh_token_issued_at=400.0,
+                                         refresh_token_expires_at=1.0))
+        assert expired.refresh_token_expires_at == 1.0 and not expired.has_usable_refresh_token
+        assert store.get(sub).state == "expired"
+
     def test_created_at_is_kept_and_updated_at_advances(self, store: TokenStore) -> None:
         first = store.save(full_record())
         time.sleep(0.01)
@@ -383,6 +427,11 @@ class TokenStoreContract:
                 access_token_issued_at=rng.choice([None, float(rng.randint(0, 8))]),
                 scopes=rng.choice([(), ("a",), ("a", "b"), (f"s{step}",)]),
                 revoked_at=rng.choice([None, None, float(rng.randint(0, 8))]),
+                refresh_token_expires_at=rng.choice([None, 500.0 + step]),
+                disabled_at=rng.choice([None, None, float(rng.randint(0, 8))]),
+                enabled_at=rng.choice([None, None, float(rng.randint(0, 8))]),
+                security_event=rng.choice([None, None, f"event-{step}"]),
+                security_event_at=rng.choice([None, float(rng.randint(0, 8))]),
             )
             merged = store.save(incoming)
             expected = merge_records(model.get(sub), incoming, now=merged.updated_at)
