@@ -4,7 +4,8 @@ Google publishes its ID-token keys twice: a map of ``kid`` to PEM X.509
 certificates (``/oauth2/v1/certs``) and a JWKS (``/oauth2/v3/certs``).
 :class:`CertCache` reads either, keeps the keys for the ``max-age`` the reply
 allows, fetches them again once when a token names an unknown ``kid`` (keys
-rotate), and coalesces concurrent fetches into one. A failed fetch keeps the
+rotate), and coalesces concurrent fetches into one. The max-age counts from
+the reply's ``Age`` (how long Google's cache already held it). A failed fetch keeps the
 previous keys: verification must not stop because one certs request failed.
 """
 
@@ -84,6 +85,19 @@ def _max_age(cache_control: str | None) -> float:
     return DEFAULT_MAX_AGE
 
 
+def _freshness(headers: Any) -> float:
+    """Return how long a certs reply stays fresh: its max-age less its ``Age`` (RFC 9111 4.2.3).
+
+    Google's certs come through a shared cache that says in ``Age`` how long
+    it has held them; ignoring it would keep keys past Google's own expiry.
+    """
+    max_age = _max_age(headers.get("Cache-Control"))
+    age = (headers.get("Age") or "").strip()
+    if not re.fullmatch(r"[0-9]{1,10}", age):  # delta-seconds; anything else is ignored
+        return max_age
+    return max(max_age - int(age), 0.0)
+
+
 class CertCache:
     """Cached signing keys of one certs URL."""
 
@@ -118,7 +132,7 @@ class CertCache:
                 log.warning("certs document at %s holds no usable RSA key", self.url)
                 return
             self._keys = keys
-            self._expires_at = self._last_fetch + _max_age(response.headers.get("Cache-Control"))
+            self._expires_at = self._last_fetch + _freshness(response.headers)
             if self.on_fetch:
                 self.on_fetch("fetched")
         finally:
