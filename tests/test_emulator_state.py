@@ -202,3 +202,14 @@ def test_state_dir_in_use_is_a_one_line_startup_error(tmp_path):
         assert "Traceback" not in second.stderr
     finally:
         kill(proc)
+
+
+def test_every_switch_is_documented(tmp_path):
+    """The settings switches are listed in the emulator's docstring and the README's table."""
+    import tornado_signin.emulator as package
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    emulator = Emulator(clients=[CLIENT])
+    for name in emulator.settings():
+        assert f"\n    {name} " in package.__doc__, name
+        assert f"| `{name}` |" in readme, name
