@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_AGE = 300.0
 MAX_MAX_AGE = 86400.0
 #: An unknown kid triggers at most one refetch in this many seconds, so a
-#: stream of forged kids cannot turn every login into a certs request.
+#: stream of forged kids cannot turn every login into a certs request. A login
+#: whose kid is unknown within the window waits for its end (at most this
+#: long) and shares the one refetch made then: a key Google published seconds
+#: after an earlier refetch still signs its users in.
 REFETCH_INTERVAL = 5.0
 
 
@@ -102,11 +105,13 @@ class CertCache:
     """Cached signing keys of one certs URL."""
 
     def __init__(self, client: GoogleClient, url: str, *, clock: Callable[[], float] = time.time,
-                 on_fetch: Callable[[str], None] | None = None) -> None:
+                 on_fetch: Callable[[str], None] | None = None,
+                 refetch_interval: float = REFETCH_INTERVAL) -> None:
         self.client = client
         self.url = url
         self.clock = clock
         self.on_fetch = on_fetch
+        self.refetch_interval = refetch_interval
         self._keys: dict[str, RSAPublicKey] = {}
         self._expires_at = 0.0
         self._last_fetch = float("-inf")
@@ -142,8 +147,10 @@ class CertCache:
     async def get_key(self, kid: str) -> RSAPublicKey | None:
         """Return the key named ``kid``, or None if the certs URL does not publish it.
 
-        Fetch when the cache is stale; fetch once more when ``kid`` is unknown
-        (at most once per REFETCH_INTERVAL).
+        Fetch when the cache is stale. When ``kid`` is unknown, make sure one
+        fetch starts after this moment, but at most one per
+        ``refetch_interval``: wait (at most that long) for the window to end,
+        or for a fetch another caller started meanwhile, and share it.
         """
         now = self.clock()
         if now >= self._expires_at:
@@ -151,7 +158,22 @@ class CertCache:
         elif self.on_fetch:
             self.on_fetch("hit")
         key = self._keys.get(kid)
-        if key is None and self.clock() - self._last_fetch >= REFETCH_INTERVAL:
-            await self._refresh()
-            key = self._keys.get(kid)
+        if key is None:
+            key = await self._refetch_for(kid, now)
         return key
+
+    async def _refetch_for(self, kid: str, seen: float) -> RSAPublicKey | None:
+        """Return ``kid``'s key after a fetch that started at or after ``seen`` (None if still unknown)."""
+        while True:
+            if self._inflight is not None:
+                await asyncio.shield(self._inflight)
+            elif self._last_fetch >= seen:
+                return self._keys.get(kid)
+            else:
+                wait = self._last_fetch + self.refetch_interval - self.clock()
+                if wait <= 0:
+                    await self._refresh()
+                    return self._keys.get(kid)
+                if wait > self.refetch_interval:  # the clock went backwards: do not wait on it
+                    return None
+                await asyncio.sleep(wait)
