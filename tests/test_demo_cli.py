@@ -166,8 +166,9 @@ def test_printed_cli_line_works_and_survives_restarts(demo_folder):
 def test_commands_take_config_from_the_environment(tmp_path):
     missing = run("tornado-signin users")
     assert missing.returncode == 2 and "TORNADO_SIGNIN_CONFIG" in missing.stderr
+    # serve and emulator too: with the variable set, serve is not demo mode.
     for command in ("users", "check", "rotate-keys", "token alice@example.com", "call alice@example.com",
-                    "revoke alice@example.com", "sessions alice@example.com"):
+                    "revoke alice@example.com", "sessions alice@example.com", "serve", "emulator"):
         result = run(f"tornado-signin {command}", TORNADO_SIGNIN_CONFIG=str(tmp_path / "nope.yaml"))
         assert result.returncode == 3, (command, result.stdout, result.stderr)
         assert f"TORNADO_SIGNIN_CONFIG={tmp_path / 'nope.yaml'}" in result.stdout + result.stderr, command
