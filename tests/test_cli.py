@@ -151,7 +151,7 @@ def test_check_reports_each_part(tmp_path, emulator_thread):
     emulator, _, app_url = emulator_thread
     env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": CLIENT_SECRET, "TS_KEY": generate_key()}
     good = write_config(tmp_path, emulator.base_url, app_url)
-    result = run_cli("check", "--config", str(good), env=env)
+    result = run_cli("check", "--config", str(good), "--create-table", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "store (sql): ok" in result.stdout and "google certs" in result.stdout
 
@@ -163,7 +163,7 @@ def test_check_reports_each_part(tmp_path, emulator_thread):
     bad_google = tmp_path / "bad-google"
     bad_google.mkdir()
     cfg = write_config(bad_google, "http://127.0.0.1:1", app_url)
-    assert run_cli("check", "--config", str(cfg), env=env).returncode == 6
+    assert run_cli("check", "--config", str(cfg), "--create-table", env=env).returncode == 6
 
 
 def test_script_api_get_credentials_and_authorized_session(tmp_path, emulator_thread, monkeypatch):

@@ -168,3 +168,209 @@ def test_check_refuses_the_placeholder_client_id(tmp_path):
     assert result.returncode == EXIT_CONFIG and result.stderr == ""
     assert result.stdout.startswith("config: FAILED: config key 'google.client_id': "
                                     "'YOUR_CLIENT_ID.apps.googleusercontent.com' is a placeholder")
+
+
+# --------------------------------------------------------------------------- check: store, hub, Google
+
+
+from harness import CLIENT_ID, CLIENT_SECRET  # noqa: E402  (tests/ is on the path)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    from tornado_signin.emulator import EmulatorClient, EmulatorThread
+
+    thread = EmulatorThread(clients=[EmulatorClient(CLIENT_ID, CLIENT_SECRET, ("http://127.0.0.1:8080",))])
+    yield thread.start()
+    thread.stop()
+
+
+def dev_document(folder: Path, base_url: str, **google: object) -> dict:
+    """A development config whose Google is the emulator at ``base_url`` and whose store is a SQLite file."""
+    return {
+        "development": True,
+        "server": {"cookie_secret": {"$env": "TORNADO_SIGNIN_COOKIE_SECRET"}},
+        "google": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                   "endpoints": {"auth_uri": f"{base_url}/o/oauth2/v2/auth", "token_uri": f"{base_url}/token",
+                                 "certs_uri": f"{base_url}/oauth2/v1/certs"}, **google},
+        "store": {"backend": "sql", "url": f"sqlite:///{folder / 'tokens.sqlite3'}",
+                  "encryption": {"keys": [{"$env": "TORNADO_SIGNIN_KEY"}]}},
+    }
+
+
+def check(folder: Path, document: dict, *args: str) -> subprocess.CompletedProcess[str]:
+    return tornado_signin("check", "--config", str(write(folder / "config.yaml", document)), *args, env=ENV)
+
+
+def sqlite_tables(path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+
+def test_check_creates_no_table_unless_asked(tmp_path, emulator):
+    document = dev_document(tmp_path, emulator.base_url)
+    result = check(tmp_path, document)
+    assert result.returncode == 4, result.stdout
+    assert result.stdout.splitlines()[1].startswith("store (sql): FAILED: SQL token store")
+    assert "no such table: tornado_signin_tokens" in result.stdout and "--create-table" in result.stdout
+    assert sqlite_tables(tmp_path / "tokens.sqlite3") == []
+
+    result = check(tmp_path, document, "--create-table")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "config: ok",
+        "store (sql): table ready (created if it was missing)",
+        "store (sql): ok",
+        "hub (memory): ok",
+        f"google certs ({emulator.base_url}/oauth2/v3/certs): ok",
+        f"google token endpoint ({emulator.base_url}/token): ok, client id {CLIENT_ID} and its secret accepted",
+    ]
+    assert sqlite_tables(tmp_path / "tokens.sqlite3") == ["tornado_signin_tokens"]
+    assert check(tmp_path, document).returncode == 0
+
+
+def test_check_creates_no_table_on_postgresql(tmp_path, emulator, postgres_url, unique_name):
+    import sqlalchemy
+
+    document = dev_document(tmp_path, emulator.base_url)
+    document["store"].update(url=postgres_url, table=unique_name)
+    result = check(tmp_path, document)
+    assert result.returncode == 4 and f'relation "{unique_name}" does not exist' in result.stdout
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        assert not sqlalchemy.inspect(engine).has_table(unique_name)
+        assert check(tmp_path, document, "--create-table").returncode == 0
+        assert sqlalchemy.inspect(engine).has_table(unique_name)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{unique_name}"'))
+        engine.dispose()
+
+
+@pytest.mark.parametrize("google, what", [
+    ({"client_secret": "GOCSPX-wrong"}, "client id test-client.apps.googleusercontent.com refused (invalid_client)"),
+    ({"client_id": "other.apps.googleusercontent.com"}, "client id other.apps.googleusercontent.com refused "
+                                                        "(invalid_client)"),
+], ids=["wrong-secret", "unknown-client"])
+def test_check_confirms_the_client_at_the_token_endpoint(tmp_path, emulator, google, what):
+    result = check(tmp_path, dev_document(tmp_path, emulator.base_url, **google), "--create-table")
+    assert (result.returncode, result.stderr) == (6, "")
+    last = result.stdout.splitlines()[-1]
+    assert last == (f"google token endpoint ({emulator.base_url}/token): FAILED: {what}: the client secret or the "
+                    "client id is wrong (download the client's JSON again and point google.client_secrets_file at it)")
+    assert "GOCSPX" not in result.stdout
+
+
+def test_check_says_connection_refused(tmp_path):
+    from tornado.testing import bind_unused_port
+
+    sock, port = bind_unused_port()
+    sock.close()  # nothing listens there now
+    result = check(tmp_path, dev_document(tmp_path, f"http://127.0.0.1:{port}"), "--create-table")
+    assert result.returncode == 6
+    assert result.stdout.splitlines()[-1] == (
+        f"google certs (http://127.0.0.1:{port}/oauth2/v3/certs): FAILED: GET http://127.0.0.1:{port}/oauth2/v3/certs: "
+        f"connection refused by 127.0.0.1:{port} (nothing listening there, or a firewall)")
+    assert "CurlError" not in result.stdout
+
+
+def test_check_says_timed_out(tmp_path):
+    from tornado.testing import bind_unused_port
+
+    sock, port = bind_unused_port()  # listens, never answers
+    try:
+        result = check(tmp_path, dev_document(tmp_path, f"http://127.0.0.1:{port}", request_timeout=0.5),
+                       "--create-table")
+    finally:
+        sock.close()
+    assert result.returncode == 6
+    assert result.stdout.splitlines()[-1].endswith(f"/oauth2/v3/certs: timed out")
+
+
+def test_check_says_the_tls_certificate_is_not_trusted(tmp_path):
+    """An https endpoint with a self-signed certificate (what a TLS-intercepting proxy looks like)."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    key_file, cert_file = self_signed(tmp_path)
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        result = check(tmp_path, dev_document(tmp_path, f"https://127.0.0.1:{port}"), "--create-table")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 6
+    assert result.stdout.splitlines()[-1].endswith(
+        "TLS: the certificate of 127.0.0.1 is not trusted (self-signed, or an unknown CA)")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    key_file, cert_file = folder / "key.pem", folder / "cert.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+@pytest.mark.parametrize("errno, url, reason", [
+    (6, "https://oauth2.googleapis.com/token", "DNS lookup failed for oauth2.googleapis.com"),
+    (7, "https://oauth2.googleapis.com/token", "connection refused by oauth2.googleapis.com:443"),
+    (28, "https://oauth2.googleapis.com/token", "timed out"),
+    (35, "https://oauth2.googleapis.com/token", "TLS handshake with oauth2.googleapis.com:443 failed"),
+    (60, "https://oauth2.googleapis.com/token", "TLS: the certificate of oauth2.googleapis.com is not trusted"),
+    (52, "http://127.0.0.1:81/t", "127.0.0.1:81 closed the connection without a reply"),
+    (99, "http://127.0.0.1:81/t", "curl error 99: odd"),
+])
+def test_curl_errors_are_named(errno, url, reason):
+    """The mapping itself, by libcurl error number (DNS cannot be failed here without a resolver)."""
+    from tornado.curl_httpclient import CurlError
+
+    from tornado_signin.google import transport_reason
+
+    assert transport_reason(CurlError(errno, "odd"), url).startswith(reason)
+
+
+def test_check_store_down_names_the_reason_without_the_password(tmp_path, emulator):
+    document = dev_document(tmp_path, emulator.base_url)
+    document["store"]["url"] = "postgresql+psycopg://app:s3cret-pw@127.0.0.1:1/signin"
+    result = check(tmp_path, document)
+    assert result.returncode == 4
+    line = result.stdout.splitlines()[1]
+    assert line.startswith("store (sql): FAILED: SQL token store postgresql+psycopg://app:***@127.0.0.1:1/signin")
+    assert "Connection refused" in line and "s3cret-pw" not in result.stdout
+
+
+def test_check_hub_down_names_it_without_the_password(tmp_path, emulator):
+    pytest.importorskip("redis")
+    document = dev_document(tmp_path, emulator.base_url)
+    document["hub"] = {"backend": "redis", "url": "redis://:hub-s3cret@127.0.0.1:1/0"}
+    result = check(tmp_path, document, "--create-table")
+    assert result.returncode == 5
+    line = result.stdout.splitlines()[-1]
+    assert line.startswith("hub (redis at redis://:***@127.0.0.1:1/0): FAILED: ")
+    assert "hub-s3cret" not in result.stdout and "ConnectionError" not in line

@@ -150,57 +150,122 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The code `check` exchanges to test the client: never valid, so Google answers
+#: invalid_grant to a client it knows (id and secret right) and invalid_client otherwise.
+CHECK_CODE = "4/tornado-signin-check-this-code-is-invalid"
+
+
+def _store_without_creation(config: Any) -> Any:
+    """Return ``config`` with the store's ``create_table`` off, when its backend has that option.
+
+    `check` must leave a production database as it found it (see ``--create-table``).
+    """
+    from dataclasses import replace
+
+    from .plugins import STORES, option_names
+
+    if "create_table" not in (option_names(STORES, config.store.backend) or ()):
+        return config
+    options = {**config.store.options, "create_table": False}
+    return config.with_changes(store=replace(config.store, options=options))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    """Check config, store, hub and Google in that order; return the exit status of the first failure.
+
+    Nothing is changed anywhere: no table is created unless ``--create-table``.
+    """
+    from .redact import reason, redact_url
     from .wiring import open_store
-    from .google import GoogleClient
-    from .hub import load_hub
 
     try:
         config = _load(args)
+        # Building the store object is part of the config: an unknown backend,
+        # a bad option, a missing extra or a bad key fails here, not as the store.
+        store = open_store(_store_without_creation(config))
     except ConfigError as exc:
         print(f"config: FAILED: {exc}{_config_origin(args)}")
         return EXIT_CONFIG
     print("config: ok")
+    name = f"store ({config.store.backend})"
+    creatable = hasattr(store.inner, "create_schema")
     try:
-        store = open_store(config)
+        if args.create_table:
+            if creatable:
+                store.inner.create_schema()
+                print(f"{name}: table ready (created if it was missing)")
+            else:
+                print(f"{name}: no table to create")
         store.check()
-        store.close()
-        print(f"store ({config.store.backend}): ok")
-    except (ConfigError, SigninError) as exc:
-        print(f"store ({config.store.backend}): FAILED: {exc}")
+        print(f"{name}: ok")
+    except SigninError as exc:
+        hint = " (check creates no table: if it is missing, run check with --create-table)" if (
+            creatable and not args.create_table) else ""
+        print(f"{name}: FAILED: {reason(exc)}{hint}")
         return EXIT_STORE
+    finally:
+        store.close()
+    return asyncio.run(_check_hub_and_google(config, reason, redact_url))
 
-    async def check_async() -> int:
+
+async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> int:
+    from .errors import ClientConfigError, GoogleError, GoogleOAuthError, InvalidGrantError
+    from .google import GoogleClient
+    from .hub import load_hub
+
+    where = f" at {redact_url(config.hub.url)}" if config.hub.url else ""
+    name = f"hub ({config.hub.backend}{where})"
+    try:
+        hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+    except ConfigError as exc:
+        print(f"{name}: FAILED: {exc}")
+        return EXIT_HUB
+    try:
+        await asyncio.wait_for(hub.check(), 10)
+        print(f"{name}: ok")
+    except asyncio.TimeoutError:
+        print(f"{name}: FAILED: no answer within 10s")
+        return EXIT_HUB
+    except Exception as exc:  # a plugin may raise anything; the operator needs its reason
+        print(f"{name}: FAILED: {reason(exc)}")
+        return EXIT_HUB
+    finally:
+        await hub.close()
+
+    google = config.google
+    client = GoogleClient(google)
+    try:
+        certs = google.endpoints.verification_certs_uri
         try:
-            hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
-            try:
-                await asyncio.wait_for(hub.check(), 10)
-            finally:
-                await hub.close()
-            print(f"hub ({config.hub.backend}): ok")
-        except Exception as exc:
-            print(f"hub ({config.hub.backend}): FAILED: {type(exc).__name__}: {exc}")
-            return EXIT_HUB
-        client = GoogleClient(config.google)
-        try:
-            endpoints = config.google.endpoints
-            await client.fetch_json(endpoints.verification_certs_uri)
-            print(f"google certs ({endpoints.verification_certs_uri}): ok")
-            # The token endpoint answers a bogus grant with an OAuth error: that proves it is there.
-            try:
-                await client.refresh("tornado-signin-check")
-            except SigninError as exc:
-                if type(exc).__name__ in ("GoogleUnavailableError", "GoogleProtocolError"):
-                    raise
-            print(f"google token endpoint ({endpoints.token_uri}): ok")
-        except SigninError as exc:
-            print(f"google: FAILED: {exc}")
+            await client.fetch_json(certs)
+        except GoogleError as exc:
+            print(f"google certs ({certs}): FAILED: {exc}")
             return EXIT_GOOGLE
-        finally:
-            client.close()
-        return EXIT_OK
-
-    return asyncio.run(check_async())
+        print(f"google certs ({certs}): ok")
+        token = f"google token endpoint ({google.endpoints.token_uri})"
+        try:
+            await client.exchange_code(CHECK_CODE)
+        except InvalidGrantError:
+            print(f"{token}: ok, client id {google.client_id} and its secret accepted")
+            return EXIT_OK
+        except ClientConfigError as exc:
+            if exc.error in ("invalid_client", "unauthorized_client"):
+                print(f"{token}: FAILED: client id {google.client_id} refused ({exc.error}): the client secret "
+                      "or the client id is wrong (download the client's JSON again and point "
+                      "google.client_secrets_file at it)")
+            else:
+                print(f"{token}: FAILED: the client is refused ({exc.error})")
+            return EXIT_GOOGLE
+        except GoogleOAuthError as exc:
+            print(f"{token}: FAILED: unexpected OAuth error {exc.error!r} for an invalid code")
+            return EXIT_GOOGLE
+        except GoogleError as exc:
+            print(f"{token}: FAILED: {exc}")
+            return EXIT_GOOGLE
+        print(f"{token}: FAILED: it accepted a code that cannot be valid; this is not Google")
+        return EXIT_GOOGLE
+    finally:
+        client.close()
 
 
 # ----------------------------------------------------------------------------- offline access
@@ -464,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check config, store, hub and Google endpoints (exit status says which failed)")
     _config_option(p)
+    p.add_argument("--create-table", action="store_true",
+                   help="create the store's table if it is missing (check changes nothing without it)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("users", help="list stored users")

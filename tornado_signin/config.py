@@ -25,13 +25,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
 
+from . import plugins
 from .errors import ConfigError
 
 __all__ = [
@@ -243,50 +243,24 @@ def _check_keys(data: Any, tree: dict[str, Any], prefix: str, everywhere: list[s
             _check_keys(data[name], sub, f"{prefix}.{name}" if prefix else name, everywhere)
 
 
-def _installed(group: str) -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=group)}
-
-
-def _check_backend_name(value: Any, key: str, group: str, what: str) -> str | None:
+def _check_backend_name(value: Any, group: plugins.PluginGroup) -> str | None:
     """Return the backend name when it is installed in ``group``; raise ConfigError listing the installed ones."""
     if not isinstance(value, str):
         return None  # the typed read reports it
-    installed = sorted(_installed(group))
+    installed = sorted(plugins.entry_points(group))
     if value in installed:
         return value
     close = difflib.get_close_matches(value, installed, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(key, f"no {what} {value!r} is installed{hint} "
-                           f"(installed in entry-point group {group!r}: {', '.join(installed) or 'none'})")
-
-
-def _backend_options(group: str, name: str) -> list[str] | None:
-    """Return the option names the backend ``name`` accepts, or None when any may be (or it cannot be loaded).
-
-    A backend that cannot be imported (a missing extra) is reported when it
-    is opened, with the pip command.
-    """
-    import inspect
-
-    try:
-        factory = _installed(group)[name].load()
-        parameters = inspect.signature(factory).parameters
-    except Exception:  # noqa: BLE001 - reported with its cause when the store is opened
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return None
-    return [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
-STORE_GROUP = "tornado_signin.backends"
-HUB_GROUP = "tornado_signin.hubs"
+    raise ConfigError(f"{group.config_key}.backend", f"no {group.kind} {value!r} is installed{hint} (installed in "
+                                                     f"entry-point group {group.name!r}: {', '.join(installed) or 'none'})")
 
 
 def _check_store_keys(data: Any, everywhere: list[str]) -> None:
     if not isinstance(data, Mapping) or _is_env_ref(data):
         return
-    backend = _check_backend_name(data.get("backend", "sql"), "store.backend", STORE_GROUP, "token store")
-    options = _backend_options(STORE_GROUP, backend) if backend else None
+    backend = _check_backend_name(data.get("backend", "sql"), plugins.STORES)
+    options = plugins.option_names(plugins.STORES, backend) if backend else None
     if options is not None:
         tree: dict[str, Any] = {"backend": None, "encryption": {"keys": None}, **{o: None for o in options}}
         unknown = [k for k in data if k not in tree]
@@ -311,7 +285,7 @@ def check_keys(data: Any) -> None:
     _check_store_keys(data.get("store"), everywhere)
     hub = data.get("hub")
     if isinstance(hub, Mapping) and not _is_env_ref(hub):
-        _check_backend_name(hub.get("backend", "memory"), "hub.backend", HUB_GROUP, "hub")
+        _check_backend_name(hub.get("backend", "memory"), plugins.HUBS)
 
 
 # --------------------------------------------------------------------------- reading

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
@@ -33,7 +35,7 @@ from .errors import (
     InvalidGrantError,
 )
 
-__all__ = ["GoogleClient", "TokenResponse", "make_http_client", "SCOPE_ALIASES", "normalize_scopes"]
+__all__ = ["GoogleClient", "TokenResponse", "make_http_client", "SCOPE_ALIASES", "normalize_scopes", "transport_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,62 @@ def make_http_client(max_clients: int = 64) -> AsyncHTTPClient:
         log.warning("pycurl is not installed; using Tornado's simple HTTP client (slower)")
         return AsyncHTTPClient(force_instance=True, max_clients=max_clients)
     return CurlAsyncHTTPClient(force_instance=True, max_clients=max_clients)
+
+
+#: libcurl's error numbers (CURLE_*, stable across versions) in an operator's words.
+_CURL_REASONS = {
+    1: "protocol not supported",
+    3: "malformed URL",
+    5: "DNS lookup of the proxy failed",
+    6: "DNS lookup failed for {host}",
+    7: "connection refused by {host}:{port} (nothing listening there, or a firewall)",
+    28: "timed out",
+    35: "TLS handshake with {host}:{port} failed",
+    47: "too many redirects",
+    51: "TLS: the certificate of {host} is not valid for that name",
+    52: "{host}:{port} closed the connection without a reply",
+    55: "connection to {host}:{port} broken while sending",
+    56: "connection to {host}:{port} broken while receiving",
+    58: "TLS: problem with the local client certificate",
+    60: "TLS: the certificate of {host} is not trusted (self-signed, or an unknown CA)",
+    77: "TLS: cannot read the CA certificates",
+}
+
+
+def transport_reason(error: BaseException | None, url: str) -> str:
+    """Return in a few words why no HTTP reply came from ``url`` (DNS, refused, TLS, timeout …).
+
+    Understands curl's errors (by libcurl error number) and the simple
+    client's (socket and ssl exceptions); anything else is named by its message.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if error is None:
+        return "no reply"
+    errno = getattr(error, "errno", None)
+    if type(error).__name__ == "CurlError" and isinstance(errno, int):
+        template = _CURL_REASONS.get(errno)
+        if template:
+            return template.format(host=host, port=port)
+        return f"curl error {errno}: {getattr(error, 'message', '') or error}"
+    if isinstance(error, ConnectionRefusedError):
+        return _CURL_REASONS[7].format(host=host, port=port)
+    if isinstance(error, socket.gaierror):
+        return _CURL_REASONS[6].format(host=host, port=port)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return _CURL_REASONS[60].format(host=host, port=port)
+    if isinstance(error, ssl.SSLError):
+        return _CURL_REASONS[35].format(host=host, port=port)
+    # The simple client's deadline is an HTTPClientError 599 ("Timeout during request").
+    if isinstance(error, TimeoutError) or (isinstance(error, HTTPClientError) and "timeout" in str(error).lower()):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -157,11 +215,11 @@ class GoogleClient:
         try:
             return await self.http.fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
-            raise GoogleUnavailableError(f"{method} {url} failed: {type(exc).__name__}") from exc
+            raise GoogleUnavailableError(f"{method} {url}: {transport_reason(exc, url)}") from exc
 
     def _raise_for_error(self, response: HTTPResponse, what: str) -> None:
         if response.code == 599:
-            raise GoogleUnavailableError(f"{what}: {type(response.error).__name__ if response.error else 'no reply'}")
+            raise GoogleUnavailableError(f"{what}: {transport_reason(response.error, response.effective_url)}")
         if response.code >= 500 or response.code == 429:
             raise GoogleUnavailableError(f"{what}: HTTP {response.code}")
         if response.code >= 400:

@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["PluginGroup", "STORES", "HUBS", "GROUPS", "BackendInfo", "entry_points", "installed_backends", "load"]
+__all__ = ["PluginGroup", "STORES", "HUBS", "GROUPS", "BackendInfo", "entry_points", "installed_backends", "load",
+           "option_names"]
 
 T = TypeVar("T")
 
@@ -103,6 +104,24 @@ def installed_backends(groups: Iterable[PluginGroup] = GROUPS) -> list[BackendIn
             else:
                 infos.append(BackendInfo(name, ep.module, dist, True, None, None, group.name))
     return infos
+
+
+def option_names(group: PluginGroup, name: str) -> list[str] | None:
+    """Return the option names the plugin ``name`` of ``group`` takes, or None when it takes any or cannot tell.
+
+    None also when the plugin is not installed or cannot be imported (a
+    missing extra): :func:`load` reports that, with the install command.
+    """
+    ep = entry_points(group).get(name)
+    if ep is None:
+        return None
+    try:
+        parameters = inspect.signature(ep.load()).parameters
+    except Exception:  # noqa: BLE001 - load() reports it with its cause
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _check_options(factory: Any, group: PluginGroup, name: str, options: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-__all__ = ["install_redaction", "redact"]
+__all__ = ["install_redaction", "redact", "redact_url", "reason"]
 
 REDACTED = "[redacted]"
 _PATTERNS = [
@@ -68,3 +68,29 @@ def install_redaction(secrets: Iterable[str] = ()) -> None:
 
         logging.setLogRecordFactory(factory)
         _installed = True
+
+
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]*@")
+
+
+def redact_url(text: str) -> str:
+    """Return ``text`` with the password of every URL in it (``scheme://user:password@host``) replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def reason(exc: BaseException) -> str:
+    """Return one line for an operator saying why ``exc`` happened, without a secret.
+
+    The message of ``exc`` and, when it adds something, the first line of its
+    cause (a driver's own words: "no such table", "Connection refused"),
+    with URL passwords and anything :func:`redact` knows replaced.
+    """
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None:
+        detail = (str(cause).strip().splitlines() or [""])[0]
+        # SQLAlchemy prefixes the driver's message with its class: "(sqlite3.OperationalError) no such table: t".
+        detail = re.sub(r"^\([\w.]+\)\s*", "", detail).strip()
+        if detail and detail not in text:
+            text = f"{text}: {detail}"
+    return redact(redact_url(" ".join(text.split())))
