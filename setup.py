@@ -44,6 +44,7 @@ setup(
         "tornado_signin",
         "tornado_signin.emulator",
         "tornado_signin.testing",
+        "tornado_signin.web",
         "tornado_signin.templates",
         "tornado_signin_backends",
     ],

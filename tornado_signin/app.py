@@ -17,21 +17,15 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
 from .config import Config
-from .confirm import ConfirmSocket
 from .context import AppContext
-from .wiring import build_context
-from .handlers import (
-    BaseHandler,
-    DisconnectHandler,
-    HealthHandler,
-    MetricsHandler,
-    PageHandler,
-    SignoutHandler,
-    StateHandler,
-    StoreAuthCodeHandler,
-)
 from .hub import ConfirmationHub
 from .store import TokenStore
+from .web.api import ScopeHandler, UserinfoHandler
+from .web.base import BaseHandler
+from .web.confirm import ConfirmSocket
+from .web.ops import HealthHandler, MetricsHandler
+from .web.signin import DisconnectHandler, PageHandler, SignoutHandler, StateHandler, StoreAuthCodeHandler
+from .wiring import build_context
 
 __all__ = ["make_app", "make_server", "signin_routes", "template_path"]
 
@@ -52,8 +46,6 @@ class NotFoundHandler(BaseHandler):
 
 def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
     """Return the URL table of tornado-signin bound to ``ctx``."""
-    from .api import UserinfoHandler, ScopeHandler
-
     args = {"ctx": ctx}
     return [
         (r"/", PageHandler, args),

@@ -53,7 +53,7 @@ async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 
     left = sum(ctx.logins_in_flight for ctx in contexts)
     if left:
         log.warning("%d login(s) still in flight after %.0fs; closing anyway", left, grace)
-    from .confirm import CLOSE_SHUTDOWN
+    from .web.confirm import CLOSE_SHUTDOWN
 
     for ctx in contexts:
         for socket in list(ctx.sockets):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .crypto import EncryptingStore
-from .errors import CryptoError, GoogleProtocolError, StorageError
+from .errors import CryptoError, GoogleError, GoogleProtocolError, StorageError
 from .google import GoogleClient, TokenResponse
 from .metrics import Metrics
 from .store import TokenRecord
@@ -101,9 +101,12 @@ class SigninService:
     async def complete(self, code: str) -> SigninOutcome:
         """Exchange ``code`` and store the user's tokens.
 
-        Raise GoogleError subclasses (exchange), TokenVerificationError,
-        StorageError or OverloadedError; the code is spent once the exchange
-        was attempted, so nothing here retries it.
+        Return CONSENT_REQUIRED (after revoking the stale grant at Google,
+        see :meth:`revoke_stale_grant`) when the user is left with no usable
+        refresh token, SIGNED_IN otherwise. Raise GoogleError subclasses
+        (exchange), TokenVerificationError, StorageError or OverloadedError;
+        the code is spent once the exchange was attempted, so nothing here
+        retries it.
         """
         started = time.perf_counter()
         tokens = await self.google.exchange_code(code)
@@ -117,5 +120,23 @@ class SigninService:
         # lookup by email (CLI, scripts) can reach this grant through it.
         email = claims.email if claims.email_verified else None
         merged = await self.save_with_retry(record_from_tokens(claims.sub, email, tokens))
-        status = SIGNED_IN if merged.has_usable_refresh_token else CONSENT_REQUIRED
-        return SigninOutcome(status=status, claims=claims, record=merged)
+        if not merged.has_usable_refresh_token:
+            await self.revoke_stale_grant(merged.access_token)
+            return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
+        return SigninOutcome(status=SIGNED_IN, claims=claims, record=merged)
+
+    async def revoke_stale_grant(self, access_token: str | None) -> None:
+        """End the grant of ``access_token`` at Google, so that the next consent is a first one again.
+
+        Google issues a refresh token only on a grant's first consent. With no
+        usable one stored, ending the grant makes the next consent issue one:
+        this works for GIS (which has no documented ``prompt=consent``) and
+        gapi alike. A failure is logged, never raised: the user is asked for
+        consent either way.
+        """
+        if not access_token:
+            return
+        try:
+            await self.google.revoke(access_token)
+        except GoogleError as exc:
+            log.warning("could not revoke the stale grant: %s", exc)

@@ -18,11 +18,11 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .context import AppContext
-from .handlers import origin_of
-from .hub import Subscription
-from .logctx import accept_request_id, request_id
-from .sessions import Session, read_session_cookie
+from ..context import AppContext
+from ..hub import Subscription
+from ..logctx import accept_request_id, request_id
+from ..sessions import Session, read_session_cookie
+from .gate import origin_allowed
 
 __all__ = ["ConfirmSocket"]
 
@@ -48,8 +48,8 @@ class ConfirmSocket(WebSocketHandler):
         return f"{self.request.protocol}://{self.request.host}".lower()
 
     def check_origin(self, origin: str) -> bool:
-        # Exact serialized origin (scheme included) in the allow-list; nothing looser.
-        return origin_of(origin) == origin.lower() and origin_of(origin) in self.ctx.allowed_origins(self._own_origin())
+        # The code endpoint's own check (gate.origin_allowed): exact serialized origin in the allow-list.
+        return origin_allowed(origin, self.ctx.allowed_origins(self._own_origin()))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         request_id.set(accept_request_id(self.request.headers.get("X-Request-Id")))

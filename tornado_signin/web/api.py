@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from .errors import ConsentRequiredError, GoogleError, StorageError, UnknownUserError
-from .handlers import BaseHandler
+from ..errors import ConsentRequiredError, GoogleError, StorageError, UnknownUserError
+from .base import BaseHandler
 
 __all__ = ["UserinfoHandler", "ScopeHandler"]
 
@@ -40,10 +40,10 @@ class UserinfoHandler(_SignedInHandler):
             return
         except GoogleError as exc:
             log.warning("userinfo call failed: %s", exc)
-            raise self.fail(502, "google api call failed") from exc
+            raise self.fail_for(exc) from exc
         except StorageError as exc:
             log.error("userinfo: store failed: %s", exc)
-            raise self.fail(503, "storage unavailable") from exc
+            raise self.fail_for(exc) from exc
         allowed = ("sub", "email", "email_verified", "name", "given_name", "family_name", "picture", "hd", "locale")
         self.write_json({"userinfo": {k: info[k] for k in allowed if k in info}})
 
@@ -59,5 +59,5 @@ class ScopeHandler(_SignedInHandler):
             self.write_json({"scopes": []})
             return
         except StorageError as exc:
-            raise self.fail(503, "storage unavailable") from exc
+            raise self.fail_for(exc) from exc
         self.write_json({"scopes": sorted(record.scopes)})

@@ -1,0 +1,237 @@
+"""What every tornado-signin handler shares: the context, security headers, JSON answers, the session cookie.
+
+Handlers are small: they gate requests (:mod:`tornado_signin.web.gate`),
+call domain services from the :class:`~tornado_signin.context.AppContext`
+passed through ``initialize()``, and map domain errors to short JSON errors
+through ONE table, :data:`ERROR_RESPONSES`. Details go to the log, never to
+the client, and no code, token or secret goes to either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler
+
+from ..context import AppContext
+from ..errors import (
+    ClientConfigError,
+    GoogleError,
+    GoogleUnavailableError,
+    HubUnavailableError,
+    InvalidGrantError,
+    OverloadedError,
+    StorageError,
+    TokenVerificationError,
+)
+from ..logctx import accept_request_id, request_id
+from ..sessions import Session, new_session_id, read_session_cookie, session_cookie_name
+from . import gate
+
+__all__ = ["BaseHandler", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
+
+log = logging.getLogger(__name__)
+
+#: On every response (the page's own CSP replaces the strict default one).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """How a domain error is answered: HTTP ``status``, the short ``reason`` the client sees, and the
+    ``outcome`` label it counts under in ``signin_logins_total``."""
+
+    status: int
+    reason: str
+    outcome: str
+
+
+#: The one domain-error -> HTTP response table; looked up along the exception's MRO (most specific first).
+ERROR_RESPONSES: dict[type[Exception], ErrorResponse] = {
+    TokenVerificationError: ErrorResponse(401, "id token rejected", "verification_failed"),
+    InvalidGrantError: ErrorResponse(400, "code rejected by google", "invalid_grant"),
+    ClientConfigError: ErrorResponse(502, "sign-in is misconfigured", "client_config"),
+    GoogleUnavailableError: ErrorResponse(504, "google unavailable", "google_unavailable"),
+    GoogleError: ErrorResponse(502, "bad reply from google", "google_protocol"),
+    OverloadedError: ErrorResponse(503, "server busy", "overloaded"),
+    StorageError: ErrorResponse(503, "storage unavailable", "storage_error"),
+    HubUnavailableError: ErrorResponse(503, "session store unavailable", "hub_unavailable"),
+}
+
+
+def error_response(exc: BaseException) -> ErrorResponse | None:
+    """Return the answer :data:`ERROR_RESPONSES` gives ``exc``, or None when it has none."""
+    for cls in type(exc).__mro__:
+        response = ERROR_RESPONSES.get(cls)
+        if response is not None:
+            return response
+    return None
+
+
+class BaseHandler(RequestHandler):
+    """Shared plumbing: the context, the session cookie, JSON errors, security headers."""
+
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        # Each request runs in its own task: the id tags every log line of it.
+        request_id.set(self.request_id)
+
+    # -- headers and errors --------------------------------------------------------
+
+    @property
+    def request_id(self) -> str:
+        """Return this request's id: a sane incoming ``X-Request-Id`` (from the proxy) or a new one."""
+        rid = self.__dict__.get("_request_id")
+        if rid is None:
+            rid = self.__dict__["_request_id"] = accept_request_id(self.request.headers.get("X-Request-Id"))
+        return rid
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS:
+            self.set_header(name, value)
+        self.set_header("X-Request-Id", self.request_id)
+        if self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", "max-age=31536000")
+        self.clear_header("Server")
+
+    def compute_etag(self) -> None:
+        # Every answer here is per-session and no-store: an ETag (a SHA-1 of
+        # each GET body) could never be used for revalidation.
+        return None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # The reason is a short fixed phrase chosen by the handler (an
+        # HTTPError's reason); exception text may hold remote content and is only logged.
+        reason = kwargs.get("reason")
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None and isinstance(exc_info[1], HTTPError) and exc_info[1].reason:
+            reason = exc_info[1].reason
+        if not reason:
+            reason = httputil.responses.get(status_code, "error")
+            if reason == "Internal Server Error":
+                reason = "internal error"
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": reason.lower()}))
+
+    def fail(self, status: int, reason: str, log_message: str | None = None) -> HTTPError:
+        """Return an HTTPError answered as ``{"error": reason}`` and logged with ``log_message``."""
+        return HTTPError(status, log_message or reason, reason=reason)
+
+    def fail_for(self, exc: BaseException, log_message: str | None = None) -> HTTPError:
+        """Return the HTTPError :data:`ERROR_RESPONSES` gives ``exc`` (500 for an error it has no answer for)."""
+        response = error_response(exc)
+        if response is None:
+            return HTTPError(500, f"unmapped error: {type(exc).__name__}")
+        return self.fail(response.status, response.reason, log_message)
+
+    def write_json(self, document: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(document))
+
+    # -- origin --------------------------------------------------------------------
+
+    @property
+    def is_secure(self) -> bool:
+        return self.request.protocol == "https"
+
+    def own_origin(self) -> str:
+        return f"{self.request.protocol}://{self.request.host}".lower()
+
+    def allowed_origins(self) -> frozenset[str]:
+        return self.ctx.allowed_origins(self.own_origin())
+
+    def check_request_origin(self) -> None:
+        """Refuse unless the request comes from an allowed origin by script (:func:`gate.check_script_request`)."""
+        gate.check_script_request(self.request.headers, self.allowed_origins(),
+                                  foreign_origins_configured=bool(self.ctx.config.server.allowed_origins))
+
+    async def consume_state(self, session: Session) -> None:
+        """Refuse unless the request carries an unexpired state issued to this session, and spend it."""
+        await gate.consume_state(self.ctx, session, self.request.headers.get(gate.STATE_HEADER))
+
+    # -- session -------------------------------------------------------------------
+
+    def read_session_cookie(self) -> Session | None:
+        """Return the session the signed cookie holds, or None, *without* checking that it was not ended."""
+        return read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
+
+    async def read_session(self) -> Session | None:
+        """Return the session of the signed cookie, or None (also for a signed-in session that was ended).
+
+        A signed-in cookie costs one hub read (:meth:`SessionRegistry.is_live`); the answer is never cached.
+        """
+        session = self.read_session_cookie()
+        if session is not None and session.sub and not await self.ctx.sessions.is_live(session):
+            return None
+        return session
+
+    def write_session(self, session: Session) -> None:
+        """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https."""
+        self.set_signed_cookie(
+            session_cookie_name(self.is_secure),
+            session.encode(),
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
+            secure=self.is_secure,
+            path="/",
+        )
+
+    def clear_session(self) -> None:
+        # The same attributes as when set: a __Host- cookie is only replaced by a Secure one.
+        self.clear_cookie(session_cookie_name(self.is_secure), path="/", secure=self.is_secure, httponly=True,
+                          samesite="Lax")
+
+    async def ensure_session(self) -> Session:
+        """Return the current session, starting (and setting) a new anonymous one if there is none."""
+        session = await self.read_session()
+        if session is None:
+            session = Session(sid=new_session_id())
+            self.write_session(session)
+        return session
+
+    async def require_session(self) -> Session:
+        """Return the current session; raise HTTPError 403 when the request has none."""
+        session = await self.read_session()
+        if session is None:
+            raise self.fail(403, "no session", "request without a session cookie")
+        return session
+
+    async def end_session(self, session: Session, *, everywhere: bool = False) -> None:
+        """Clear the session cookie, end the session's record and close its sockets, in every process.
+
+        With ``everywhere`` every session of the user ends. Raise HTTPError 503 when the hub cannot end it.
+        """
+        self.clear_session()
+        try:
+            ended = await self.ctx.sessions.end_all(session.sub) if everywhere and session.sub else []
+            if session.sid not in ended:
+                await self.ctx.sessions.end(session.sid)
+        except HubUnavailableError as exc:
+            log.error("sign-out could not end the session record: %s", exc)
+            raise self.fail_for(exc) from exc
+
+    # -- the confirmation channel ----------------------------------------------------
+
+    async def publish(self, channel: str, frame: dict[str, Any], **extra: Any) -> None:
+        """Publish ``frame`` on ``channel``; a hub failure is logged, never raised (the request's own
+        answer already tells the page, and a reconnecting socket reads the record)."""
+        try:
+            await self.ctx.hub.publish(channel, {"frame": frame, **extra})
+        except Exception as exc:
+            log.error("confirmation hub publish failed: %s", type(exc).__name__)

@@ -1,0 +1,82 @@
+"""The gate in front of every state-changing request: origin, fetch metadata, single-use state.
+
+Everything here runs *before* any outbound call (DESIGN §1, steps 4–6). The
+origin check is the ONE place an ``Origin`` is compared with the allow-list:
+the code endpoint, sign-out and disconnect (:func:`check_script_request`) and
+the websocket handshake (:func:`origin_allowed`) all go through it.
+
+Refusals are ``tornado.web.HTTPError`` with a short fixed ``reason`` for the
+client and the detail in the log message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from urllib.parse import urlsplit
+
+from tornado.web import HTTPError
+
+from ..context import AppContext
+from ..sessions import Session
+
+__all__ = ["STATE_HEADER", "origin_of", "origin_allowed", "check_script_request", "consume_state"]
+
+#: The header the page sends the server-issued state in.
+STATE_HEADER = "X-Signin-State"
+
+
+def _refuse(reason: str, log_message: str) -> HTTPError:
+    return HTTPError(403, log_message, reason=reason)
+
+
+def origin_of(url: str) -> str | None:
+    """Return ``scheme://host[:port]`` of ``url`` in lower case, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:
+    """Return True when ``origin`` is a bare serialized origin (scheme included) in ``allowed``.
+
+    Browsers send exactly ``scheme://host[:port]``; anything else (missing,
+    ``null``, a path, userinfo) is forged or stripped and refused.
+    """
+    if not origin:
+        return False
+    serialized = origin_of(origin)
+    return serialized == origin.lower() and serialized in allowed
+
+
+def check_script_request(headers: Mapping[str, str], allowed: Collection[str], *,
+                         foreign_origins_configured: bool) -> None:
+    """Refuse unless the request comes by script from an allowed origin; raise HTTPError 403.
+
+    Checks ``X-Requested-With: XMLHttpRequest``, the ``Origin`` against
+    ``allowed`` and the fetch metadata: a cross-site request is legitimate
+    only when ``foreign_origins_configured`` (``server.allowed_origins``), a
+    navigation (a form post) never is.
+    """
+    if headers.get("X-Requested-With") != "XMLHttpRequest":
+        raise _refuse("missing X-Requested-With", "X-Requested-With header missing or wrong")
+    if not origin_allowed(headers.get("Origin"), allowed):
+        raise _refuse("origin not allowed", "Origin missing, null, malformed or not allowed")
+    site = headers.get("Sec-Fetch-Site")
+    if site not in (None, "same-origin") and not foreign_origins_configured:
+        raise _refuse("origin not allowed", f"Sec-Fetch-Site: {site[:32]}")
+    if headers.get("Sec-Fetch-Mode", "cors") not in ("cors", "same-origin"):
+        raise _refuse("origin not allowed", "Sec-Fetch-Mode is not cors")
+
+
+async def consume_state(ctx: AppContext, session: Session, value: str | None) -> None:
+    """Spend the state ``value`` (the ``X-Signin-State`` header) issued to ``session``; raise HTTPError 403.
+
+    Refused when missing, issued to another session, expired, or already
+    spent in any process sharing the hub.
+    """
+    nonce = ctx.states.check(session.sid, value)
+    if nonce is None:
+        raise _refuse("invalid state", "state missing, foreign or expired")
+    if not await ctx.hub.consume_once(f"state:{nonce}", ctx.states.ttl + 60):
+        raise _refuse("invalid state", "state reused")

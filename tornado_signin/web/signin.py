@@ -1,0 +1,260 @@
+"""The sign-in surface: the page, the state, the code endpoint, sign-out and disconnect (seed steps 1–7).
+
+Each handler gates its request first (:mod:`tornado_signin.web.gate`), then
+calls the domain services (:class:`~tornado_signin.signin.SigninService`,
+:class:`~tornado_signin.offline.OfflineAccess`) and answers domain errors
+through :data:`~tornado_signin.web.base.ERROR_RESPONSES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Any
+
+from tornado.web import stream_request_body
+
+from ..errors import (
+    ClientConfigError,
+    GoogleError,
+    GoogleUnavailableError,
+    HubUnavailableError,
+    InvalidGrantError,
+    OverloadedError,
+    SigninError,
+    StorageError,
+    TokenVerificationError,
+    UnknownUserError,
+)
+from ..sessions import Session, new_session_id
+from ..signin import CONSENT_REQUIRED, SIGNED_IN
+from .base import BaseHandler, error_response
+from .gate import origin_of
+
+__all__ = [
+    "PageHandler",
+    "StateHandler",
+    "StoreAuthCodeHandler",
+    "SignoutHandler",
+    "DisconnectHandler",
+]
+
+log = logging.getLogger(__name__)
+
+#: Google's one-time codes are URL-safe text ("4/0AX4Xf…"); nothing else is accepted.
+CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a trailing LF through
+
+
+class PageHandler(BaseHandler):
+    """``GET /``: the sign-in page (seed steps 1–4)."""
+
+    async def get(self) -> None:
+        session = await self.ensure_session()
+        config = self.ctx.config
+        nonce = secrets.token_urlsafe(16)
+        script_origin = origin_of(config.google.client_script_url) or ""
+        auth_origin = origin_of(config.google.endpoints.auth_uri) or ""
+        ws_origin = self.own_origin().replace("http", "ws", 1)
+        self.set_header(
+            "Content-Security-Policy",
+            f"default-src 'self'; script-src 'nonce-{nonce}' {script_origin}; "
+            f"connect-src 'self' {ws_origin} {script_origin}; frame-src {auth_origin} {script_origin}; "
+            f"img-src 'self' data: https:; style-src 'self' 'unsafe-inline' {script_origin}; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        self.set_header("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
+        self.render(
+            "index.html",
+            nonce=nonce,
+            client_id=config.google.client_id,
+            scopes=" ".join(config.google.scopes),
+            client_library=config.google.client_library,
+            client_script_url=config.google.client_script_url,
+            state=self.ctx.states.issue(session.sid),
+            needs_consent=session.needs_consent,
+            user=({"sub": session.sub, "email": session.email, "name": session.name} if session.sub else None),
+            development=config.development,
+        )
+
+
+class StateHandler(BaseHandler):
+    """``GET /state``: a fresh single-use state for this browser session (JSON)."""
+
+    async def get(self) -> None:
+        session = await self.ensure_session()
+        document: dict[str, Any] = {"state": self.ctx.states.issue(session.sid)}
+        if session.needs_consent:
+            document["prompt"] = "consent"
+        self.write_json(document)
+
+
+@stream_request_body
+class StoreAuthCodeHandler(BaseHandler):
+    """``POST /storeauthcode``: receive the one-time code, exchange it, confirm (seed steps 6–7).
+
+    Every gate runs before the exchange: rate limit, ``X-Requested-With``,
+    Origin, content type, body size (enforced while streaming, before
+    buffering), session, code charset and length, and last the single-use
+    state.
+    """
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._body = bytearray()
+        if self.request.method != "POST":
+            return
+        if not self.ctx.code_rate_limit.allow(self.request.remote_ip or "?"):
+            self.ctx.metrics.inc("signin_logins_total", outcome="rate_limited")
+            raise self.fail(429, "too many requests", "code POST rate limit hit")
+        self.check_request_origin()
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/octet-stream":
+            raise self.fail(415, "content type must be application/octet-stream")
+        cap = self.ctx.config.limits.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            raise self.fail(413, "body too large")
+        self.request.connection.set_max_body_size(cap)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body.extend(chunk)
+        if len(self._body) > self.ctx.config.limits.max_body_bytes:
+            raise self.fail(413, "body too large")
+
+    def _code(self) -> str:
+        raw = bytes(self._body)
+        try:
+            code = raw.decode("utf-8").strip(" ")
+        except UnicodeDecodeError:
+            raise self.fail(400, "malformed code", "code is not UTF-8") from None
+        if not code or len(code) > self.ctx.config.limits.max_code_length or not CODE_PATTERN.fullmatch(code):
+            raise self.fail(400, "malformed code", f"code rejected by charset/length bound ({len(code)} chars)")
+        return code
+
+    async def post(self) -> None:
+        session = await self.require_session()
+        code = self._code()
+        ctx = self.ctx
+        if ctx.draining:
+            ctx.metrics.inc("signin_logins_total", outcome="shutting_down")
+            raise self.fail(503, "server shutting down", "code POST refused: shutting down (retry elsewhere)")
+        # Without a usable store the tokens Google would issue could not be
+        # kept: refuse before the exchange so the code stays unspent.
+        if ctx.store_health is not None and not await ctx.store_health.ready():
+            ctx.metrics.inc("signin_logins_total", outcome="store_unavailable")
+            raise self.fail(503, "storage unavailable", "code POST refused before the exchange: token store down")
+        # A full worker pool would refuse the store save after Google spent
+        # the code: answer a fast 503 now, while the code is still unspent.
+        if ctx.workers.saturated:
+            ctx.metrics.inc("signin_logins_total", outcome="overloaded")
+            raise self.fail(503, "server busy", "code POST refused before the exchange: worker pool full")
+        await self.consume_state(session)
+        ctx.logins_in_flight += 1
+        try:
+            await self._complete(session, code)
+        finally:
+            ctx.logins_in_flight -= 1
+
+    async def _complete(self, session: Session, code: str) -> None:
+        ctx = self.ctx
+        try:
+            outcome = await ctx.signin.complete(code)
+        except (TokenVerificationError, GoogleError, StorageError, OverloadedError) as exc:
+            await self._failed(session, exc)
+            return
+
+        claims = outcome.claims
+        if outcome.status == CONSENT_REQUIRED:
+            ctx.metrics.inc("signin_logins_total", outcome=CONSENT_REQUIRED)
+            log.info("sign-in needs consent again: no usable refresh token for this user")
+            self.write_session(Session(sid=session.sid, needs_consent=True))
+            await self.publish(session.sid, {"type": CONSENT_REQUIRED})
+            self.write_json({"status": CONSENT_REQUIRED}, 409)
+            return
+
+        ctx.metrics.inc("signin_logins_total", outcome=SIGNED_IN)
+        # A new session id at sign-in defeats session fixation; the sockets of
+        # the old id are told to follow the new one.
+        new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
+        try:
+            await ctx.sessions.start(new_session, user_agent=self.request.headers.get("User-Agent", ""),
+                                     address=self.request.remote_ip or "")
+        except HubUnavailableError as exc:
+            # Without its record the new cookie would not count: fail the attempt (the tokens are stored).
+            await self._failed(session, exc)
+            return
+        self.write_session(new_session)
+        user = claims.public()
+        frame = {"type": SIGNED_IN, "user": user}
+        await self.publish(new_session.sid, frame)
+        await self.publish(session.sid, frame, rebind=new_session.sid)
+        log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
+        self.write_json({"status": SIGNED_IN, "user": user})
+
+    async def _failed(self, session: Session, exc: SigninError) -> None:
+        """Answer a failed attempt as :data:`ERROR_RESPONSES` says, tell the page's socket, log for the operator."""
+        response = error_response(exc)
+        assert response is not None, type(exc)
+        self.ctx.metrics.inc("signin_logins_total", outcome=response.outcome)
+        if isinstance(exc, ClientConfigError):
+            log.error("OPERATOR ALERT: Google rejected this server's client configuration: %s", exc.error)
+        elif isinstance(exc, (StorageError, OverloadedError)):
+            # Google spent the code and may have issued the only refresh token
+            # we will ever get for this grant: steer the next sign-in through consent.
+            log.error("tokens could not be stored after the exchange: %s", exc)
+            self.write_session(Session(sid=session.sid, needs_consent=True))
+        elif isinstance(exc, HubUnavailableError):
+            log.error("sign-in could not record the session: %s", exc)
+        elif isinstance(exc, InvalidGrantError):
+            log.warning("sign-in failed: Google answered invalid_grant to the code")
+        elif isinstance(exc, TokenVerificationError):
+            log.warning("sign-in failed: ID token rejected: %s", exc)
+        else:
+            log.warning("sign-in failed: %s", exc)
+        await self.publish(session.sid, {"type": "failed", "reason": response.reason})
+        self.write_json({"error": response.reason}, response.status)
+
+class SignoutHandler(BaseHandler):
+    """``POST /signout``: end the session in every process (its record, its cookie, its sockets).
+
+    ``?everywhere=1`` ends every session of the user ("sign out everywhere").
+    A cookie whose session already ended is still signed out (cookie cleared, 200).
+    """
+
+    async def post(self) -> None:
+        self.check_request_origin()
+        # The cookie is read unchecked: signing out a session that already
+        # ended elsewhere still clears this browser's cookie.
+        session = self.read_session_cookie()
+        if session is None:
+            raise self.fail(403, "no session", "request without a session cookie")
+        await self.consume_state(session)
+        everywhere = self.get_query_argument("everywhere", "") in ("1", "true")
+        if everywhere and session.sub and not await self.ctx.sessions.is_live(session):
+            everywhere = False  # an ended cookie must not end the user's other sessions
+        await self.end_session(session, everywhere=everywhere)
+        self.write_json({"status": "signed_out"})
+
+
+class DisconnectHandler(BaseHandler):
+    """``POST /disconnect``: revoke the grant at Google, forget the user, end the session."""
+
+    async def post(self) -> None:
+        self.check_request_origin()
+        session = await self.require_session()
+        await self.consume_state(session)
+        if not session.sub:
+            raise self.fail(403, "not signed in")
+        try:
+            await self.ctx.offline.revoke_and_forget(session.sub)
+        except GoogleUnavailableError as exc:
+            log.warning("disconnect: revoke failed, user kept: %s", exc)
+            raise self.fail_for(exc) from exc
+        except StorageError as exc:
+            log.error("disconnect: store failed: %s", exc)
+            raise self.fail_for(exc) from exc
+        except UnknownUserError:
+            log.info("disconnect: user already forgotten")
+        await self.end_session(session, everywhere=True)
+        self.write_json({"status": "disconnected"})
