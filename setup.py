@@ -28,7 +28,8 @@ TEST = [
     # The benchmark's peers, run by its CI smoke (tests/test_bench_smoke.py).
     "flask>=3",
     "gunicorn>=21",
-    "google-auth-oauthlib>=1.0",
+    # 1.4: Flow generates a PKCE verifier by default (tests/test_google_clients.py relies on it).
+    "google-auth-oauthlib>=1.4",
     # The emulator's Drive v3 is tested with Google's own client library.
     *EXAMPLES,
 ]
