@@ -45,7 +45,18 @@ class NotFoundHandler(BaseHandler):
 
 
 def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
-    """Return the URL table of tornado-signin bound to ``ctx``."""
+    """Return the URL table of tornado-signin bound to ``ctx``, to merge into a bigger application.
+
+    Example::
+
+        from tornado.web import Application
+        from tornado_signin.app import signin_routes, template_path
+        from tornado_signin.wiring import build_context
+
+        ctx = build_context(config)
+        app = Application([*signin_routes(ctx), (r"/mine", MyHandler)],
+                          cookie_secret=config.server.cookie_secret, template_path=template_path(), signin=ctx)
+    """
     args = {"ctx": ctx}
     return [
         (r"/", PageHandler, args),
@@ -63,10 +74,25 @@ def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict
 
 def make_app(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,
              **settings: Any) -> Application:
-    """Return the application for ``config``.
+    """Return the application for ``config``; ``app.settings["signin"]`` is its AppContext.
 
     ``store`` and ``hub`` replace the configured ones (tests, embedding);
-    extra ``settings`` go to ``tornado.web.Application``.
+    extra ``settings`` go to ``tornado.web.Application``. Raise ConfigError
+    naming the key for a store or hub that cannot be built.
+
+    Example::
+
+        import asyncio
+        from tornado_signin.app import make_app, make_server
+        from tornado_signin.config import load_config
+
+        async def main():
+            config = load_config("config.yaml")
+            app = make_app(config)
+            make_server(app, config).listen(config.server.port)
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
     """
     ctx = build_context(config, store=store, hub=hub)
     limits = config.limits

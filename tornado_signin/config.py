@@ -643,9 +643,17 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
 
 
 def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, resolve and validate the YAML config at ``path``.
+    """Read, resolve and validate the YAML config at ``path``; ``environ`` (default ``os.environ``) resolves
+    ``{"$env": NAME}`` secrets.
 
     Raise ConfigError (naming the key, or ``config`` for an unreadable file).
+
+    Example::
+
+        from tornado_signin.config import load_config
+
+        config = load_config("config.yaml")
+        print(config.google.client_id, config.store.backend)
     """
     path = Path(path)
     try:

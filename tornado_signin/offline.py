@@ -177,6 +177,11 @@ class OfflineAccess:
 
         Raise MissingScopeError when ``required_scopes`` (short names or URLs)
         were not all granted, and as :meth:`fresh_record`.
+
+        Example (in a handler of the app; never blocks the IOLoop)::
+
+            offline = self.settings["signin"].offline
+            creds = await offline.credentials(sub, required_scopes=["drive.appdata"])
         """
         record = await self.find(user)
         missing = normalize_scopes(tuple(required_scopes)) - normalize_scopes(record.scopes)

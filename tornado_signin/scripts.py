@@ -27,6 +27,15 @@ def get_credentials(config: Config, user: str, *, required_scopes: Iterable[str]
     """Return valid Credentials for ``user`` (a sub or an email) from a plain script (no IOLoop needed).
 
     Raise as :meth:`tornado_signin.offline.OfflineAccess.credentials`.
+
+    Example::
+
+        from googleapiclient import discovery
+        from tornado_signin.config import load_config
+        from tornado_signin.scripts import get_credentials
+
+        creds = get_credentials(load_config("config.yaml"), "alice@example.com", required_scopes=["drive.appdata"])
+        drive = discovery.build("drive", "v3", credentials=creds)
     """
     return run_offline(config, lambda offline: offline.credentials(user, required_scopes=required_scopes))
 
@@ -40,6 +49,14 @@ def authorized_session(config: Config, user: str) -> Any:
     ``http://`` (the emulator) unless ``OAUTHLIB_INSECURE_TRANSPORT`` is set,
     which the config allows only with ``development: true``; raise
     ConfigError saying so rather than fail on the first refresh.
+
+    Example::
+
+        from tornado_signin.config import load_config
+        from tornado_signin.scripts import authorized_session
+
+        session = authorized_session(load_config("config.yaml"), "alice@example.com")
+        print(session.get("https://openidconnect.googleapis.com/v1/userinfo").json()["email"])
     """
     from requests_oauthlib import OAuth2Session
 

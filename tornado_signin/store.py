@@ -200,6 +200,32 @@ class TokenStore(abc.ABC):
     methods must be thread-safe, and must raise
     :class:`~tornado_signin.errors.StorageError` (chained to the cause) on any
     backend failure.
+
+    Example (a plugin, registered in the ``tornado_signin.backends`` entry-point group)::
+
+        import threading
+        from tornado_signin.store import TokenRecord, TokenStore, merge_records
+
+        class DictStore(TokenStore):
+            def __init__(self, *, label: str = "") -> None:
+                self._records, self._lock = {}, threading.Lock()
+
+            def get(self, sub):
+                with self._lock:
+                    return self._records.get(sub)
+
+            def save(self, record):
+                with self._lock:
+                    merged = self._records[record.sub] = merge_records(self._records.get(record.sub), record)
+                    return merged
+
+            def delete(self, sub):
+                with self._lock:
+                    return self._records.pop(sub, None) is not None
+
+            def records(self):
+                with self._lock:
+                    return iter(list(self._records.values()))
     """
 
     @abc.abstractmethod
