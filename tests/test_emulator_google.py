@@ -191,11 +191,18 @@ def test_auth_endpoint_parameter_errors_are_googles(emu):
         ({"response_type": "token"}, 400, "unsupported_response_type"),
         ({"scope": None}, 400, "Missing required parameter: scope"),
         ({"client_id": "nobody.apps.googleusercontent.com"}, 401, "The OAuth client was not found."),
+        # https://github.com/markbates/goth/issues/445 and https://github.com/Grive/grive/issues/7 quote these:
+        ({"scope": "email profile user.birthday.read"}, 400, "Some requested scopes were invalid. {valid=["
+         "https://www.googleapis.com/auth/userinfo.email, https://www.googleapis.com/auth/userinfo.profile], "
+         "invalid=[user.birthday.read]}"),
+        ({"scope": "https://www.googleapis.com/a"}, 400,
+         "Some requested scopes were invalid. {invalid=[https://www.googleapis.com/a]}"),
+        ({"scope": "https://www.googleapis.com/auth/drive.file/"}, 400, "invalid_scope"),
     ]
     for change, status, words in cases:
         params = {k: v for k, v in {**base, **change}.items() if v is not None}
         page = requests.get(emu.base_url + "/o/oauth2/v2/auth", params=params, timeout=10)
-        assert page.status_code == status and words in page.text, change
+        assert page.status_code == status and words in html.unescape(page.text), change
 
 
 # -- 2. tokeninfo -----------------------------------------------------------------------
@@ -355,3 +362,35 @@ def test_granular_consent_leaves_out_unticked_scopes(emu):
     # Asking again for the missing scope, with include_granted_scopes, adds it to the grant.
     again = exchange(emu, emu.mint_code(CLIENT.client_id, ALICE.email, DRIVE, include_granted_scopes=True)).json()
     assert set(again["scope"].split()) == {"openid", EMAIL, CALENDAR, DRIVE}
+
+
+# -- no 5xx for any request value --------------------------------------------------------------
+
+
+ODD = ["", " ", "\x00", "é", "\u0661\u0662", "a" * 5000, "..", "a.b.c", "eyJ.eyJ.x", "%ZZ", "[]", "{}", "-1",
+       "ya29." + "\ufeff", "4/0A" + "é" * 30]
+
+
+def test_new_endpoints_answer_odd_values_with_a_4xx(emu, caplog):
+    """Every value the new endpoints parse (tokeninfo's id_token/access_token, userinfo's token, the PKCE
+    verifier and challenge, the picture size, the device client id, rotate-keys' body): a short 4xx, never a
+    5xx, never an ERROR log line."""
+    paths = ["/tokeninfo", "/oauth2/v3/tokeninfo", "/oauth2/v2/tokeninfo"]
+    code = emu.mint_code(CLIENT.client_id, ALICE.email, code_challenge="c" * 43, code_challenge_method="S256")
+    for value in ODD:
+        for path in paths:
+            for name in ("id_token", "access_token"):
+                assert requests.post(emu.base_url + path, data={name: value}, timeout=10).status_code == 400
+        for path in ("/oauth2/v2/userinfo", "/oauth2/v1/userinfo", "/userinfo/v2/me", "/v1/userinfo"):
+            assert requests.get(emu.base_url + path, params={"access_token": value}, timeout=10).status_code == 401
+        assert exchange(emu, code, code_verifier=value).status_code == 400
+        assert requests.post(emu.base_url + "/device/code", data={"client_id": value}, timeout=10).status_code in (
+            400, 401)
+        params = {"client_id": CLIENT.client_id, "redirect_uri": REDIRECT, "response_type": "code",
+                  "scope": "openid", "code_challenge": value or "x", "code_challenge_method": value}
+        assert requests.get(emu.base_url + "/o/oauth2/v2/auth", params=params, timeout=10).status_code < 500
+    for body in (b"[]", b"nope", b'{"abrupt": "yes"}', b'{"abrupt": null}'):
+        assert requests.post(emu.base_url + "/emulator/rotate-keys", data=body, timeout=10).status_code == 400
+    for size in ("0", "999", "1"):
+        assert requests.get(f"{emu.base_url}/a/{ALICE.sub}=s{size}-c", timeout=10).status_code == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

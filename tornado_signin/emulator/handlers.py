@@ -705,6 +705,8 @@ class MintCodeHandler(TestOnlyHandler):
                 redirect_uri=self.get_argument("redirect_uri", "postmessage"),
                 access_type=self.get_argument("access_type", "offline"),
                 include_granted_scopes=self.get_argument("include_granted_scopes", "") == "true",
+                code_challenge=self.get_argument("code_challenge", None),
+                code_challenge_method=self.get_argument("code_challenge_method", None),
             )
         except OAuthError as exc:
             await self.oauth_error(exc)

@@ -145,6 +145,20 @@ class OAuthError(Exception):
         self.description = description
 
 
+#: Scope names Google knows, in the shapes it accepts: the short sign-in names and Google's scope URLs
+#: (``…/auth/name.part``; no trailing slash: Google calls ``…/auth/drive.file/`` invalid).
+_SCOPE_RE = re.compile(
+    r"(?:openid|email|profile)"
+    r"|https://www\.googleapis\.com/auth/[a-z][a-z0-9_]*(?:[.-][a-z0-9_]+)*"
+    r"|https://(?:mail|www)\.google\.com/[A-Za-z0-9/_.-]*"
+)
+
+
+def _valid_scope(name: str) -> bool:
+    """Return True for a scope Google would accept on its consent screen (see :data:`_SCOPE_RE`)."""
+    return _SCOPE_RE.fullmatch(name) is not None
+
+
 def ordered_scopes(scope: str | Iterable[str]) -> tuple[str, ...]:
     """Return the scopes of a space-separated string (or iterable) as Google expands and orders them.
 
@@ -413,8 +427,15 @@ class State:
             raise OAuthError("invalid_request", "Required parameter is missing: response_type")
         if response_type != "code":
             raise OAuthError("unsupported_response_type", f"Invalid response_type: {response_type}")
-        if not (args.get("scope") or "").split():
+        names = (args.get("scope") or "").split()
+        if not names:
             raise OAuthError("invalid_request", "Missing required parameter: scope")
+        invalid = [name for name in names if not _valid_scope(name)]
+        if invalid:
+            valid = [name for name in ordered_scopes(n for n in names if _valid_scope(n)) if name != OPENID or
+                     OPENID in names]
+            listed = f"valid=[{', '.join(valid)}], " if valid else ""
+            raise OAuthError("invalid_scope", f"Some requested scopes were invalid. {{{listed}invalid=[{', '.join(invalid)}]}}")
         method = args.get("code_challenge_method")
         if args.get("code_challenge") and method is not None and method not in PKCE_METHODS:
             raise OAuthError(
