@@ -4,18 +4,25 @@ Demo mode and every test talk to it instead of Google. It serves Google's
 paths on its own origin and behaves like Google where the app depends on it:
 one-time codes that expire, refresh tokens only on first consent or
 ``prompt=consent``, scope expansion, RS256 ID tokens verifiable with
-google-auth, both certs formats with key rotation, revocation of whole
+google-auth, both certs formats with key rotation on Google's schedule
+(:mod:`.keys`), revocation of whole
 grants, Google's error bodies. Tests can make it misbehave through a fault
 plan (:mod:`.faults`).
 
 Paths (Google's where Google has one)::
 
-    GET  /o/oauth2/v2/auth               consent popup (POST: the user's answer)
-    POST /token                          authorization_code, refresh_token grants
-    POST /revoke                         end the grant of a token
-    GET  /v1/userinfo, /oauth2/v3/userinfo
-    GET  /oauth2/v1/certs                {kid: X.509 PEM}
+    GET  /o/oauth2/v2/auth               consent popup, granular (POST: the user's answer)
+    POST /token, /oauth2/v4/token, /o/oauth2/token
+                                         authorization_code (PKCE enforced), refresh_token grants
+    POST /revoke, /o/oauth2/revoke       end the grant of a token
+    GET  /v1/userinfo, /oauth2/v3/userinfo                    OpenID Connect userinfo (sub, ...)
+    GET  /oauth2/v2/userinfo, /oauth2/v1/userinfo, /userinfo/v2/me   oauth2 v2 Userinfo (id, ...)
+    GET|POST /tokeninfo, /oauth2/v3/tokeninfo   ?id_token= | ?access_token= (values as strings)
+    POST /oauth2/v2/tokeninfo            the oauth2 v2 Tokeninfo schema
+    GET  /oauth2/v1/certs                {kid: X.509 PEM}   (Cache-Control and Age as Google's)
     GET  /oauth2/v3/certs                JWKS
+    GET  /a/{sub}=s96-c                  a test account's picture (PNG)
+    POST /device/code                    as Google answers a web client: 401 invalid_client
     GET  /.well-known/openid-configuration
     GET  /gsi/client                     google.accounts.oauth2.initCodeClient
     GET  /js/platform.js[?onload=fn]     gapi.auth2 ... grantOfflineAccess
@@ -23,9 +30,10 @@ Paths (Google's where Google has one)::
     GET  /drive/v3/files                 Drive files.list (spaces, fields, pageSize, pageToken, q)
     GET  /drive/v3/files/{fileId}        Drive files.get (appfolder / appDataFolder, root)
     test-only (403 unless development=True):
-    POST /emulator/code                  form client_id, email, scope, prompt, redirect_uri
+    POST /emulator/code                  form client_id, email, scope, prompt, redirect_uri,
+                                         code_challenge, code_challenge_method
     GET|POST|DELETE /emulator/faults     list / plan (JSON) / clear faults
-    POST /emulator/rotate-keys           {"kid": new kid}
+    POST /emulator/rotate-keys           {"kid": new kid}; abrupt, or {"abrupt": false}: Google's way
     GET  /emulator/stats                 {endpoint name: count}
     POST /emulator/reset                 clear stats, faults, switches
     POST /emulator/expire-refresh-token  form client_id, email
