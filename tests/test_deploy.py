@@ -386,8 +386,9 @@ def test_check_exit_status_per_failure(tmp_path, postgres_url, redis_url, unique
         return write_config(tmp_path, name=name, emulator_url=changes.pop("emulator_url", emulator_url),
                             origins=["http://127.0.0.1:8080"], store=store, hub=hub, **changes)
 
-    def check(path: Path) -> tuple[int, str]:
-        done = subprocess.run([__import__("sys").executable, "-m", "tornado_signin.cli", "check", "--config", str(path)],
+    def check(path: Path, *extra: str) -> tuple[int, str]:
+        done = subprocess.run([__import__("sys").executable, "-m", "tornado_signin.cli", "check", "--config", str(path),
+                               *extra],
                               capture_output=True, text=True, timeout=60, cwd=ROOT,
                               env={**__import__("os").environ, **__import__("procs").ENV})
         return done.returncode, done.stdout + done.stderr
@@ -395,6 +396,8 @@ def test_check_exit_status_per_failure(tmp_path, postgres_url, redis_url, unique
     good = config("good")
     emulator = start_emulator(tmp_path, good, emulator_port)
     try:
+        assert check(good)[0] == 4  # check creates no table ...
+        assert check(good, "--create-table")[0] == 0  # ... unless asked
         assert check(good)[0] == 0, check(good)[1]
         bad = tmp_path / "bad.yaml"
         bad.write_text("server: {cookie_secret: short}\n")

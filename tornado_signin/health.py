@@ -64,6 +64,12 @@ class StoreHealth:
             self.down_since = self.clock()
         self.up = ok
 
+    def mark_down(self) -> None:
+        """Record the store as down, as a probe would, without a log line (the caller has logged why)."""
+        if self.up:
+            self.down_since = self.clock()
+        self.up, self.unconfirmed, self.last_probe = False, False, self.clock()
+
     async def probe(self) -> bool:
         """Check the store now (one probe at a time); return and record whether it answered."""
         if self._probing is not None:

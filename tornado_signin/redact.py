@@ -93,4 +93,4 @@ def reason(exc: BaseException) -> str:
         detail = re.sub(r"^\([\w.]+\)\s*", "", detail).strip()
         if detail and detail not in text:
             text = f"{text}: {detail}"
-    return redact(redact_url(" ".join(text.split())))
+    return redact(redact_url(" ".join(text.split()).rstrip(".")))

@@ -8,6 +8,7 @@ that runs a server lives here:
 - :func:`serve_emulator` — the emulator alone.
 - :func:`serve_forever` — run until SIGTERM/SIGINT, then drain.
 - :func:`fork_workers` — Tornado's pre-fork model with a supervising parent.
+- :func:`warn_unreachable` — one WARNING per service that does not answer at start-up.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "fork_workers"]
+__all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "fork_workers", "warn_unreachable"]
 
 log = logging.getLogger("tornado_signin")
 
@@ -122,6 +123,45 @@ def fork_workers(count: int) -> int | None:
     return None
 
 
+#: Seconds the start-up checks of store and hub may take before they count as down.
+STARTUP_CHECK_TIMEOUT = 5.0
+
+
+async def warn_unreachable(context: Any, limit: float = STARTUP_CHECK_TIMEOUT) -> None:
+    """Check the store and the hub of ``context`` once; log one WARNING line for each that does not answer.
+
+    The line names the service (URLs with their password as ``***``) and the
+    reason. The server serves anyway: a store that is down is marked so (code
+    POSTs get 503 until it answers; see :mod:`tornado_signin.health`), a hub
+    that is down delays confirmations until it is back.
+    """
+    from .redact import reason, redact_url
+
+    config = context.config
+
+    def where(url: Any) -> str:
+        return f" at {redact_url(url)}" if isinstance(url, str) and url else ""
+
+    async def store() -> None:
+        try:
+            await asyncio.wait_for(context.workers.run(context.store.check), limit)
+        except Exception as exc:  # any failure: the operator needs its reason, the server goes on
+            why = f"no answer within {limit:g}s" if isinstance(exc, asyncio.TimeoutError) else reason(exc)
+            log.warning("token store %s%s is unreachable at start-up: %s; serving anyway (sign-ins get 503 "
+                        "until it answers)", config.store.backend, where(config.store.options.get("url")), why)
+            context.store_health.mark_down()
+
+    async def hub() -> None:
+        try:
+            await asyncio.wait_for(context.hub.check(), limit)
+        except Exception as exc:  # as above
+            why = f"no answer within {limit:g}s" if isinstance(exc, asyncio.TimeoutError) else reason(exc)
+            log.warning("hub %s%s is unreachable at start-up: %s; serving anyway (confirmations wait until "
+                        "it answers)", config.hub.backend, where(config.hub.url), why)
+
+    await asyncio.gather(store(), hub())
+
+
 def serve(config: Any, *, host: str, port: int, processes: int) -> None:
     """Serve ``config``'s app on ``host:port`` until SIGTERM/SIGINT, on ``processes`` processes (0: one per CPU).
 
@@ -143,6 +183,7 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> None:
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(sockets)
+        await warn_unreachable(app.settings["signin"])
         app.settings["signin"].store_health.start()
         log.info("tornado-signin listening on http://%s:%d (pid %d)", host, port, os.getpid())
         await serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
