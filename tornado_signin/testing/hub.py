@@ -1,0 +1,211 @@
+"""The confirmation-hub contract test kit, for the built-in hubs and for plugin authors.
+
+Every hub proves it honours the :class:`~tornado_signin.hub.ConfirmationHub`
+contract by subclassing :class:`ConfirmationHubContract` in its own tests and
+providing ONE fixture, ``hub``: a fresh hub whose channels and keys no other
+test sees (for a shared hub, a unique key prefix), closed at teardown::
+
+    import pytest
+    from tornado_signin.testing import ConfirmationHubContract
+    from my_plugin import MyHub
+
+    class TestMyHub(ConfirmationHubContract):
+        @pytest.fixture
+        def hub(self, io_loop):
+            hub = MyHub(url="myhub://127.0.0.1", key_prefix="test-1:")
+            yield hub
+            io_loop.run_sync(hub.close)
+
+A hub shared between processes should also give ``peer``: a second instance
+on the same storage and prefix (another process's view); the cross-instance
+tests skip without it. pytest then runs every ``test_*`` below: delivery,
+records, ``record=False``, channels kept apart, a closed subscription, async
+callbacks, single-use keys across instances, expiry, and the session records.
+
+The tests are coroutines run by pytest-tornado (``pip install 'tornado-signin[test]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ..hub import ConfirmationHub, SessionRecord
+
+__all__ = ["ConfirmationHubContract", "until"]
+
+
+async def until(condition: Callable[[], Any], timeout: float = 3.0) -> None:
+    """Wait until ``condition()`` is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+def _name(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex}"
+
+
+class ConfirmationHubContract:
+    """The contract of :class:`~tornado_signin.hub.ConfirmationHub`; subclasses give the ``hub`` fixture."""
+
+    # pytest-tornado runs each coroutine test on the test's IOLoop.
+    pytestmark = pytest.mark.gen_test(timeout=30)
+
+    #: Seconds a subscription may take to reach a shared backend before a peer's publish can find it.
+    subscribe_settle = 0.2
+
+    @pytest.fixture
+    def peer(self) -> ConfirmationHub | None:
+        """A second instance on the same storage (another process's view), or None for a one-process hub."""
+        return None
+
+    # -- publish / subscribe ---------------------------------------------------------
+
+    async def test_is_a_confirmation_hub_and_checks_out(self, hub):
+        assert isinstance(hub, ConfirmationHub)
+        await hub.check()
+
+    async def test_publish_reaches_the_channels_subscriber_once(self, hub):
+        channel, got = _name("chan"), []
+        await hub.subscribe(channel, got.append)
+        await hub.publish(channel, {"frame": {"type": "signed_in"}})
+        await until(lambda: got)
+        await asyncio.sleep(0.1)
+        assert got == [{"frame": {"type": "signed_in"}}]
+
+    async def test_another_channels_subscriber_gets_nothing(self, hub):
+        mine, other, got = _name("chan"), _name("chan"), []
+        await hub.subscribe(other, got.append)
+        seen = []
+        await hub.subscribe(mine, seen.append)
+        await hub.publish(mine, {"n": 1})
+        await until(lambda: seen)
+        await asyncio.sleep(0.1)
+        assert got == []
+
+    async def test_a_closed_subscription_gets_nothing_more_and_close_is_idempotent(self, hub):
+        channel, got = _name("chan"), []
+        subscription = await hub.subscribe(channel, got.append)
+        await hub.publish(channel, {"n": 1})
+        await until(lambda: got)
+        subscription.close()
+        subscription.close()
+        await hub.publish(channel, {"n": 2})
+        await asyncio.sleep(0.2)
+        assert got == [{"n": 1}]
+
+    async def test_an_async_callback_is_awaited(self, hub):
+        channel, got = _name("chan"), []
+
+        async def callback(message: dict[str, Any]) -> None:
+            await asyncio.sleep(0)
+            got.append(message)
+
+        await hub.subscribe(channel, callback)
+        await hub.publish(channel, {"n": 1})
+        await until(lambda: got)
+        assert got == [{"n": 1}]
+
+    async def test_a_peers_publish_reaches_this_instances_subscriber(self, hub, peer):
+        if peer is None:
+            pytest.skip("a one-process hub")
+        channel, got = _name("chan"), []
+        await hub.subscribe(channel, got.append)
+        await asyncio.sleep(self.subscribe_settle)
+        await peer.publish(channel, {"n": 1})
+        await until(lambda: got)
+        await asyncio.sleep(0.1)
+        assert got == [{"n": 1}]
+        assert await hub.last(channel) == {"n": 1}
+
+    # -- records -----------------------------------------------------------------------
+
+    async def test_the_last_recorded_message_is_readable_and_the_newest_wins(self, hub):
+        channel = _name("chan")
+        assert await hub.last(channel) is None
+        await hub.publish(channel, {"n": 1})
+        assert await hub.last(channel) == {"n": 1}
+        await hub.publish(channel, {"n": 2})
+        assert await hub.last(channel) == {"n": 2}
+
+    async def test_record_false_delivers_but_keeps_the_record(self, hub):
+        channel, got = _name("chan"), []
+        await hub.publish(channel, {"n": 1})
+        await hub.subscribe(channel, got.append)
+        await hub.publish(channel, {"n": 2}, record=False)
+        await until(lambda: got)
+        assert got == [{"n": 2}]
+        assert await hub.last(channel) == {"n": 1}
+
+    async def test_a_record_expires_after_record_ttl(self, hub):
+        channel = _name("chan")
+        hub.record_ttl = 1.0
+        await hub.publish(channel, {"n": 1})
+        await asyncio.sleep(1.3)
+        assert await hub.last(channel) is None
+
+    # -- single-use keys -----------------------------------------------------------------
+
+    async def test_consume_once_is_true_once_per_key(self, hub, peer):
+        key, other = _name("key"), _name("key")
+        assert await hub.consume_once(key, 60) is True
+        assert await hub.consume_once(key, 60) is False
+        assert await hub.consume_once(other, 60) is True
+        if peer is not None:
+            assert await peer.consume_once(key, 60) is False
+
+    async def test_consume_once_is_true_again_after_its_ttl(self, hub):
+        key = _name("key")
+        assert await hub.consume_once(key, 1)
+        await asyncio.sleep(1.3)
+        assert await hub.consume_once(key, 1)
+
+    # -- session records ----------------------------------------------------------------
+
+    async def test_a_started_session_is_active_until_ended(self, hub, peer):
+        sid, sub = uuid.uuid4().hex, _name("sub")
+        assert not await hub.session_active(sid)
+        await hub.start_session(SessionRecord(sid=sid, sub=sub, started_at=1.0, user_agent="UA"), 60)
+        assert await hub.session_active(sid)
+        if peer is not None:
+            assert await peer.session_active(sid)
+        [listed] = await hub.sessions_of(sub)
+        assert (listed.sid, listed.sub, listed.user_agent) == (sid, sub, "UA")
+        assert await hub.end_session(sid) == sub
+        assert not await hub.session_active(sid)
+        if peer is not None:
+            assert not await peer.session_active(sid)
+        assert await hub.end_session(sid) is None
+        assert await hub.sessions_of(sub) == []
+
+    async def test_end_sessions_ends_only_that_users_sessions_oldest_listed_first(self, hub):
+        sub, other = _name("sub"), _name("sub")
+        sids = [uuid.uuid4().hex for _ in range(3)]
+        for i, sid in enumerate(sids):
+            await hub.start_session(SessionRecord(sid=sid, sub=sub, started_at=float(i)), 60)
+        kept = uuid.uuid4().hex
+        await hub.start_session(SessionRecord(sid=kept, sub=other, started_at=0.0), 60)
+        assert [r.sid for r in await hub.sessions_of(sub)] == sids
+        assert sorted(await hub.end_sessions(sub)) == sorted(sids)
+        assert not any([await hub.session_active(s) for s in sids])
+        assert await hub.session_active(kept)
+        assert await hub.end_sessions(sub) == []
+
+    async def test_a_session_record_expires_after_its_ttl(self, hub):
+        sid, sub = uuid.uuid4().hex, _name("sub")
+        await hub.start_session(SessionRecord(sid=sid, sub=sub, started_at=0.0), 1)
+        await asyncio.sleep(1.3)
+        assert not await hub.session_active(sid)
+        assert await hub.sessions_of(sub) == []
+
+    async def test_close_is_idempotent(self, hub):
+        await hub.close()
+        await hub.close()
