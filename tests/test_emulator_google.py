@@ -167,11 +167,15 @@ def test_token_endpoint_parameter_errors_are_googles(emu, path):
 
 @pytest.mark.parametrize("path", ["/revoke", "/o/oauth2/revoke"])
 def test_revoke_paths(emu, path):
-    """https://oauth2.googleapis.com/revoke and the legacy https://accounts.google.com/o/oauth2/revoke (GET or
-    POST, token as a parameter) end the grant; a dead token is 400 invalid_token "Token expired or revoked"
+    """https://oauth2.googleapis.com/revoke (POST) and the legacy https://accounts.google.com/o/oauth2/revoke (GET
+    or POST, token as a parameter) end the grant; a dead token is 400 invalid_token "Token expired or revoked"
     (https://developers.google.com/identity/protocols/oauth2/web-server#tokenrevoke)."""
     tokens = exchange(emu, emu.mint_code(CLIENT.client_id, ALICE.email)).json()
-    assert requests.get(emu.base_url + path, params={"token": tokens["access_token"]}, timeout=10).status_code == 200
+    get = requests.get(emu.base_url + path, params={"token": tokens["access_token"]}, timeout=10)
+    if path == "/revoke":  # oauth2.googleapis.com/revoke is POST only (https://github.com/googleapis/oauth2client/issues/750)
+        assert get.status_code == 404 and not emu.grant_revoked(CLIENT.client_id, ALICE.email)
+        get = requests.post(emu.base_url + path, data={"token": tokens["access_token"]}, timeout=10)
+    assert get.status_code == 200
     assert emu.grant_revoked(CLIENT.client_id, ALICE.email)
     again = requests.post(emu.base_url + path, data={"token": tokens["refresh_token"]}, timeout=10)
     assert error_of(again) == (400, "invalid_token", "Token expired or revoked")

@@ -274,7 +274,15 @@ class TokenHandler(EmulatorHandler):
 
 
 class RevokeHandler(EmulatorHandler):
-    """``POST /revoke``: end the whole grant of the token (form body or query ``token``)."""
+    """``POST /revoke`` and ``GET|POST /o/oauth2/revoke``: end the whole grant of the token (form or query ``token``).
+
+    Only the legacy accounts.google.com path answers GET; oauth2.googleapis.com's
+    ``/revoke`` is 404 to a GET (https://github.com/googleapis/oauth2client/issues/750).
+    """
+
+    def initialize(self, emulator: "Emulator", endpoint: str = "", allow_get: bool = False) -> None:
+        super().initialize(emulator, endpoint)
+        self.allow_get = allow_get
 
     async def post(self) -> None:
         try:
@@ -285,7 +293,11 @@ class RevokeHandler(EmulatorHandler):
         log.info("revoke: ok")
         await self.reply({})
 
-    get = post
+    async def get(self) -> None:
+        if not self.allow_get:
+            await self.reply(_error_body("not_found", "Not Found"), 404)
+            return
+        await self.post()
 
 
 def _bearer_token(handler: tornado.web.RequestHandler, *, body: bool = False) -> str | None:
@@ -814,7 +826,7 @@ HANDLERS: list[tuple[str, type[EmulatorHandler], dict[str, Any]]] = [
     (r"/oauth2/v4/token", TokenHandler, {"endpoint": "token"}),
     (r"/o/oauth2/token", TokenHandler, {"endpoint": "token"}),
     (r"/revoke", RevokeHandler, {"endpoint": "revoke"}),
-    (r"/o/oauth2/revoke", RevokeHandler, {"endpoint": "revoke"}),
+    (r"/o/oauth2/revoke", RevokeHandler, {"endpoint": "revoke", "allow_get": True}),
     (r"/device/code", DeviceCodeHandler, {"endpoint": "device"}),
     (r"/v1/userinfo", UserinfoHandler, {"endpoint": "userinfo"}),
     (r"/oauth2/v3/userinfo", UserinfoHandler, {"endpoint": "userinfo"}),
