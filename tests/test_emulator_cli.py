@@ -52,6 +52,10 @@ def test_emulator_refuses_a_production_config(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "development: false" in lines[0] and str(config) in lines[0], result.stderr
     assert "listening" not in result.stdout and SECRET not in result.stdout + result.stderr
+    # The same config named by TORNADO_SIGNIN_CONFIG instead of --config.
+    result = subprocess.run([CLI, "emulator", "--port", str(port)], capture_output=True, text=True,
+                            env={**environment(), "TORNADO_SIGNIN_CONFIG": str(config)}, cwd=tmp_path, timeout=60)
+    assert result.returncode == 3 and "development: false" in result.stderr, (result.stdout, result.stderr)
 
 
 def test_emulator_never_serves_the_configs_secret(tmp_path):
