@@ -24,6 +24,7 @@ from .web.api import ScopeHandler, UserinfoHandler
 from .web.base import BaseHandler
 from .web.confirm import ConfirmSocket
 from .web.ops import HealthHandler, MetricsHandler
+from .web.risc import RiscHandler
 from .web.signin import DisconnectHandler, PageHandler, SignoutHandler, StateHandler, StoreAuthCodeHandler
 from .wiring import build_context
 
@@ -69,6 +70,7 @@ def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict
         (r"/metrics", MetricsHandler, args),
         (r"/api/userinfo", UserinfoHandler, args),
         (r"/api/scopes", ScopeHandler, args),
+        *([(r"/risc", RiscHandler, args)] if ctx.config.risc.enabled else []),
     ]
 
 

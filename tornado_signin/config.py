@@ -42,6 +42,7 @@ __all__ = [
     "StoreConfig",
     "HubConfig",
     "LimitsConfig",
+    "RiscConfig",
     "load_config",
     "config_from_dict",
     "check_keys",
@@ -158,6 +159,26 @@ class LimitsConfig:
     shutdown_grace: float = 10.0
 
 
+RISC_CONFIGURATION_URL = "https://accounts.google.com/.well-known/risc-configuration"
+RISC_MANAGEMENT_URL = "https://risc.googleapis.com/v1beta"
+
+
+@dataclass(frozen=True)
+class RiscConfig:
+    """Cross-Account Protection (RISC): the security-event receiver and its registration."""
+
+    #: Serve ``POST <prefix>/risc`` (security event tokens from Google).
+    enabled: bool = False
+    #: Google's RISC configuration document (issuer and jwks_uri of the SETs).
+    configuration_url: str = RISC_CONFIGURATION_URL
+    #: The service-account key (JSON) the management API is called with (``risc register|status|verify``).
+    service_account_file: str | None = None
+    #: Base URL of the RISC management API (``stream:update``, ``stream:verify``, ``stream/status``).
+    management_url: str = RISC_MANAGEMENT_URL
+    #: Audiences accepted besides ``google.client_id`` (the project's other OAuth clients).
+    client_ids: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     google: GoogleConfig
@@ -165,6 +186,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    risc: RiscConfig = field(default_factory=RiscConfig)
     development: bool = False
     log_level: str = "INFO"
     #: ``text`` (one line, with the request id) or ``json`` (one object per line).
@@ -635,10 +657,26 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
         raise ConfigError("limits.max_body_bytes", "must be at most 65536: a one-time code is a few hundred bytes")
     lm.reject_unknown()
 
+    # risc
+    rc = root.section("risc")
+    account_file = rc.string("service_account_file")
+    if account_file and not Path(account_file).is_absolute():
+        account_file = str(base_dir / account_file)
+    risc = RiscConfig(
+        enabled=rc.boolean("enabled", False),
+        configuration_url=_check_endpoint(rc.string("configuration_url") or RISC_CONFIGURATION_URL,
+                                          "risc.configuration_url", development),
+        service_account_file=account_file or None,
+        management_url=_check_endpoint(rc.string("management_url") or RISC_MANAGEMENT_URL,
+                                       "risc.management_url", development).rstrip("/"),
+        client_ids=rc.strings("client_ids"),
+    )
+    rc.reject_unknown()
+
     root.reject_unknown()
     return Config(
         google=google, server=server, store=store, hub=hub, limits=LimitsConfig(**limit_values),
-        development=development, log_level=log_level, log_format=log_format,
+        risc=risc, development=development, log_level=log_level, log_format=log_format,
     )
 
 

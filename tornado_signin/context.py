@@ -17,6 +17,7 @@ from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub
 from .live_sessions import SessionRegistry
+from .risc import RiscReceiver
 from .metrics import Metrics
 from .offline import OfflineAccess
 from .ratelimit import RateLimiter
@@ -48,6 +49,8 @@ class AppContext:
     offline: OfflineAccess
     #: Signed-in session records (sign-out everywhere); built by wiring.build_context.
     sessions: SessionRegistry = None  # type: ignore[assignment]
+    #: The Cross-Account Protection receiver, with ``risc.enabled``; else None.
+    risc: RiscReceiver | None = None
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
     #: The store's up/down flag (the login gate and readiness); built by wiring.build_context.

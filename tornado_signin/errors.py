@@ -23,6 +23,7 @@ The tree::
     │       └── ClientConfigError   invalid_client, redirect_uri_mismatch …
     ├── TokenVerificationError      the ID token failed a verification rule
     ├── ConsentRequiredError        no usable refresh token: ask consent again
+    ├── SigninBlockedError          a security event blocks sign-in for this user
     ├── MissingScopeError           stored grant lacks a required scope
     └── UnknownUserError            no stored record for that user
 """
@@ -44,6 +45,7 @@ __all__ = [
     "ClientConfigError",
     "TokenVerificationError",
     "ConsentRequiredError",
+    "SigninBlockedError",
     "MissingScopeError",
     "UnknownUserError",
 ]
@@ -121,6 +123,10 @@ class TokenVerificationError(SigninError):
 
 class ConsentRequiredError(SigninError):
     """The user has no usable refresh token and Google sent none: ask for consent."""
+
+
+class SigninBlockedError(SigninError):
+    """A security event (account-disabled for hijacking) blocks sign-in for this ``sub`` until account-enabled."""
 
 
 class MissingScopeError(SigninError):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .crypto import EncryptingStore
-from .errors import CryptoError, GoogleError, GoogleProtocolError, StorageError
+from .errors import CryptoError, GoogleError, GoogleProtocolError, SigninBlockedError, StorageError
 from .google import GoogleClient, TokenResponse
 from .metrics import Metrics
 from .store import TokenRecord
@@ -104,7 +104,8 @@ class SigninService:
         Return CONSENT_REQUIRED (after revoking the stale grant at Google,
         see :meth:`revoke_stale_grant`) when the user is left with no usable
         refresh token, SIGNED_IN otherwise. Raise GoogleError subclasses
-        (exchange), TokenVerificationError, StorageError or OverloadedError;
+        (exchange), TokenVerificationError, SigninBlockedError (a security
+        event blocks this user), StorageError or OverloadedError;
         the code is spent once the exchange was attempted, so nothing here
         retries it.
         """
@@ -120,6 +121,11 @@ class SigninService:
         # lookup by email (CLI, scripts) can reach this grant through it.
         email = claims.email if claims.email_verified else None
         merged = await self.save_with_retry(record_from_tokens(claims.sub, email, tokens))
+        if merged.signin_blocked:
+            # Known only after the save (no extra read on every login): the tokens
+            # just stored are neutralised at once, as the block's revocation did.
+            await self.save_with_retry(TokenRecord(sub=claims.sub, revoked_at=time.time()))
+            raise SigninBlockedError("a security event blocks sign-in for this user until account-enabled")
         if not merged.has_usable_refresh_token:
             await self.revoke_stale_grant(merged.access_token)
             return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)

@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .offline import OfflineAccess
 from .ratelimit import RateLimiter
 from .redact import install_redaction
+from .risc import RiscReceiver, SecurityEventVerifier
 from .sessions import StateSigner
 from .signin import SigninService
 from .store import TokenStore, load_store
@@ -99,6 +100,13 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         offline=OfflineAccess(store, google, workers, metrics),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
     )
+    if config.risc.enabled:
+        context.risc = RiscReceiver(
+            SecurityEventVerifier(google, config.risc.configuration_url,
+                                  (config.google.client_id, *config.risc.client_ids),
+                                  clock_skew=config.google.clock_skew_seconds,
+                                  on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result)),
+            store, context.sessions, hub, metrics, run=workers.run, save=context.signin.save_with_retry)
     store_health = StoreHealth(store, workers, interval=config.limits.store_check_interval,
                                recheck=config.limits.store_recheck_interval)
     context.store_health = store_health

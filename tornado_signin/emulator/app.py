@@ -27,6 +27,7 @@ import tornado.web
 from .faults import FaultPlan
 from .drive import DRIVE_HANDLERS
 from .handlers import HANDLERS, NotFoundHandler, path_only
+from .risc import RISC_HANDLERS, RiscEmulator
 from .keys import DEFAULT_LEAD, KeySet, at_hash
 from .persist import EmulatorStateError, StateDir
 from .state import DEFAULT_ACCOUNTS, GOOGLE_ISSUER, EmulatorClient, IssuedTokens, State, TestAccount, format_scopes
@@ -117,6 +118,8 @@ class Emulator:
             raise ValueError("key_schedule lead must be at least certs_max_age (caches must see a key before it signs)")
         self.keys = KeySet(**self._key_schedule)
         self.faults = FaultPlan()
+        #: Cross-Account Protection: the RISC stream, its pushes and the service-account key (:mod:`.risc`).
+        self.risc = RiscEmulator(self)
         self.stats: collections.Counter[str] = collections.Counter()
         self.templates = _load_templates()
         self.issuer_without_scheme = False
@@ -191,7 +194,8 @@ class Emulator:
 
     def make_app(self, **settings: Any) -> tornado.web.Application:
         """Return a Tornado application serving every emulator path (``settings`` pass through)."""
-        routes = [(path, handler, {"emulator": self, **extra}) for path, handler, extra in HANDLERS + DRIVE_HANDLERS]
+        routes = [(path, handler, {"emulator": self, **extra})
+                  for path, handler, extra in HANDLERS + DRIVE_HANDLERS + RISC_HANDLERS]
         settings.setdefault("log_function", _log_request)
         return tornado.web.Application(
             routes,

@@ -817,6 +817,29 @@ class State:
             self._changed()
         return len(expired)
 
+    # -- what Cross-Account Protection (emulator/risc.py) needs -------------
+
+    def clients_granted(self, sub: str) -> list[str]:
+        """Return the client ids holding a live grant of ``sub``."""
+        return sorted(client_id for (client_id, grant_sub) in self._grants if grant_sub == sub)
+
+    def refresh_tokens_of(self, client_id: str, sub: str) -> list[str]:
+        """Return the live refresh tokens of ``sub`` for ``client_id``, oldest first."""
+        return [t for t, rec in self._refresh_tokens.items() if rec.client_id == client_id and rec.sub == sub]
+
+    def revoke_refresh_token(self, token: str) -> bool:
+        """Make one refresh token answer ``invalid_grant`` (the grant stays); return whether it was live."""
+        if self._refresh_tokens.pop(token, None) is None:
+            return False
+        self._changed()
+        return True
+
+    def revoke_grant(self, client_id: str, sub: str) -> bool:
+        """End the grant of ``sub`` for ``client_id`` (its tokens stop working); return whether one was live."""
+        alive = (client_id, sub) in self._grants
+        self._revoke_grant(client_id, sub)
+        return alive
+
 
 def _dump(record: Any) -> dict[str, Any]:
     """Return a dataclass record as a JSON-ready dict (sets and tuples as sorted lists / lists)."""

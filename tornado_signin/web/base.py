@@ -25,6 +25,7 @@ from ..errors import (
     HubUnavailableError,
     InvalidGrantError,
     OverloadedError,
+    SigninBlockedError,
     StorageError,
     TokenVerificationError,
 )
@@ -66,6 +67,7 @@ ERROR_RESPONSES: dict[type[Exception], ErrorResponse] = {
     OverloadedError: ErrorResponse(503, "server busy", "overloaded"),
     StorageError: ErrorResponse(503, "storage unavailable", "storage_error"),
     HubUnavailableError: ErrorResponse(503, "session store unavailable", "hub_unavailable"),
+    SigninBlockedError: ErrorResponse(403, "sign-in blocked", "blocked"),
 }
 
 

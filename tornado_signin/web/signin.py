@@ -22,6 +22,7 @@ from ..errors import (
     HubUnavailableError,
     InvalidGrantError,
     OverloadedError,
+    SigninBlockedError,
     SigninError,
     StorageError,
     TokenVerificationError,
@@ -160,7 +161,7 @@ class StoreAuthCodeHandler(BaseHandler):
         ctx = self.ctx
         try:
             outcome = await ctx.signin.complete(code)
-        except (TokenVerificationError, GoogleError, StorageError, OverloadedError) as exc:
+        except (TokenVerificationError, GoogleError, StorageError, OverloadedError, SigninBlockedError) as exc:
             await self._failed(session, exc)
             return
 
