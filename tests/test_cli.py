@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +53,40 @@ def test_backends_lists_builtin_stores():
     assert all(b["loadable"] for b in listed if b["name"] in ("sql", "memory"))
 
 
+#: Each command's own usage line, whitespace collapsed (argparse wraps long ones).
+USAGES = {
+    "serve": "[-h] [--config FILE] [--host HOST] [--port PORT] [--emulator-port EMULATOR_PORT] "
+             "[--client-library {gis,gapi}] [--processes PROCESSES]",
+    "emulator": "[-h] [--config FILE] [--host HOST] [--port PORT] [--state-dir DIR]",
+    "backends": "[-h] [--json]",
+    "check": "[-h] [--config FILE] [--create-table]",
+    "users": "[-h] [--config FILE] [--json]",
+    "token": "[-h] [--config FILE] [--json] [--scope SCOPE] user",
+    "call": "[-h] [--config FILE] user",
+    "revoke": "[-h] [--config FILE] user",
+    "sessions": "[-h] [--config FILE] [--json] [--end [SESSION_ID]] [--all] USER",
+    "rotate-keys": "[-h] [--config FILE]",
+    "migrate": "[-h] --from CONFIG --to CONFIG",
+    "genkey": "[-h]",
+}
+
+
+def _usage(text: str) -> str:
+    return " ".join(text.split("\n\n", 1)[0].split())
+
+
 def test_help_lists_every_command():
     out = run_cli("--help").stdout
-    for command in ("serve", "emulator", "backends", "check", "users", "token", "revoke", "rotate-keys",
-                    "migrate", "call", "genkey"):
-        assert command in out
+    assert _usage(out) == "usage: tornado-signin [-h] COMMAND ..."
+    listed = re.findall(r"^    ([a-z-]+)(?:\s|$)", out, re.M)
+    assert set(USAGES) <= set(listed), listed
+
+
+@pytest.mark.parametrize("command", sorted(USAGES))
+def test_each_command_has_its_own_usage(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    assert _usage(result.stdout) == f"usage: tornado-signin {command} {USAGES[command]}"
 
 
 def test_config_error_names_the_key(tmp_path):

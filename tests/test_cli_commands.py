@@ -44,6 +44,7 @@ ALICE, BOB = "alice@example.com", "bob@gmail.com"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_STORE, EXIT_HUB, EXIT_GOOGLE = 0, 1, 2, 3, 4, 5, 6
 EXIT_LISTEN, EXIT_UNKNOWN_USER, EXIT_CONSENT, EXIT_WORKERS = 7, 8, 9, 10
 
+STORES_GROUP, HUBS_GROUP = "tornado_signin.backends", "tornado_signin.hubs"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Exit)\b")
 SCRIPT = Path(sys.executable).with_name("tornado-signin")
@@ -250,8 +251,8 @@ def test_backends_lists_stores_and_hubs():
     assert {"sql", "dynamodb", "file", "memory"} <= set(stores) and set(stores.values()) == {"ok"}
     assert {"memory": "ok", "redis": "ok"}.items() <= hubs.items()
     listed = json.loads(run("backends", "--json").stdout)
-    assert {(b["kind"], b["name"]) for b in listed} >= {("store", "sql"), ("store", "memory"), ("hub", "memory"),
-                                                         ("hub", "redis")}
+    assert {(b["group"], b["name"]) for b in listed} >= {(STORES_GROUP, "sql"), (STORES_GROUP, "memory"),
+                                                          (HUBS_GROUP, "memory"), (HUBS_GROUP, "redis")}
 
 
 @pytest.fixture
@@ -272,7 +273,7 @@ def test_backends_shows_a_hub_whose_extra_is_missing(no_redis):
     assert hubs[redis_at].endswith("unavailable: missing dependency: redis")
     assert hubs[redis_at + 1].split() == ["install", "with:", "pip", "install", "'tornado-signin[redis]'"]
     listed = json.loads(run("backends", "--json", env=no_redis).stdout)
-    redis = next(b for b in listed if b["kind"] == "hub" and b["name"] == "redis")
+    redis = next(b for b in listed if b["group"] == HUBS_GROUP and b["name"] == "redis")
     assert not redis["loadable"] and redis["install_hint"] == "pip install 'tornado-signin[redis]'"
 
 
@@ -358,13 +359,19 @@ def test_token_errors(stack):
 
 
 def test_token_of_a_user_revoked_at_google(stack):
-    """The grant is revoked behind our back: no dead token handed out, the user must consent again."""
+    """The grant is revoked behind our back: the next refresh learns it, the user must consent again."""
+    # Access tokens that live less than the refresh margin: every `token` refreshes.
+    stack.thread.call(stack.emulator.configure, access_token_ttl=60)
     sub = stack.sign_in(ALICE)
     token = stack.cli("token", sub).stdout.strip()
+    assert stack.emulator.stats["token.refresh_token"] == 1
     urllib.request.urlopen(urllib.request.Request(stack.emulator_url + "/revoke", data=f"token={token}".encode(),
                                                   method="POST"), timeout=10).read()
     assert_error(stack.cli("token", sub), EXIT_CONSENT)
     assert [u["state"] for u in json.loads(stack.cli("users", "--json").stdout)] == ["revoked"]
+    # From now on no refresh is tried: the record says revoked.
+    assert_error(stack.cli("token", sub), EXIT_CONSENT)
+    assert stack.emulator.stats["token.refresh_token"] == 2
 
 
 def test_call_userinfo(stack):
@@ -408,7 +415,7 @@ def test_rotate_keys(stack):
     assert result.stdout == "re-encrypted 1 record(s) under the newest key\n" and result.stderr == ""
     # The old key alone no longer opens the record: a one-line error, no token.
     line = assert_error(stack.cli("token", sub), EXIT_STORE)
-    assert "store.encryption.keys" in line
+    assert "encryption.keys" in line
     assert stack.cli("token", sub, env={"TS_KEY": new_key}).stdout == token
 
 
@@ -478,7 +485,10 @@ def test_config_errors_are_one_line(tmp_path, command):
     bad = tmp_path / "bad.yaml"
     bad.write_text("server: {cookie_secret: short}\ngoogle: {client_id: x, client_secret: y}\n")
     assert_error(run(args[0], "--config", str(bad), *args[1:]), EXIT_CONFIG, "server.cookie_secret")
-    assert_usage_error(run(args[0], *args[1:]), args[0], "the following arguments are required: --config")
+    missing_option = run(args[0], *args[1:])
+    assert missing_option.returncode == EXIT_USAGE and missing_option.stdout == ""
+    assert missing_option.stderr.splitlines()[-1] == (
+        f"tornado-signin: error: {args[0]}: --config FILE is required (or set TORNADO_SIGNIN_CONFIG)")
 
 
 def test_check_each_store(stack):
@@ -540,9 +550,9 @@ def test_emulator_serves_and_stops_cleanly(stack):
             assert json.load(r)["token_endpoint"] == f"http://127.0.0.1:{port}/token"
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == EXIT_OK
+        assert "Traceback" not in proc.log()
     finally:
         proc.stop()
-    assert "Traceback" not in proc.log()
 
 
 def test_serve_stops_cleanly_on_sigterm(stack):
@@ -553,3 +563,36 @@ def test_serve_stops_cleanly_on_sigterm(stack):
     stack.server.signal(signal.SIGTERM)
     assert stack.server.wait(30) == EXIT_OK
     assert "Traceback" not in stack.server.log()
+
+
+def test_demo_leaves_nothing_for_git_to_add(tmp_path):
+    """The demo's working files (store, WAL, lock, secrets, config, emulator state) are all in .gitignore."""
+    from tornado_signin.demo import DEMO_CLIENT_ID
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    port, emulator_port = free_port(), free_port()
+    log = open(tmp_path.parent / f"{tmp_path.name}-demo.log", "wb")
+    proc = subprocess.Popen(cli_argv("serve", "--port", str(port), "--emulator-port", str(emulator_port)),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=clean_env())
+    try:
+        wait_port(port, proc=proc)
+        wait_port(emulator_port, proc=proc)
+        app_url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
+        session = requests.Session()
+        state = session.get(app_url + "/state", timeout=10).json()["state"]
+        code = requests.post(emulator_url + "/emulator/code", timeout=10, data={
+            "client_id": DEMO_CLIENT_ID, "email": ALICE, "scope": "openid email profile", "prompt": "consent"})
+        response = session.post(app_url + "/storeauthcode", data=code.json()["code"], timeout=20,
+                                headers={"X-Requested-With": "XMLHttpRequest", "Origin": app_url,
+                                         "Content-Type": "application/octet-stream", "X-Signin-State": state})
+        assert response.status_code == 200, response.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+    assert any(p.name.startswith("tornado-signin-demo.sqlite3") for p in tmp_path.iterdir())
+    status = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all", "--",
+                             ".", ":!.gitignore"],
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,26 @@ async def test_page_has_button_status_and_security_headers(stack):
     assert response.headers["Referrer-Policy"] == "no-referrer"
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
-    assert "refresh" not in html.lower() or "refresh token" in html.lower()
+
+
+#: What Google's tokens look like (the emulator mints the same shapes): refresh, access, one-time code.
+TOKEN_SHAPES = re.compile(r"1//[0-9A-Za-z_-]{20,}|ya29\.[0-9A-Za-z_-]{20,}|4/0A[0-9A-Za-z_-]{20,}")
+
+
+async def test_page_of_a_signed_in_user_holds_no_token(stack):
+    """The page never sees a refresh token (nor an access token): not even once its user is signed in."""
+    client = stack.client()
+    await client.fetch("/")
+    response = await client.post_code(stack.mint("alice@example.com"))
+    assert response.code == 200, response.body
+    record = stack.store.get(json_body(response)["user"]["sub"])
+    assert record.refresh_token and record.access_token
+    page = await client.fetch("/")
+    assert page.code == 200
+    html = page.body.decode()
+    assert record.refresh_token not in html and record.access_token not in html
+    assert TOKEN_SHAPES.findall(html) == []
+    assert TOKEN_SHAPES.findall(record.refresh_token + " " + record.access_token)  # the shapes match real ones
 
 
 async def test_full_login_confirms_over_websocket_and_stores_refresh_token(stack):

@@ -7,6 +7,12 @@ the offline-access commands ``users``, ``token``, ``call``, ``revoke``,
 the config key or the problem and exit non-zero; nothing prints a token
 except ``token`` (by design, alone on stdout). ``TORNADO_SIGNIN_CONFIG``
 stands for ``--config FILE`` wherever the option is absent.
+
+Every failure is ONE line on stderr, ``tornado-signin: <what went wrong>``
+(never a traceback or an exception class name), and the exit status says
+what failed; README's CLI section lists the codes (the ``EXIT_*`` constants
+below). Output into a closed pipe (``tornado-signin users | head -1``) ends
+quietly with status 141, as git does (128 + SIGPIPE).
 """
 
 from __future__ import annotations
@@ -16,13 +22,25 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, SigninError
+from .errors import (
+    ConfigError,
+    ConsentRequiredError,
+    CryptoError,
+    GoogleError,
+    HubUnavailableError,
+    ListenError,
+    MissingScopeError,
+    SigninError,
+    StorageError,
+    UnknownUserError,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -31,14 +49,55 @@ log = logging.getLogger("tornado_signin")
 #: Stands for ``--config FILE`` in every command that takes one, when the option is absent.
 CONFIG_ENV = "TORNADO_SIGNIN_CONFIG"
 
-# Exit statuses of `check` (and of any command): one per failing part.
+# Exit statuses of every command (README, "CLI"): one per failing part.
 EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_STORE = 4
-EXIT_HUB = 5
-EXIT_GOOGLE = 6
+EXIT_ERROR = 1          # anything else
+EXIT_USAGE = 2          # bad arguments (argparse)
+EXIT_CONFIG = 3         # the config (a key, a file)
+EXIT_STORE = 4          # the token store: unreachable, failing, or records the configured keys cannot open
+EXIT_HUB = 5            # the confirmation hub
+EXIT_GOOGLE = 6         # Google's endpoints (or the emulator standing in)
+EXIT_LISTEN = 7         # a port cannot be listened on (in use, not permitted)
+EXIT_UNKNOWN_USER = 8   # no stored user with that sub or email
+EXIT_CONSENT = 9        # the user must sign in with consent again (revoked, no refresh token, missing scope)
+EXIT_WORKERS = 10       # serve --processes: workers kept dying after they served; the supervisor gave up
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C) during a one-shot command
+EXIT_PIPE = 141         # stdout was closed by its reader (128 + SIGPIPE)
+
+#: The exit status of each error family, most specific first.
+_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_CONFIG),
+    (ListenError, EXIT_LISTEN),
+    (UnknownUserError, EXIT_UNKNOWN_USER),
+    (ConsentRequiredError, EXIT_CONSENT),
+    (MissingScopeError, EXIT_CONSENT),
+    (StorageError, EXIT_STORE),
+    (CryptoError, EXIT_STORE),
+    (HubUnavailableError, EXIT_HUB),
+    (GoogleError, EXIT_GOOGLE),
+)
+
+
+def _port(value: str) -> int:
+    """argparse type of every port option: an integer from 1 to 65535 (0 would bind a random port)."""
+    try:
+        port = int(value, 10)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return port
+
+
+def _processes(value: str) -> int:
+    """argparse type of ``--processes``: 0 (one per CPU) or more."""
+    try:
+        count = int(value, 10)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (0: one per CPU)")
+    return count
 
 
 def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -65,9 +124,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_demo(args)
     config = _load(args)
     _setup_logging(config.log_level, config.log_format)
-    serve(config, host=args.host or config.server.host,
-          port=args.port if args.port is not None else config.server.port,
-          processes=args.processes if args.processes is not None else config.server.processes)
+    option = "--port" if args.port is not None else "--port (or server.port)"
+    try:
+        serve(config, host=args.host or config.server.host,
+              port=args.port if args.port is not None else config.server.port,
+              processes=args.processes if args.processes is not None else config.server.processes)
+    except ListenError as exc:
+        return _fail(f"{exc}; choose another with {option}", EXIT_LISTEN)
     return EXIT_OK
 
 
@@ -89,6 +152,9 @@ def _serve_demo(args: argparse.Namespace) -> int:
     except EmulatorStateError as exc:
         print(f"tornado-signin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ListenError as exc:
+        option = "--emulator-port" if exc.listener == "emulator" else "--port"
+        return _fail(f"{exc}; choose another with {option}", EXIT_LISTEN)
     return EXIT_OK
 
 
@@ -126,6 +192,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     except EmulatorStateError as exc:
         print(f"tornado-signin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ListenError as exc:
+        return _fail(f"{exc}; choose another with --port", EXIT_LISTEN)
     return EXIT_OK
 
 
@@ -144,7 +212,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(f"{titles[group.name]} (entry-point group {group.name}):")
         for info in (i for i in infos if i.group == group.name):
             state = "ok" if info.loadable else f"unavailable: {info.problem}"
-            print(f"  {info.name:<10} {info.module:<40} {info.distribution or '?':<18} {state}")
+            print(f"  {info.name:<10} {info.module:<40} {info.distribution or '?':<18} {_printable(state)}")
             if info.install_hint:
                 print(f"  {'':<10} install with: {info.install_hint}")
     return EXIT_OK
@@ -327,6 +395,10 @@ def cmd_users(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_public_record(r) for r in records], indent=2))
         return EXIT_OK
+    if not records:
+        # On stderr: stdout stays what a script parses (no rows, so nothing).
+        print("tornado-signin: no users stored", file=sys.stderr)
+        return EXIT_OK
     print(f"{'SUB':<24} {'EMAIL':<32} {'STATE':<17} {'UPDATED':<21} {'ACCESS_UNTIL':<21} SCOPES")
     for r in records:
         sub, email, scopes = _printable(r.sub), _printable(r.email or "-"), _printable(" ".join(r.scopes))
@@ -450,19 +522,30 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .wiring import open_store
-    from .migrate import migrate
+    from dataclasses import asdict
 
-    source = open_store(load_config(args.source))
-    target = open_store(load_config(args.target))
+    from .config import load_config
+    from .migrate import migrate
+    from .wiring import open_store
+
+    source_config, target_config = load_config(args.source), load_config(args.target)
+    source = open_store(source_config)
     try:
-        report = migrate(source, target, progress=lambda n: print(f"  copied {n}", file=sys.stderr))
+        target = open_store(target_config)
+        try:
+            report = migrate(source, target, progress=_migrate_progress)
+        finally:
+            target.close()
     finally:
         source.close()
-        target.close()
-    print(json.dumps(report.__dict__ if hasattr(report, "__dict__") else dict(report), indent=2, default=str))
-    return EXIT_OK if getattr(report, "ok", True) else EXIT_STORE
+    print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    return EXIT_OK if report.ok else EXIT_STORE
+
+
+def _migrate_progress(stage: str, count: int) -> None:
+    """Report a batch of ``migrate`` on stderr ("copy" or "verify", records so far)."""
+    done = {"copy": "copied", "verify": "verified"}.get(stage, stage)
+    print(f"tornado-signin: migrate: {done} {count} record(s)", file=sys.stderr, flush=True)
 
 
 def cmd_genkey(args: argparse.Namespace) -> int:
@@ -508,22 +591,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the server (without --config: demo mode with the emulator)")
     _config_option(p, required=False, help="YAML config file; omit for demo mode")
     p.add_argument("--host", help="address to bind (default: server.host, or 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port of the app (default: server.port, or 8080)")
-    p.add_argument("--emulator-port", type=int, default=8081, help="demo mode: port of the Google emulator")
+    p.add_argument("--port", type=_port, help="port of the app, 1-65535 (default: server.port, or 8080)")
+    p.add_argument("--emulator-port", type=_port, default=8081, help="demo mode: port of the Google emulator")
     p.add_argument("--client-library", choices=("gis", "gapi"), default="gis",
                    help="demo mode: page client library (default gis)")
-    p.add_argument("--processes", type=int, help="fork N processes (0: one per CPU); needs a shared hub")
+    p.add_argument("--processes", type=_processes,
+                   help="fork N processes (0: one per CPU); needs a shared hub")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("emulator", help="run the Google emulator alone")
     _config_option(p, required=False, help="register this config's client with the emulator")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--port", type=_port, default=8081, help="port of the emulator, 1-65535 (default 8081)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="keep grants, tokens and keys in DIR across restarts (default: in memory)")
     p.set_defaults(func=cmd_emulator)
 
-    p = sub.add_parser("backends", help="list installed token-store plugins")
+    p = sub.add_parser("backends", help="list installed token-store and hub plugins")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backends)
 
@@ -582,21 +666,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str, code: int) -> int:
+    """Print ``message`` as the command's one error line on stderr; return ``code``."""
+    print(f"tornado-signin: {_printable(' '.join(message.split()))}", file=sys.stderr)
+    return code
+
+
+# A class name the message ends with, e.g. "cannot list records (OperationalError)" or
+# "failed: CurlError": replaced by what the cause says.
+_CLASS_NAME = re.compile(r"(?:: | \()([A-Z][A-Za-z0-9]*(?:Error|Exception))(?:: ([^)]*))?\)?$")
+
+
+def _cause_reason(exc: BaseException) -> str | None:
+    """Return the first line of what the root cause (OS, database driver, AWS, HTTP client) says, or None."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is exc:
+        return None
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    response = getattr(cause, "response", None)  # botocore's ClientError
+    if isinstance(response, dict) and response.get("Error", {}).get("Message"):
+        return str(response["Error"]["Message"])
+    text = str(getattr(cause, "orig", None) or cause)  # SQLAlchemy wraps the driver's error in .orig
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:300] if lines else None
+
+
+def _error_message(exc: BaseException) -> str:
+    """Return the user-facing text of ``exc``: its message, with the cause's reason instead of a class name."""
+    message = str(exc) or "failed"
+    match = _CLASS_NAME.search(message)
+    if match:
+        reason = _cause_reason(exc) or match.group(2)
+        message = message[:match.start()] + (f": {reason}" if reason else "")
+    return message
+
+
+#: Commands that run a server and log as one (the others print their outcome, and only errors are logged).
+_SERVERS = frozenset({"serve", "emulator"})
+
+
+def _quiet_logging() -> None:
+    """Log only errors, as ``tornado-signin: …`` lines: a one-shot command's outcome is its output and exit status.
+
+    Without this, Python's last-resort handler would print every warning
+    (a refresh rejected, a record that differs) beside the error line.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tornado-signin: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _config_from_environment(parser, args)
+    if args.command not in _SERVERS:
+        _quiet_logging()
     try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"tornado-signin: {exc}{_config_origin(args)}", file=sys.stderr)
-        return EXIT_CONFIG
-    except SigninError as exc:
-        print(f"tornado-signin: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-
+        code = args.func(args)
+        sys.stdout.flush()
+        return int(code)
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep the interpreter's
+        # final flush from complaining about the same pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
     except KeyboardInterrupt:
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        return _fail(f"{_error_message(exc)}{_config_origin(args)}", EXIT_CONFIG)
+    except SigninError as exc:
+        code = next((c for kind, c in _EXIT_CODES if isinstance(exc, kind)), EXIT_ERROR)
+        return _fail(_error_message(exc), code)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or _error_message(exc)}{where}", EXIT_ERROR)
+    except Exception as exc:
+        if os.environ.get("TORNADO_SIGNIN_TRACEBACK"):
+            raise
+        return _fail(f"unexpected error: {_error_message(exc)} (set TORNADO_SIGNIN_TRACEBACK=1 for the traceback)",
+                     EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ The tree::
     │                               another record's ciphertext, altered)
     ├── OverloadedError             the bounded worker pool is full
     ├── HubUnavailableError         the confirmation hub cannot answer (session records)
+    ├── ListenError                 a server cannot listen on its port (in use, not permitted)
     ├── GoogleError                 an outbound call to Google failed
     │   ├── GoogleUnavailableError  timeout, connection error, 5xx: retryable
     │   ├── GoogleProtocolError     a reply that does not parse as OAuth
@@ -37,6 +38,7 @@ __all__ = [
     "CryptoError",
     "OverloadedError",
     "HubUnavailableError",
+    "ListenError",
     "GoogleError",
     "GoogleUnavailableError",
     "GoogleProtocolError",
@@ -81,6 +83,16 @@ class OverloadedError(SigninError):
 
 class HubUnavailableError(SigninError):
     """The confirmation hub could not answer a session-record call; ``__cause__`` holds why."""
+
+
+class ListenError(SigninError):
+    """A listener (``app`` or ``emulator``) cannot listen on ``host:port``; the message says why."""
+
+    def __init__(self, listener: str, host: str, port: int, reason: str) -> None:
+        super().__init__(f"{listener} port {port} on {host} {reason}")
+        self.listener = listener
+        self.host = host
+        self.port = port
 
 
 class GoogleError(SigninError):

@@ -99,7 +99,7 @@ def installed_backends(groups: Iterable[PluginGroup] = GROUPS) -> list[BackendIn
                 infos.append(BackendInfo(name, ep.module, dist, False, f"missing dependency: {exc.name or exc}", hint,
                                          group.name))
             except Exception as exc:  # a broken plugin must not hide the others
-                infos.append(BackendInfo(name, ep.module, dist, False, f"{type(exc).__name__}: {exc}", None,
+                infos.append(BackendInfo(name, ep.module, dist, False, f"cannot be imported: {exc}", None,
                                          group.name))
             else:
                 infos.append(BackendInfo(name, ep.module, dist, True, None, None, group.name))

@@ -22,11 +22,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 
 __all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "fork_workers", "warn_unreachable"]
 
 log = logging.getLogger("tornado_signin")
+
+
+def bind(listener: str, port: int, host: str) -> list[Any]:
+    """Return the listening sockets of ``listener`` (``app`` or ``emulator``) on ``host:port``.
+
+    Raise ListenError naming the listener and the port when the port is in use
+    or not permitted, or the address cannot be used.
+    """
+    import errno
+    import socket
+
+    from tornado.netutil import bind_sockets
+
+    try:
+        return bind_sockets(port, address=host)
+    except socket.gaierror as exc:
+        raise ListenError(listener, host, port, f"cannot be used: unknown address ({exc.strerror})") from exc
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "is already in use"
+        elif exc.errno == errno.EACCES:
+            reason = "is not permitted to this user"
+        else:
+            reason = f"cannot be listened on: {exc.strerror or exc}"
+        raise ListenError(listener, host, port, reason) from exc
 
 
 async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 10.0) -> None:
@@ -168,11 +193,9 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> None:
     Return when the server (or, pre-fork, the supervisor) has shut down.
     Raise ConfigError when several processes would share a memory hub.
     """
-    from tornado.netutil import bind_sockets
-
     from .app import make_app, make_server
 
-    sockets = bind_sockets(port, address=host)
+    sockets = bind("app", port, host)
     if processes != 1:
         if config.hub.backend == "memory":
             raise ConfigError("hub.backend", "several processes need a shared hub (redis)")
@@ -200,11 +223,15 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
     ``on_listening(app_url, emulator_url, config_path)`` is called once both listen.
     Raise EmulatorStateError for an unusable emulator state folder.
     """
+    from tornado.httpserver import HTTPServer
+
     from .app import make_app, make_server
     from .config import config_from_dict
     from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config_document, load_dev_secrets, write_demo_config
     from .emulator import Emulator, EmulatorClient
 
+    emulator_sockets = bind("emulator", emulator_port, host)
+    app_sockets = bind("app", port, host)
     dev = load_dev_secrets(folder)
     emulator_url = f"http://{host}:{emulator_port}"
     document = demo_config_document(folder=folder, host=host, port=port, emulator_url=emulator_url,
@@ -215,10 +242,11 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
     async def main() -> None:
         emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins, secret_generated=True)],
                             base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
-        emulator_server = emulator.make_app().listen(emulator_port, address=host)
+        emulator_server = HTTPServer(emulator.make_app())
+        emulator_server.add_sockets(emulator_sockets)
         app = make_app(config)
         server = make_server(app, config)
-        server.listen(port, address=host)
+        server.add_sockets(app_sockets)
         # Written once both ports are ours, so the file never names a demo that did not start.
         on_listening(f"http://{host}:{port}/", emulator_url, write_demo_config(folder, document))
         await serve_forever([server, emulator_server], [app.settings["signin"]])
@@ -235,12 +263,17 @@ def serve_emulator(client: Any, *, host: str, port: int, development: bool, stat
     ``on_listening(url)`` is called once it listens. Raise EmulatorStateError
     for an unusable ``state_dir``.
     """
+    from tornado.httpserver import HTTPServer
+
     from .emulator import Emulator
+
+    sockets = bind("emulator", port, host)
 
     async def main() -> None:
         emulator = Emulator(clients=[client], base_url=f"http://{host}:{port}", development=development,
                             state_dir=state_dir)
-        server = emulator.make_app().listen(port, address=host)
+        server = HTTPServer(emulator.make_app())
+        server.add_sockets(sockets)
         on_listening(f"http://{host}:{port}/")
         await serve_forever([server], [])
         emulator.close()
