@@ -313,7 +313,7 @@ def test_users_lists_signed_in_users(stack):
     assert_ok(result)
     assert result.stderr == ""
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["SUB", "EMAIL", "STATE", "UPDATED", "SCOPES"]
+    assert header.split() == ["SUB", "EMAIL", "STATE", "UPDATED", "ACCESS_UNTIL", "SCOPES"]
     assert [row.split()[:3] for row in rows] == [[alice, ALICE, "active"], [bob, BOB, "active"]]
     assert all("openid" in row.split()[4:] for row in rows)
     listed = json.loads(stack.cli("users", "--json").stdout)
@@ -492,6 +492,7 @@ def test_config_errors_are_one_line(tmp_path, command):
 
 
 def test_check_each_store(stack):
+    stack.sign_in(ALICE)  # the server created the table; check creates nothing
     result = stack.cli("check")
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     backend = stack.store["backend"]
