@@ -185,7 +185,8 @@ def test_auth_endpoint_parameter_errors_are_googles(emu):
     """Google's "Error 400: invalid_request" page words: "Missing required parameter: client_id"
     (https://github.com/awesomemotive/Google-Analytics-Dashboard-for-WP/issues/65), "…: redirect_uri"
     (https://github.com/googleworkspace/node-samples/issues/79), "Required parameter is missing:
-    response_type" (https://github.com/Kong/insomnia/issues/5062); an unknown client is 401 invalid_client."""
+    response_type" (https://github.com/Kong/insomnia/issues/5062); an unknown client is 401 invalid_client; bad
+    scope, access_type and prompt values are refused in Google's words."""
     base = {"client_id": CLIENT.client_id, "redirect_uri": "postmessage", "origin": ORIGIN,
             "response_type": "code", "scope": "openid"}
     cases = [
@@ -202,6 +203,10 @@ def test_auth_endpoint_parameter_errors_are_googles(emu):
         ({"scope": "https://www.googleapis.com/a"}, 400,
          "Some requested scopes were invalid. {invalid=[https://www.googleapis.com/a]}"),
         ({"scope": "https://www.googleapis.com/auth/drive.file/"}, 400, "invalid_scope"),
+        # https://github.com/googleworkspace/php-samples/issues/44, https://github.com/googleapis/google-api-php-client/issues/2444
+        ({"access_type": "offline "}, 400, "Invalid parameter value for access_type: 'offline ' is not valid"),
+        ({"prompt": "consent;"}, 400, "Invalid parameter value for prompt: Invalid prompt: consent;"),
+        ({"prompt": "select_account consent", "access_type": "online"}, 200, "Choose an account"),
     ]
     for change, status, words in cases:
         params = {k: v for k, v in {**base, **change}.items() if v is not None}

@@ -179,8 +179,7 @@ async def test_tornado_google_oauth2_mixin(emu):
                             "has_id_token": "id_token" in access})
             else:
                 self.authorize_redirect(redirect_uri=redirect, client_id=CLIENT.client_id,
-                                        scope=["profile", "email"], response_type="code",
-                                        extra_params={"approval_prompt": "auto"})
+                                        scope=["profile", "email"], response_type="code")
 
     client = EmulatorClient(CLIENT.client_id, CLIENT.client_secret, CLIENT.javascript_origins, (redirect,))
     emu.state.clients[client.client_id] = client

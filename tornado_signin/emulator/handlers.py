@@ -544,7 +544,8 @@ class AuthHandler(PopupPageHandler):
     """``/o/oauth2/v2/auth``: GET shows the account chooser, POST records the user's answer."""
 
     async def get(self) -> None:
-        args = {name: self.get_query_argument(name, None) for name in _AUTH_PARAMS}
+        # Google takes values as sent (no stripping: "offline " is not a valid access_type).
+        args = {name: self.get_query_argument(name, None, strip=False) for name in _AUTH_PARAMS}
         try:
             request = self.emulator.state.validate_auth_request(args)
         except OAuthError as exc:

@@ -405,7 +405,7 @@ class State:
         Raise OAuthError with Google's words: ``invalid_request`` "Missing
         required parameter: client_id" / "…: redirect_uri" / "…: scope",
         "Required parameter is missing: response_type", an unknown
-        ``code_challenge_method``; ``invalid_client`` (unknown client),
+        ``code_challenge_method``, ``access_type`` or ``prompt`` value; ``invalid_client`` (unknown client),
         ``redirect_uri_mismatch`` (unregistered redirect URI),
         ``origin_mismatch`` (with ``redirect_uri=postmessage``, an ``origin``
         that is not exactly one of the client's JavaScript origins),
@@ -436,6 +436,12 @@ class State:
                      OPENID in names]
             listed = f"valid=[{', '.join(valid)}], " if valid else ""
             raise OAuthError("invalid_scope", f"Some requested scopes were invalid. {{{listed}invalid=[{', '.join(invalid)}]}}")
+        access_type = args.get("access_type")
+        if access_type and access_type not in ("online", "offline"):
+            raise OAuthError("invalid_request", f"Invalid parameter value for access_type: '{access_type}' is not valid")
+        prompt = args.get("prompt")
+        if prompt and not set(prompt.split(" ")) <= {"none", "consent", "select_account"}:
+            raise OAuthError("invalid_request", f"Invalid parameter value for prompt: Invalid prompt: {prompt}")
         method = args.get("code_challenge_method")
         if args.get("code_challenge") and method is not None and method not in PKCE_METHODS:
             raise OAuthError(
