@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import HubUnavailableError
 from .plugins import HUBS, load
 
 __all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "load_hub", "HUB_ENTRY_POINT_GROUP"]

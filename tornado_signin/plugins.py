@@ -30,14 +30,12 @@ import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import ConfigError
 
 __all__ = ["PluginGroup", "STORES", "HUBS", "GROUPS", "BackendInfo", "entry_points", "installed_backends", "load",
            "option_names"]
-
-T = TypeVar("T")
 
 #: The distribution whose extras provide the built-in backends' dependencies.
 DISTRIBUTION = "tornado-signin"
@@ -145,7 +143,7 @@ def _check_options(factory: Any, group: PluginGroup, name: str, options: Mapping
             raise ConfigError(f"{group.config_key}.{option}", f"is required by {group.kind} {name!r}")
 
 
-def load(group: PluginGroup, name: str, options: Mapping[str, Any] | None = None, *, base: type[T]) -> T:
+def load(group: PluginGroup, name: str, options: Mapping[str, Any] | None = None, *, base: type) -> Any:
     """Build the plugin registered as ``name`` in ``group`` with ``options``; return it (an instance of ``base``).
 
     Raise ConfigError naming ``<section>.backend`` when no such plugin is

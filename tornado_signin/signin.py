@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .crypto import EncryptingStore
 from .errors import CryptoError, GoogleError, GoogleProtocolError, SigninBlockedError, StorageError
 from .google import GoogleClient, TokenResponse
+from .health import StoreHealth
 from .metrics import Metrics
 from .store import TokenRecord
 from .verify import IdClaims, IdTokenVerifier
@@ -69,7 +70,7 @@ class SigninService:
         self.workers = workers
         self.metrics = metrics
         #: The store's up/down flag (a StoreHealth), told about every save; optional.
-        self.health = None
+        self.health: StoreHealth | None = None
 
     async def save_with_retry(self, record: TokenRecord) -> TokenRecord:
         """Merge ``record`` into the store, retrying transient failures with backoff.

@@ -40,12 +40,12 @@ from ..hub import ConfirmationHub, SessionRecord
 __all__ = ["ConfirmationHubContract", "until"]
 
 
-async def until(condition: Callable[[], Any], timeout: float = 3.0) -> None:
-    """Wait until ``condition()`` is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def until(condition: Callable[[], Any], within: float = 3.0) -> None:
+    """Wait until ``condition()`` is true; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+            pytest.fail(f"condition not met within {within}s")
         await asyncio.sleep(0.01)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from typing import Any
+from typing import Any, cast
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from ..errors import (
@@ -116,7 +117,7 @@ class StoreAuthCodeHandler(BaseHandler):
         length = self.request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > cap):
             raise self.fail(413, "body too large")
-        self.request.connection.set_max_body_size(cap)
+        cast(HTTP1Connection, self.request.connection).set_max_body_size(cap)
 
     def data_received(self, chunk: bytes) -> None:
         self._body.extend(chunk)
