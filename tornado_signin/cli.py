@@ -508,6 +508,44 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return asyncio.run(work())
 
 
+def cmd_risc(args: argparse.Namespace) -> int:
+    import secrets as _secrets
+
+    from .risc_admin import RiscAdmin, RiscAdminError, wait_for_verification
+
+    config = _load(args)
+    try:
+        admin = RiscAdmin(config)
+        if args.risc_command == "register":
+            body = admin.register(args.url)
+            print(f"registered {args.url} for {len(body['events_requested'])} event types")
+            return EXIT_OK
+        if args.risc_command == "status":
+            status = admin.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+                return EXIT_OK
+            stream = status["stream"] if isinstance(status["stream"], dict) else {}
+            print(f"status: {status['status']}")
+            print(f"receiver: {_printable(str(stream.get('delivery', {}).get('url', '-')))}")
+            for event in stream.get("events_requested", []):
+                print(f"event: {_printable(str(event))}")
+            return EXIT_OK
+        state = f"tornado-signin verify {_secrets.token_hex(8)}"
+        admin.request_verification(state)
+        print(f"verification requested (state {state!r}); waiting up to {args.timeout:g}s for the receiver",
+              flush=True)
+        if wait_for_verification(config, state, args.timeout):
+            print("verification event received by the receiver")
+            return EXIT_OK
+        print(f"tornado-signin: no verification event reached the receiver within {args.timeout:g}s",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except RiscAdminError as exc:
+        print(f"tornado-signin: {exc}", file=sys.stderr)
+        return EXIT_GOOGLE
+
+
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
     from .wiring import open_store
 
@@ -651,6 +689,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="with --end: end every session of USER")
     p.add_argument("user", metavar="USER")
     p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser(
+        "risc", help="Cross-Account Protection: register the receiver with Google, its status, verify it",
+        description="Talk to Google's RISC management API with the service-account key of "
+                    "risc.service_account_file: `risc register --url https://HOST/PREFIX/risc` points the "
+                    "project's security-event stream at this server's receiver (every event type it handles), "
+                    "`risc status` shows the stream, `risc verify` asks Google for a verification event and waits "
+                    "until the receiver got it (exit 0; 1 on timeout; needs a shared hub). Exit 6: Google refused "
+                    "or could not be reached.")
+    risc_sub = p.add_subparsers(dest="risc_command", required=True, metavar="{register,status,verify}")
+    q = risc_sub.add_parser("register", help="point the event stream at --url")
+    _config_option(q)
+    q.add_argument("--url", required=True, help="the receiver, https://HOST[/PREFIX]/risc")
+    q.set_defaults(func=cmd_risc)
+    q = risc_sub.add_parser("status", help="the event stream's status and configuration")
+    _config_option(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_risc)
+    q = risc_sub.add_parser("verify", help="ask for a verification event and wait for the receiver to get it")
+    _config_option(q)
+    q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    q.set_defaults(func=cmd_risc)
 
     p = sub.add_parser("rotate-keys", help="re-encrypt every stored token under the newest key")
     _config_option(p)
