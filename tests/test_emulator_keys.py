@@ -125,6 +125,7 @@ def test_the_abrupt_test_switch_still_rotates_at_once(emu, clock):
 
 
 def test_a_lead_shorter_than_the_certs_max_age_is_refused():
+    """A next key must be published at least one certs max-age before it signs, or a cache could miss it."""
     with pytest.raises(ValueError, match="lead"):
         EmulatorThread(clients=[CLIENT], certs_max_age=3600, key_schedule={"lead": 60}).start()
 
@@ -150,3 +151,23 @@ async def test_server_certs_cache_honours_age():
         assert emulator.stats["certs"] == fetched + 1, "stale after max-age - Age"
     finally:
         await close_stack(stack)
+
+
+def test_the_schedule_survives_a_restart_with_a_state_folder(tmp_path, clock):
+    """A pending next key (published, not yet signing) is still pending after a restart, and still signs on time."""
+    from tornado_signin.emulator import Emulator
+
+    first = Emulator(clients=[CLIENT], clock=clock, certs_max_age=300, key_schedule=SCHEDULE, state_dir=tmp_path)
+    old_kid = first.keys.current.kid
+    new_kid = first.rotate_keys(abrupt=False)
+    first.close()
+    again = Emulator(clients=[CLIENT], clock=clock, certs_max_age=300, key_schedule=SCHEDULE, state_dir=tmp_path)
+    try:
+        assert again.keys.current.kid == old_kid
+        assert {key.kid for key in again.keys.published} == {old_kid, new_kid}
+        clock.now += SCHEDULE["lead"]
+        assert again.keys.current.kid == new_kid
+        clock.now += SCHEDULE["linger"]
+        assert {key.kid for key in again.keys.published} == {new_kid}
+    finally:
+        again.close()
