@@ -81,11 +81,13 @@ def write_config(tmp: Path, *, name: str, emulator_url: str, origins: list[str],
 class Proc:
     """One child process with its log file."""
 
-    def __init__(self, argv: list[str], log: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], log: Path, *, env: dict[str, str] | None = None,
+                 preexec_fn: Any = None) -> None:
         self.log_path = log
         self.log_file = open(log, "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, **ENV, **(env or {})}, start_new_session=True)
+                                     env={**os.environ, **ENV, **(env or {})}, start_new_session=True,
+                                     preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:
@@ -121,9 +123,10 @@ def start_emulator(tmp: Path, config: Path, port: int) -> Proc:
     return proc
 
 
-def start_server(tmp: Path, config: Path, port: int, *extra: str) -> Proc:
+def start_server(tmp: Path, config: Path, port: int, *extra: str, preexec_fn: Any = None) -> Proc:
+    """Start `tornado-signin serve`; ``preexec_fn`` runs in the child before exec (e.g. to lower a limit)."""
     proc = Proc([PYTHON, "-m", "tornado_signin.cli", "serve", "--config", str(config), "--port", str(port), *extra],
-                tmp / f"serve-{port}.log")
+                tmp / f"serve-{port}.log", preexec_fn=preexec_fn)
     wait_port(port, proc=proc.proc)
     return proc
 

@@ -19,6 +19,7 @@ from tornado.web import Application, RequestHandler
 from .config import Config
 from .context import AppContext
 from .hub import ConfirmationHub
+from .listener import GuardedHTTPServer, connection_budget
 from .store import TokenStore
 from .web.api import ScopeHandler, UserinfoHandler
 from .web.base import BaseHandler
@@ -117,14 +118,26 @@ def make_server(app: Application, config: Config) -> HTTPServer:
     """Return an HTTPServer for ``app`` with the configured transport limits.
 
     Tornado's defaults are permissive (100 MB bodies, 1 h header timeout);
-    these are tight because every request here is small.
+    these are tight because every request here is small. The server holds at
+    most ``limits.max_connections`` connections (by default the descriptor
+    limit less ``limits.descriptor_reserve``) and backs off accept errors
+    (:class:`~tornado_signin.listener.GuardedHTTPServer`).
     """
     limits = config.limits
-    return HTTPServer(
+    ctx: AppContext = app.settings["signin"]
+    ctx.metrics.counter("signin_connections_refused_total",
+                        "Connections refused at accept: full (the connection cap), accept_error (EMFILE...).")
+    server = GuardedHTTPServer(
         app,
         xheaders=config.server.xheaders,
         max_body_size=max(limits.max_body_bytes, 16 * 1024),
         max_header_size=16 * 1024,
         idle_connection_timeout=limits.header_timeout,
         body_timeout=limits.body_timeout,
+        max_connections=connection_budget(limits.max_connections, limits.descriptor_reserve),
+        open_sockets=lambda: len(ctx.sockets),
+        on_refused=lambda reason: ctx.metrics.inc("signin_connections_refused_total", reason=reason),
     )
+    ctx.metrics.gauge("signin_open_connections", "Client connections open now (HTTP and websockets).",
+                      lambda: server.open_connections)
+    return server

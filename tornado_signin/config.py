@@ -157,6 +157,14 @@ class LimitsConfig:
     store_recheck_interval: float = 1.0
     #: Seconds a graceful shutdown waits for in-flight requests (SIGTERM).
     shutdown_grace: float = 10.0
+    #: Client connections (HTTP and websockets) one process holds; 0: RLIMIT_NOFILE less descriptor_reserve.
+    max_connections: int = 0
+    #: Descriptors kept free of client connections, for the store, the hub, Google and logs.
+    descriptor_reserve: int = 64
+    #: Open /confirm websockets per browser session, per process (0 disables).
+    sockets_per_session: int = 16
+    #: Open /confirm websockets per client address, per process (0 disables).
+    sockets_per_address: int = 128
 
 
 RISC_CONFIGURATION_URL = "https://accounts.google.com/.well-known/risc-configuration"

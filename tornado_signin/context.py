@@ -20,7 +20,7 @@ from .live_sessions import SessionRegistry
 from .risc import RiscReceiver
 from .metrics import Metrics
 from .offline import OfflineAccess
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SocketQuota
 from .sessions import StateSigner
 from .signin import SigninService
 from .verify import IdTokenVerifier
@@ -53,6 +53,8 @@ class AppContext:
     risc: RiscReceiver | None = None
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
+    #: Open websockets per session and per client address (limits.sockets_per_*); built by wiring.build_context.
+    socket_quota: SocketQuota = field(default_factory=lambda: SocketQuota(0, 0))
     #: The store's up/down flag (the login gate and readiness); built by wiring.build_context.
     store_health: StoreHealth | None = None
     #: Code POSTs being completed now (graceful shutdown waits for them).

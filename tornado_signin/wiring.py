@@ -30,7 +30,7 @@ from .hub import ConfirmationHub, load_hub
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SocketQuota
 from .redact import install_redaction
 from .risc import RiscReceiver, SecurityEventVerifier
 from .sessions import StateSigner
@@ -99,6 +99,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
         offline=OfflineAccess(store, google, workers, metrics),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
+        socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
     )
     if config.risc.enabled:
         context.risc = RiscReceiver(
@@ -114,6 +115,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     metrics.gauge("signin_store_up", "1 while the token store is believed reachable.",
                   lambda: 1.0 if store_health.up else 0.0)
     metrics.gauge("signin_logins_in_flight", "Code POSTs being completed now.", lambda: context.logins_in_flight)
+    metrics.counter("signin_sockets_refused_total", "Websocket handshakes refused by a quota: cap=session|address.")
     metrics.gauge("signin_open_sockets", "Open /confirm websockets.", lambda: len(context.sockets))
     metrics.gauge("signin_worker_pool_in_flight", "Blocking calls running or queued.", lambda: workers.in_flight)
     return context

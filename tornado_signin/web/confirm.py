@@ -43,6 +43,8 @@ class ConfirmSocket(WebSocketHandler):
         self.session: Session | None = None
         self.subscription: Subscription | None = None
         self.channel: str | None = None
+        #: (session id, client address) of the quota slot this socket holds.
+        self.slot: tuple[str, str] | None = None
 
     def _own_origin(self) -> str:
         return f"{self.request.protocol}://{self.request.host}".lower()
@@ -50,6 +52,18 @@ class ConfirmSocket(WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         # The code endpoint's own check (gate.origin_allowed): exact serialized origin in the allow-list.
         return origin_allowed(origin, self.ctx.allowed_origins(self._own_origin()))
+
+    async def refuse(self, status: int, reason: str) -> None:
+        """Answer the handshake ``{"error": reason}`` with ``status`` and close the connection.
+
+        A refused handshake's connection is closed, not kept alive: a script
+        that opens sockets without end must not hold a descriptor for each.
+        """
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Connection", "close")
+        await self.finish(json.dumps({"error": reason}))
+        self.request.connection.close()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         request_id.set(accept_request_id(self.request.headers.get("X-Request-Id")))
@@ -60,18 +74,32 @@ class ConfirmSocket(WebSocketHandler):
         # scheme, so the check runs here, on every handshake.
         origin = self.request.headers.get("Origin")
         if not origin or not self.check_origin(origin):
-            self.set_status(403)
-            self.finish("origin not allowed")
+            await self.refuse(403, "origin not allowed")
             return
         self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
         # An ended signed-in session is refused like a missing one (one hub read).
         if self.session is not None and not await self.ctx.sessions.is_live(self.session):
             self.session = None
         if self.session is None:
-            self.set_status(403)
-            self.finish("session required")
+            await self.refuse(403, "session required")
             return
-        await super().get(*args, **kwargs)
+        address = self.request.remote_ip or "?"
+        full = self.ctx.socket_quota.acquire(self.session.sid, address)
+        if full is not None:
+            self.ctx.metrics.inc("signin_sockets_refused_total", cap=full)
+            await self.refuse(429, "too many sockets")
+            return
+        self.slot = (self.session.sid, address)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.ws_connection is None:  # the handshake failed: no on_close will come
+                self._release()
+
+    def _release(self) -> None:
+        if self.slot is not None:
+            self.ctx.socket_quota.release(*self.slot)
+            self.slot = None
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.session is not None
@@ -107,6 +135,7 @@ class ConfirmSocket(WebSocketHandler):
         return None
 
     def on_close(self) -> None:
+        self._release()
         self.ctx.sockets.discard(self)
         if self.subscription is not None:
             self.subscription.close()
