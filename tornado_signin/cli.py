@@ -278,13 +278,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> int:
     from .errors import ClientConfigError, GoogleError, GoogleOAuthError, InvalidGrantError
-    from .google import GoogleClient
-    from .hub import load_hub
+    from .wiring import open_google, open_hub
 
     where = f" at {redact_url(config.hub.url)}" if config.hub.url else ""
     name = f"hub ({config.hub.backend}{where})"
     try:
-        hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+        hub = open_hub(config)
     except ConfigError as exc:
         print(f"{name}: FAILED: {exc}")
         return EXIT_HUB
@@ -301,7 +300,7 @@ async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> in
         await hub.close()
 
     google = config.google
-    client = GoogleClient(google)
+    client = open_google(config)
     try:
         certs = google.endpoints.verification_certs_uri
         try:
@@ -440,12 +439,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def _open_hub(config: Any, command: str) -> Any:
     """Return the configured shared hub; raise ConfigError for the memory hub (it lives inside the server)."""
-    from .hub import load_hub
+    from .wiring import open_hub
 
     if config.hub.backend == "memory":
         raise ConfigError("hub.backend", f"`{command}` needs a shared hub (redis): with the memory hub the "
                                          "records live inside the server process")
-    return load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+    return open_hub(config)
 
 
 def _resolve_sub(config: Any, user: str) -> str:

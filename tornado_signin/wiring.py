@@ -8,6 +8,7 @@ would otherwise log the refresh POST (curl's debug output: the refresh token
 and the client secret).
 
 - :func:`open_store` — the configured token store, encrypted at rest.
+- :func:`open_hub`, :func:`open_google` — the configured hub; a Google client.
 - :func:`build_context` — every service of one application (the server).
 - :func:`run_offline` — a store, a Google client and workers for one piece of
   offline work on a private IOLoop (the CLI and the script API).
@@ -39,7 +40,7 @@ from .store import TokenStore, load_store
 from .verify import IdTokenVerifier
 from .workers import WorkerPool
 
-__all__ = ["install_config_redaction", "open_store", "build_context", "run_offline"]
+__all__ = ["install_config_redaction", "open_store", "open_hub", "open_google", "build_context", "run_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,21 @@ def open_store(config: Config) -> EncryptingStore:
     return EncryptingStore(load_store(config.store.backend, dict(config.store.options)), _cipher(config))
 
 
+def open_hub(config: Config) -> ConfirmationHub:
+    """Load the configured confirmation hub; install redaction first.
+
+    Raise ConfigError naming ``hub.backend`` or ``hub.<option>`` (see :func:`tornado_signin.hub.load_hub`).
+    """
+    install_config_redaction(config)
+    return load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+
+
+def open_google(config: Config) -> GoogleClient:
+    """Return a client of ``config``'s Google endpoints (close it when done); install redaction first."""
+    install_config_redaction(config)
+    return GoogleClient(config.google)
+
+
 def build_context(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None) -> AppContext:
     """Build the services of ``config``; ``store`` (plaintext-side) and ``hub`` override the configured ones.
 
@@ -79,8 +95,8 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     elif not isinstance(store, EncryptingStore):
         store = EncryptingStore(store, _cipher(config))
     if hub is None:
-        hub = load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
-    google = GoogleClient(config.google)
+        hub = open_hub(config)
+    google = open_google(config)
     certs = CertCache(google, config.google.endpoints.verification_certs_uri,
                       on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result))
     verifier = IdTokenVerifier(config.google, certs)
@@ -131,7 +147,7 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -
 
     async def main() -> T:
         store = open_store(config)
-        google = GoogleClient(config.google)
+        google = open_google(config)
         workers = WorkerPool(2, 16)
         try:
             return await work(OfflineAccess(store, google, workers))
