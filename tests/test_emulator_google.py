@@ -248,6 +248,12 @@ def test_tokeninfo_v3_access_token_and_errors(emu, clock):
     for params in ({"access_token": "ya29.nope"}, {"id_token": "not.a.jwt"}, {"id_token": tokens["access_token"]}):
         assert error_of(requests.get(emu.base_url + "/tokeninfo", params=params, timeout=10)) == (
             400, "invalid_token", "Invalid Value"), params
+    # No token at all: Google's words (quoted in tests of public Google clients, e.g. a Go and an Elixir one).
+    assert error_of(requests.get(emu.base_url + "/tokeninfo", timeout=10)) == (
+        400, "invalid_token", "Either access_token, id_token, or token_handle required")
+    bare = requests.post(emu.base_url + "/oauth2/v2/tokeninfo", timeout=10)
+    assert (bare.status_code, bare.json()) == (
+        400, {"error_description": "either access_token, id_token, or token_handle required"})
     clock.now += 3601  # both the access token and the ID token have expired
     for params in ({"access_token": tokens["access_token"]}, {"id_token": tokens["id_token"]}):
         assert requests.get(emu.base_url + "/tokeninfo", params=params, timeout=10).status_code == 400

@@ -395,11 +395,12 @@ class TokeninfoHandler(EmulatorHandler):
             access_token = _bearer_token(self)
         state = self.emulator.state
         if id_token is None and access_token is None:
+            # Google's words, v3 and the older front end (v2) differing in case and shape.
             if self.version == 2:
-                await self.reply({"error_description": "Invalid Value"}, 400)
+                await self.reply({"error_description": "either access_token, id_token, or token_handle required"}, 400)
             else:
                 await self.reply(
-                    _error_body("invalid_request", "either access_token, id_token, or token_handle required"), 400
+                    _error_body("invalid_token", "Either access_token, id_token, or token_handle required"), 400
                 )
             return
         info = (
