@@ -321,9 +321,9 @@ def test_picture_needs_the_profile_scope_and_is_served_locally(emu):
 def test_discovery_serves_every_endpoint_it_advertises(emu):
     """Google's discovery document (https://accounts.google.com/.well-known/openid-configuration, fields
     listed at https://developers.google.com/identity/openid-connect/reference#discovery-document) advertises the
-    device-code grant with a device_authorization_endpoint; a web client asking it gets 401 invalid_client
-    (only "TVs and Limited Input devices" clients may:
-    https://developers.google.com/identity/protocols/oauth2/limited-input-device#allowedscopes ;
+    device-code grant with a device_authorization_endpoint; a web client asking it gets Google's 401 invalid_client
+    "Only clients of type 'TVs and Limited Input devices' can use …" (apostrophes HTML-escaped, as Google sends
+    them; https://developers.google.com/identity/protocols/oauth2/limited-input-device#creatingcred ;
     https://github.com/astrada/google-drive-ocamlfuse/issues/574 saw the 401 with a web client)."""
     document = requests.get(emu.base_url + "/.well-known/openid-configuration", timeout=10).json()
     assert document["device_authorization_endpoint"] == emu.base_url + "/device/code"
@@ -332,12 +332,15 @@ def test_discovery_serves_every_endpoint_it_advertises(emu):
     for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "revocation_endpoint", "jwks_uri",
                  "device_authorization_endpoint"):
         assert requests.options(document[name], timeout=10).status_code != 404, name
+    refused = (401, "invalid_client", "Only clients of type &#39;TVs and Limited Input devices&#39; can use the "
+               "OAuth 2.0 flow for TV and Limited-Input Device Applications. Please create and use an appropriate client.")
     answer = requests.post(document["device_authorization_endpoint"], data={"client_id": CLIENT.client_id,
                            "scope": "email"}, timeout=10)
-    assert error_of(answer) == (401, "invalid_client", "Invalid client type.")
+    assert error_of(answer) == refused
+    assert answer.json()["error_uri"].startswith("https://developers.google.com/identity/protocols/oauth2/limited-input")
     device = token_post(emu, grant_type="urn:ietf:params:oauth:grant-type:device_code", device_code="x",
                         client_id=CLIENT.client_id, client_secret=CLIENT.client_secret)
-    assert error_of(device) == (401, "invalid_client", "Invalid client type.")
+    assert error_of(device) == refused
 
 
 # -- 9. scope order, 8. granular consent -------------------------------------------------------

@@ -251,7 +251,8 @@ class TokenHandler(EmulatorHandler):
             client = state.authenticate(*self._client_credentials())
             if grant_type == DEVICE_GRANT:
                 # Only "TVs and Limited Input devices" clients may; the emulator registers web clients.
-                raise OAuthError("invalid_client", "Invalid client type.")
+                await self.reply(_DEVICE_FLOW_REFUSED, 401)
+                return
             if grant_type == "authorization_code":
                 issued = state.exchange_code(
                     client,
@@ -434,12 +435,22 @@ class PictureHandler(EmulatorHandler):
         self.finish(avatar_png(account.sub, pixels))
 
 
+#: Google's answer when a web client tries the device flow, verbatim (its
+#: apostrophes come HTML-escaped): quoted in public tests of Google clients.
+_DEVICE_FLOW_REFUSED = {
+    "error": "invalid_client",
+    "error_description": "Only clients of type &#39;TVs and Limited Input devices&#39; can use the OAuth 2.0 "
+    "flow for TV and Limited-Input Device Applications. Please create and use an appropriate client.",
+    "error_uri": "https://developers.google.com/identity/protocols/oauth2/limited-input-device#creatingcred",
+}
+
+
 class DeviceCodeHandler(EmulatorHandler):
     """``POST /device/code``: Google's device authorization endpoint, as it answers a web client.
 
     Only clients of type "TVs and Limited Input devices" may use the device
-    flow; the emulator registers web clients, so a known client gets
-    ``401 invalid_client`` "Invalid client type." (an unknown one: not found).
+    flow; the emulator registers web clients, so a known client gets Google's
+    ``401 invalid_client`` (an unknown one: "The OAuth client was not found.").
     """
 
     async def post(self) -> None:
@@ -452,7 +463,8 @@ class DeviceCodeHandler(EmulatorHandler):
         except OAuthError as exc:
             await self.oauth_error(exc)
             return
-        await self.oauth_error(OAuthError("invalid_client", "Invalid client type."))
+        log.info("device: refused (web client)")
+        await self.reply(_DEVICE_FLOW_REFUSED, 401)
 
 
 # -- certs, discovery, client secrets ---------------------------------------
