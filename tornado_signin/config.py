@@ -151,6 +151,8 @@ class LimitsConfig:
     #: Code POSTs per client address per minute (0 disables).
     code_posts_per_minute: int = 30
     session_max_age_days: int = 14
+    #: Time-limited access: the page and the host app are told this many seconds before it ends.
+    access_expiry_notice_seconds: float = 3600.0
     #: Seconds between background checks of the token store (readiness and the login gate).
     store_check_interval: float = 5.0
     #: While the store is marked down, a login re-probes it at most this often (seconds).

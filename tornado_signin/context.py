@@ -16,6 +16,7 @@ from .crypto import EncryptingStore
 from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub
+from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
 from .risc import RiscReceiver
 from .metrics import Metrics
@@ -49,6 +50,8 @@ class AppContext:
     offline: OfflineAccess
     #: Signed-in session records (sign-out everywhere); built by wiring.build_context.
     sessions: SessionRegistry = None  # type: ignore[assignment]
+    #: Notices of ending time-limited grants (the page's frame, the host app's listeners).
+    expiry: AccessExpiry = None  # type: ignore[assignment]
     #: The Cross-Account Protection receiver, with ``risc.enabled``; else None.
     risc: RiscReceiver | None = None
     #: Live websocket handlers, for metrics and graceful shutdown.
@@ -74,6 +77,8 @@ class AppContext:
 
     async def close(self) -> None:
         """Release every resource (store, hub, HTTP client, threads)."""
+        if self.expiry is not None:
+            self.expiry.close()
         if self.store_health is not None:
             await self.store_health.stop()
         try:

@@ -136,11 +136,20 @@ class TokenResponse:
     refresh_token: str | None
     id_token: str | None
     received_at: float
+    #: Time-limited access (Google's ``refresh_token_expires_in``): seconds the refresh token works.
+    refresh_token_expires_in: int | None = None
 
     @property
     def expiry(self) -> float:
         """Return the POSIX time at which the access token expires."""
         return self.received_at + self.expires_in
+
+    @property
+    def refresh_token_expires_at(self) -> float | None:
+        """Return the POSIX time after which the refresh token stops working, or None (no limit)."""
+        if self.refresh_token_expires_in is None:
+            return None
+        return self.received_at + self.refresh_token_expires_in
 
 
 def _parse_json_object(response: HTTPResponse) -> dict[str, Any]:
@@ -181,7 +190,14 @@ def parse_token_response(document: dict[str, Any], received_at: float) -> TokenR
     scope = document.get("scope", "")
     if not isinstance(scope, str):
         raise GoogleProtocolError("reply field 'scope' is malformed")
+    refresh_expires_in = document.get("refresh_token_expires_in")
+    if isinstance(refresh_expires_in, str) and refresh_expires_in.isdigit():
+        refresh_expires_in = int(refresh_expires_in)
+    if refresh_expires_in is not None and (isinstance(refresh_expires_in, bool) or not isinstance(
+            refresh_expires_in, int) or not 0 < refresh_expires_in <= 86400 * 366 * 10):
+        raise GoogleProtocolError("reply field 'refresh_token_expires_in' is malformed")
     return TokenResponse(
+        refresh_token_expires_in=refresh_expires_in,
         access_token=_token_string(document, "access_token", required=True),
         expires_in=expires_in,
         token_type="Bearer",

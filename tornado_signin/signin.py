@@ -52,6 +52,7 @@ def record_from_tokens(sub: str, email: str | None, tokens: TokenResponse) -> To
         email=email,
         refresh_token=tokens.refresh_token,
         refresh_token_issued_at=tokens.received_at if tokens.refresh_token else None,
+        refresh_token_expires_at=tokens.refresh_token_expires_at if tokens.refresh_token else None,
         access_token=tokens.access_token,
         access_token_expiry=tokens.expiry,
         access_token_issued_at=tokens.received_at,

@@ -28,13 +28,14 @@ from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub, load_hub
+from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
 from .ratelimit import RateLimiter, SocketQuota
 from .redact import install_redaction
 from .risc import RiscReceiver, SecurityEventVerifier
-from .sessions import StateSigner
+from .sessions import Session, StateSigner
 from .signin import SigninService
 from .store import TokenStore, load_store
 from .verify import IdTokenVerifier
@@ -117,6 +118,10 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
     )
+    sessions = context.sessions
+    context.expiry = AccessExpiry(
+        hub, notice=config.limits.access_expiry_notice_seconds,
+        is_live=lambda sid, sub: sessions.is_live(Session(sid=sid, sub=sub)))
     if config.risc.enabled:
         context.risc = RiscReceiver(
             SecurityEventVerifier(google, config.risc.configuration_url,

@@ -29,9 +29,17 @@ Paths (Google's where Google has one)::
     GET  /client_secret.json[?client_id=]
     GET  /drive/v3/files                 Drive files.list (spaces, fields, pageSize, pageToken, q)
     GET  /drive/v3/files/{fileId}        Drive files.get (appfolder / appDataFolder, root)
+    GET  /.well-known/risc-configuration Cross-Account Protection (:mod:`.risc`): issuer, jwks_uri
+    POST /v1beta/stream:update, :verify  the RISC management API (bearer: the service account's JWT);
+    GET  /v1beta/stream, /stream/status  POST /v1beta/stream/status:update
     test-only (403 unless development=True):
     POST /emulator/code                  form client_id, email, scope, prompt, redirect_uri,
-                                         code_challenge, code_challenge_method
+                                         code_challenge, code_challenge_method, refresh_token_ttl
+                                         (time-limited access: the exchange answers refresh_token_expires_in)
+    GET  /service_account.json           a development service-account key (for the RISC API)
+    POST /emulator/risc/event            form type, email or sub, reason: apply a security event, push its SET
+    GET  /emulator/risc/deliveries       the SETs pushed and the receiver's answers
+    GET  /permissions?authuser=EMAIL     account permissions: "Remove access" ends the grant, sends tokens-revoked
     GET|POST|DELETE /emulator/faults     list / plan (JSON) / clear faults
     POST /emulator/rotate-keys           {"kid": new kid}; abrupt, or {"abrupt": false}: Google's way
     GET  /emulator/stats                 {endpoint name: count}

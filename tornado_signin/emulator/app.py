@@ -220,6 +220,7 @@ class Emulator:
         unticked: Iterable[str] = (),
         code_challenge: str | None = None,
         code_challenge_method: str | None = None,
+        refresh_token_ttl: float | None = None,
     ) -> str:
         """Return a one-time code, exactly as if ``email`` had just consented in the popup.
 
@@ -241,6 +242,7 @@ class Emulator:
             unticked=unticked,
             code_challenge=code_challenge,
             code_challenge_method=code_challenge_method,
+            refresh_token_ttl=refresh_token_ttl,
         )
         return code
 
@@ -441,6 +443,8 @@ class Emulator:
         body: dict[str, Any] = {"access_token": issued.access_token, "expires_in": issued.expires_in}
         if issued.refresh_token:
             body["refresh_token"] = issued.refresh_token
+            if issued.refresh_token_expires_in is not None:
+                body["refresh_token_expires_in"] = issued.refresh_token_expires_in
         body["scope"] = format_scopes(issued.scopes)
         body["token_type"] = "Bearer"
         if issued.id_token_claims is not None and not any(f.kind == "omit_id_token" for f in faults):

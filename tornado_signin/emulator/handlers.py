@@ -622,6 +622,9 @@ class AuthHandler(PopupPageHandler):
                     unticked=unticked,
                     code_challenge=request.get("code_challenge"),
                     code_challenge_method=request.get("code_challenge_method"),
+                    # Time-limited access, as Google's consent screen offers it.
+                    refresh_token_ttl=float(duration) if (duration := self.get_body_argument(
+                        "access_duration", "")).isdigit() and 0 < int(duration) <= 31536000 else None,
                 )
             except KeyError:
                 self.error_page(400, "invalid_request", "Unknown test account.")
@@ -722,6 +725,13 @@ class MintCodeHandler(TestOnlyHandler):
     """``POST /emulator/code``: a one-time code, as if the account had just consented."""
 
     async def post(self) -> None:
+        ttl_text = self.get_argument("refresh_token_ttl", "")
+        ttl: float | None = None
+        if ttl_text:
+            if not ttl_text.isdigit() or not 0 < int(ttl_text) <= 10 * 365 * 86400:
+                await self.reply(_error_body("invalid_request", "refresh_token_ttl must be a number of seconds."), 400)
+                return
+            ttl = float(ttl_text)
         try:
             code = self.emulator.mint_code(
                 self.get_argument("client_id", ""),
@@ -733,6 +743,7 @@ class MintCodeHandler(TestOnlyHandler):
                 include_granted_scopes=self.get_argument("include_granted_scopes", "") == "true",
                 code_challenge=self.get_argument("code_challenge", None),
                 code_challenge_method=self.get_argument("code_challenge_method", None),
+                refresh_token_ttl=ttl,
             )
         except OAuthError as exc:
             await self.oauth_error(exc)

@@ -236,6 +236,8 @@ class Code:
     code_challenge: str | None = None
     code_challenge_method: str | None = None
     access_type: str = "offline"
+    #: Time-limited access: the refresh token this code yields works this many seconds (None: until revoked).
+    refresh_token_ttl: float | None = None
 
 
 @dataclass
@@ -244,6 +246,8 @@ class _RefreshToken:
     sub: str
     scopes: tuple[str, ...]
     grant_id: str
+    #: Time-limited access: POSIX seconds after which it answers invalid_grant (None: until revoked).
+    expires_at: float | None = None
 
 
 @dataclass
@@ -270,6 +274,8 @@ class IssuedTokens:
     refresh_token: str | None
     id_token_claims: dict | None
     account: TestAccount
+    #: Time-limited access: seconds the refresh token still works (Google's ``refresh_token_expires_in``).
+    refresh_token_expires_in: int | None = None
 
 
 class State:
@@ -484,6 +490,7 @@ class State:
         unticked: Iterable[str] = (),
         code_challenge: str | None = None,
         code_challenge_method: str | None = None,
+        refresh_token_ttl: float | None = None,
     ) -> tuple[str, Code]:
         """Record that the user ``email`` consented to ``scope`` for ``client_id``; mint a code.
 
@@ -491,7 +498,9 @@ class State:
         screen: they are not granted (the sign-in scopes cannot be unticked,
         as on Google's screen). ``code_challenge`` binds the code to a PKCE
         verifier (``code_challenge_method`` defaults to ``plain``, as at
-        Google). Return ``(code, Code)``. Raise KeyError for an unknown
+        Google). ``refresh_token_ttl``: the user granted time-limited access
+        (seconds; the exchange answers ``refresh_token_expires_in`` and the
+        refresh token stops working after it). Return ``(code, Code)``. Raise KeyError for an unknown
         account and OAuthError ``invalid_client`` for an unknown client.
         """
         self.client(client_id)
@@ -521,6 +530,7 @@ class State:
             code_challenge=code_challenge or None,
             code_challenge_method=(code_challenge_method or "plain") if code_challenge else None,
             access_type=access_type,
+            refresh_token_ttl=refresh_token_ttl if refresh_token_ttl and refresh_token_ttl > 0 else None,
         )
         self._codes[code] = record
         self._changed()
@@ -579,15 +589,21 @@ class State:
             self._changed()
             raise OAuthError("invalid_grant", "Bad Request")
         refresh_token = None
+        expires_at = None
         if record.with_refresh_token:
             refresh_token = _new_token("1//0", 64)
+            if record.refresh_token_ttl:
+                expires_at = self.clock() + record.refresh_token_ttl
             self._refresh_tokens[refresh_token] = _RefreshToken(
-                record.client_id, record.sub, record.scopes, record.grant_id
+                record.client_id, record.sub, record.scopes, record.grant_id, expires_at
             )
-        return self._issue(
+        issued = self._issue(
             record.client_id, record.sub, record.scopes, record.grant_id, refresh_token, record.nonce,
             access_type="offline" if record.access_type == "offline" else "online",
         )
+        if expires_at is not None:
+            issued.refresh_token_expires_in = int(record.refresh_token_ttl or 0)
+        return issued
 
     def refresh(self, client: EmulatorClient, refresh_token: str | None, scope: str | None) -> IssuedTokens:
         """Use ``refresh_token`` for ``client``; return a new access token (and ID token).
@@ -602,7 +618,8 @@ class State:
         if not refresh_token:
             raise OAuthError("invalid_request", "Missing required parameter: refresh_token")
         record = self._refresh_tokens.get(refresh_token)
-        if record is None or not self._grant_alive(record.client_id, record.sub, record.grant_id):
+        if record is None or not self._grant_alive(record.client_id, record.sub, record.grant_id) or (
+                record.expires_at is not None and record.expires_at <= self.clock()):
             raise OAuthError("invalid_grant", "Token has been expired or revoked.")
         if record.client_id != client.client_id:
             raise OAuthError("unauthorized_client", "Unauthorized")

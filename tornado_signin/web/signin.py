@@ -188,11 +188,17 @@ class StoreAuthCodeHandler(BaseHandler):
             return
         self.write_session(new_session)
         user = claims.public()
-        frame = {"type": SIGNED_IN, "user": user}
+        frame: dict[str, Any] = {"type": SIGNED_IN, "user": user}
+        expires_at = outcome.record.refresh_token_expires_at
+        if expires_at is not None:
+            # Time-limited access: the page learns when it ends, and is told again ahead of it.
+            frame["access_expires_at"] = int(expires_at)
+            ctx.expiry.watch(new_session.sid, claims.sub, expires_at)
         await self.publish(new_session.sid, frame)
         await self.publish(session.sid, frame, rebind=new_session.sid)
         log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
-        self.write_json({"status": SIGNED_IN, "user": user})
+        self.write_json({"status": SIGNED_IN, "user": user,
+                         **({"access_expires_at": int(expires_at)} if expires_at is not None else {})})
 
     async def _failed(self, session: Session, exc: SigninError) -> None:
         """Answer a failed attempt as :data:`ERROR_RESPONSES` says, tell the page's socket, log for the operator."""
