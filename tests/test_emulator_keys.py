@@ -171,3 +171,15 @@ def test_the_schedule_survives_a_restart_with_a_state_folder(tmp_path, clock):
         assert {key.kid for key in again.keys.published} == {new_kid}
     finally:
         again.close()
+
+
+def test_keys_given_without_times_sign_with_the_newest():
+    """Keys handed over newest first (an older state folder, or a caller) sign with the newest, the rest stay published."""
+    from tornado_signin.emulator.keys import KeySet, SigningKey
+
+    newest, older = SigningKey.generate(), SigningKey.generate()
+    keys = KeySet([newest, older], period=None)
+    assert keys.current.kid == newest.kid and [k.kid for k in keys.published] == [newest.kid, older.kid]
+    legacy = KeySet.from_json([k.to_json() for k in (newest, older)], period=None)
+    assert legacy.current.kid == newest.kid
+    assert KeySet.from_json(keys.to_json(), period=None).current.kid == newest.kid

@@ -249,7 +249,13 @@ class KeySet:
         return slot.key
 
     def _signing_slot(self, now: float) -> _Slot:
-        return max((s for s in self._slots if s.signs_from <= now), key=lambda s: s.signs_from)
+        # The latest to start signing; among equal starts (keys given without times) the newest.
+        best: _Slot | None = None
+        for slot in self._slots:  # oldest first
+            if slot.signs_from <= now and (best is None or slot.signs_from >= best.signs_from):
+                best = slot
+        assert best is not None, "a key set always has a signing key"
+        return best
 
     @property
     def current(self) -> SigningKey:
