@@ -381,7 +381,6 @@ def test_check_hub_down_names_it_without_the_password(tmp_path, emulator):
 
 def serve_until_listening(config: Path, deadline: float = 30) -> tuple[int, list[str]]:
     """Run ``tornado-signin serve --config``, wait for its listening line, stop it; return its exit status and log."""
-    import selectors
     import signal
     import time
 
@@ -390,29 +389,24 @@ def serve_until_listening(config: Path, deadline: float = 30) -> tuple[int, list
     sock, port = bind_unused_port()
     sock.close()
     command = shutil.which("tornado-signin", path=str(Path(sys.executable).parent)) or "tornado-signin"
-    process = subprocess.Popen([command, "serve", "--config", str(config), "--port", str(port)], text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
-    lines: list[str] = []
+    log_path = config.parent / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([command, "serve", "--config", str(config), "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
     try:
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
         end = time.monotonic() + deadline
-        while time.monotonic() < end and not any("listening on" in line for line in lines):
-            if selector.select(timeout=0.5):
-                line = process.stdout.readline()
-                if not line:
-                    break
-                lines.append(line.rstrip("\n"))
+        while time.monotonic() < end and "listening on" not in log_path.read_text() and process.poll() is None:
+            time.sleep(0.05)
         # The listening line comes just before serve_forever installs its SIGTERM
         # handler: a signal in between kills the process (-15). Not this test's subject.
         time.sleep(1)
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=30)
-        lines.extend(rest.splitlines())
+        process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    lines = log_path.read_text().splitlines()
     assert any("listening on" in line for line in lines), lines
     return process.returncode, lines
 
@@ -439,3 +433,24 @@ def test_serve_logs_no_warning_when_everything_answers(tmp_path, emulator):
     status, lines = serve_until_listening(write(tmp_path / "config.yaml", dev_document(tmp_path, emulator.base_url)))
     assert status == 0, lines
     assert [line for line in lines if " WARNING " in line or " ERROR " in line] == []
+
+
+@pytest.mark.parametrize("public_origin, warned", [("http://127.0.0.1:8080", False), ("http://127.0.0.1:9999", True)])
+def test_check_through_the_client_secrets_file_and_its_origins(tmp_path, emulator, public_origin, warned):
+    """README step 2 end to end: everything about the client from the file (here: the emulator's)."""
+    base = emulator.base_url
+    write(tmp_path / "client_secret.json", json.dumps({"web": {
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "auth_uri": f"{base}/o/oauth2/v2/auth",
+        "token_uri": f"{base}/token", "auth_provider_x509_cert_url": f"{base}/oauth2/v1/certs",
+        "javascript_origins": ["http://127.0.0.1:8080"]}}))
+    document = dev_document(tmp_path, base)
+    document["google"] = {"client_secrets_file": "client_secret.json"}
+    document["server"]["public_origin"] = public_origin
+    result = check(tmp_path, document, "--create-table")
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[5] == f"google token endpoint ({base}/token): ok, client id {CLIENT_ID} and its secret accepted"
+    expected = [f"google client origins: WARNING: {public_origin} is not among the Authorized JavaScript origins in "
+                "client_secret.json (Google refuses sign-in from a page there: origin_mismatch) unless it was "
+                "added in the Google API Console after the download"] if warned else []
+    assert lines[6:] == expected

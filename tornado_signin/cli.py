@@ -256,11 +256,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print("config: ok")
     name = f"store ({config.store.backend})"
-    creatable = hasattr(store.inner, "create_schema")
+    # Not part of the TokenStore interface: the backends with a table (sql, dynamodb) have it.
+    create_schema: Any = getattr(store.inner, "create_schema", None)
+    creatable = callable(create_schema)
     try:
         if args.create_table:
             if creatable:
-                store.inner.create_schema()
+                create_schema()
                 print(f"{name}: table ready (created if it was missing)")
             else:
                 print(f"{name}: no table to create")
@@ -274,6 +276,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return asyncio.run(_check_hub_and_google(config, reason, redact_url))
+
+
+def _check_origins(config: Any) -> None:
+    """Print a warning for each configured page origin that client_secret.json does not list.
+
+    Only a warning: origins added in the Google API Console after the file
+    was downloaded count at Google without a new download.
+    """
+    listed = config.google.javascript_origins
+    origins = list(config.server.allowed_origins) or (
+        [config.server.public_origin] if config.server.public_origin else [])
+    if not listed or not origins:
+        return
+    for origin in origins:
+        if origin not in listed:
+            print(f"google client origins: WARNING: {origin} is not among the Authorized JavaScript origins in "
+                  "client_secret.json (Google refuses sign-in from a page there: origin_mismatch) unless it was "
+                  "added in the Google API Console after the download")
 
 
 async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> int:
@@ -314,6 +334,7 @@ async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> in
             await client.exchange_code(CHECK_CODE)
         except InvalidGrantError:
             print(f"{token}: ok, client id {google.client_id} and its secret accepted")
+            _check_origins(config)
             return EXIT_OK
         except ClientConfigError as exc:
             if exc.error in ("invalid_client", "unauthorized_client"):

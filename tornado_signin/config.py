@@ -115,6 +115,8 @@ class GoogleConfig:
     endpoints: GoogleEndpoints = field(default_factory=GoogleEndpoints)
     #: Deadline of every outbound call to Google, in seconds.
     request_timeout: float = 10.0
+    #: The client's Authorized JavaScript origins as client_secret.json lists them (not a key of the YAML).
+    javascript_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,8 @@ class Config:
 
 #: Keys of the file that are not fields of their section's dataclass.
 _EXTRA_KEYS: dict[type, tuple[str, ...]] = {GoogleConfig: ("client_secrets_file",)}
+#: Fields of a section's dataclass that are not keys of the file (they come from elsewhere).
+_NOT_KEYS: dict[type, tuple[str, ...]] = {GoogleConfig: ("javascript_origins",)}
 
 
 def _key_tree(cls: type) -> dict[str, Any]:
@@ -223,6 +227,8 @@ def _key_tree(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     tree: dict[str, Any] = {}
     for f in fields(cls):
+        if f.name in _NOT_KEYS.get(cls, ()):
+            continue
         kind = hints.get(f.name)
         tree[f.name] = _key_tree(kind) if isinstance(kind, type) and is_dataclass(kind) else None
     for name in _EXTRA_KEYS.get(cls, ()):
@@ -250,6 +256,7 @@ def _unknown_key_error(prefix: str, unknown: list[Any], valid: list[str], everyw
     name = str(unknown[0])
     key = f"{prefix}.{name}" if prefix else name
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    suggestion: str | None
     if close:
         suggestion = f"{prefix}.{close[0]}" if prefix else close[0]
     else:
@@ -507,6 +514,14 @@ def _origin(url: str, key: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _file_origins(web: dict[str, Any]) -> tuple[str, ...]:
+    """Return the file's ``javascript_origins`` normalised as origins; () when absent or not a list of strings."""
+    origins = web.get("javascript_origins")
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        return ()
+    return tuple(o.rstrip("/").lower() for o in origins)
+
+
 def _client_secrets(data: Any, base_dir: Path, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]]:
     """Return the path and ``web`` section of ``google.client_secrets_file`` (None and {} when unset)."""
     google = data.get("google") if isinstance(data, Mapping) else None
@@ -627,6 +642,7 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
         clock_skew_seconds=g.integer("clock_skew_seconds", 60, maximum=600),
         endpoints=endpoints,
         request_timeout=g.number("request_timeout", 10.0, minimum=0.1),
+        javascript_origins=_file_origins(web),
     )
     g.reject_unknown()
 
