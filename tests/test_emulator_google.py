@@ -385,7 +385,8 @@ def test_granular_consent_leaves_out_unticked_scopes(emu):
 # -- no 5xx for any request value --------------------------------------------------------------
 
 
-ODD = ["", " ", "\x00", "é", "\u0661\u0662", "a" * 5000, "..", "a.b.c", "eyJ.eyJ.x", "%ZZ", "[]", "{}", "-1",
+_DEEP = base64.urlsafe_b64encode(b"[" * 50000 + b"]" * 50000).rstrip(b"=").decode()
+ODD = [f"{_DEEP}.{_DEEP}.AAAA", "", " ", "\x00", "é", "\u0661\u0662", "a" * 5000, "..", "a.b.c", "eyJ.eyJ.x", "%ZZ", "[]", "{}", "-1",
        "ya29." + "\ufeff", "4/0A" + "é" * 30]
 
 
@@ -399,15 +400,17 @@ def test_new_endpoints_answer_odd_values_with_a_4xx(emu, caplog):
         for path in paths:
             for name in ("id_token", "access_token"):
                 assert requests.post(emu.base_url + path, data={name: value}, timeout=10).status_code == 400
+        assert exchange(emu, code, code_verifier=value).status_code == 400
+        if len(value) > 10000:
+            continue  # POST bodies only: a query that long is refused by the HTTP layer (as Google's 414)
         for path in ("/oauth2/v2/userinfo", "/oauth2/v1/userinfo", "/userinfo/v2/me", "/v1/userinfo"):
             assert requests.get(emu.base_url + path, params={"access_token": value}, timeout=10).status_code == 401
-        assert exchange(emu, code, code_verifier=value).status_code == 400
         assert requests.post(emu.base_url + "/device/code", data={"client_id": value}, timeout=10).status_code in (
             400, 401)
         params = {"client_id": CLIENT.client_id, "redirect_uri": REDIRECT, "response_type": "code",
                   "scope": "openid", "code_challenge": value or "x", "code_challenge_method": value}
         assert requests.get(emu.base_url + "/o/oauth2/v2/auth", params=params, timeout=10).status_code < 500
-    for body in (b"[]", b"nope", b'{"abrupt": "yes"}', b'{"abrupt": null}'):
+    for body in (b"[]", b"nope", b'{"abrupt": "yes"}', b'{"abrupt": null}', b"[" * 50000 + b"]" * 50000):
         assert requests.post(emu.base_url + "/emulator/rotate-keys", data=body, timeout=10).status_code == 400
     for size in ("0", "999", "1"):
         assert requests.get(f"{emu.base_url}/a/{ALICE.sub}=s{size}-c", timeout=10).status_code == 200

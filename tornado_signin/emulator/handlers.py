@@ -717,7 +717,7 @@ class TestOnlyHandler(EmulatorHandler):
         """Return the request body parsed as JSON; raise OAuthError ``invalid_request`` if it is not."""
         try:
             return json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
             raise OAuthError("invalid_request", "The body is not JSON.") from None
 
 

@@ -176,6 +176,8 @@ class KeySet:
         lead: float = DEFAULT_LEAD,
         linger: float = DEFAULT_LINGER,
     ) -> None:
+        if period is not None and period <= lead:
+            raise ValueError("key schedule: the period must be longer than the lead (one pending key at a time)")
         self.clock = clock
         self.period, self.lead, self.linger = period, lead, linger
         given = list(keys or ()) or [SigningKey.generate()]
@@ -325,7 +327,7 @@ class KeySet:
             header = json.loads(_b64decode(header_b64))
             claims = json.loads(_b64decode(claims_b64))
             signature = _b64decode(signature_b64)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested JSON segment
             return None
         if not isinstance(header, dict) or not isinstance(claims, dict) or header.get("alg") != "RS256":
             return None
