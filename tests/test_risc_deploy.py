@@ -33,7 +33,9 @@ def post_form(url: str, form: dict[str, str]) -> dict:
 
 
 class RiscDeployment:
-    def __init__(self, tmp: Path, postgres_url: str, redis_url: str, table: str, instances: int = 2) -> None:
+    def __init__(self, tmp: Path, postgres_url: str | None, redis_url: str | None, table: str,
+                 instances: int = 2) -> None:
+        """PostgreSQL and Redis shared by ``instances`` servers; without their URLs, SQLite and the memory hub."""
         self.tmp, self.postgres_url, self.table = tmp, postgres_url, table
         self.ports = [free_port() for _ in range(instances)]
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
@@ -42,8 +44,8 @@ class RiscDeployment:
         self.service_account = tmp / "risc-service-account.json"
         self.config = write_config(
             tmp, name="risc", emulator_url=self.emulator_url, origins=self.urls,
-            store={"backend": "sql", "url": postgres_url, "table": table},
-            hub={"backend": "redis", "url": redis_url, "key_prefix": f"{table}:"},
+            store={"backend": "sql", "url": postgres_url or f"sqlite:///{tmp / 'tokens.db'}", "table": table},
+            hub={"backend": "redis", "url": redis_url, "key_prefix": f"{table}:"} if redis_url else None,
             risc={"enabled": True, "configuration_url": self.emulator_url + "/.well-known/risc-configuration",
                   "management_url": self.emulator_url + "/v1beta", "service_account_file": str(self.service_account)})
         self.procs: list[Proc] = [start_emulator(tmp, self.config, emulator_port)]
@@ -65,6 +67,8 @@ class RiscDeployment:
     def close(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+        if self.postgres_url is None:
+            return
         engine = create_engine(self.postgres_url)
         try:
             with engine.begin() as conn:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ACCESS_EXPIRING = "access_expiring"
 #: Default: notice one hour ahead.
 DEFAULT_NOTICE = 3600.0
+MIN_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class AccessExpiry:
     def watch(self, sid: str, sub: str, expires_at: float) -> None:
         """Give notice for session ``sid`` of ``sub`` ``notice`` seconds before ``expires_at``."""
         self.cancel(sid)
-        delay = max(expires_at - self.notice - self.clock(), 0.0)
+        # At least a moment: the page's socket is still following the session id the sign-in rotated.
+        delay = max(expires_at - self.notice - self.clock(), MIN_DELAY)
         loop = asyncio.get_running_loop()
         self._timers[sid] = loop.call_later(delay, lambda: loop.create_task(self._fire(sid, sub, expires_at)))
 
