@@ -454,3 +454,35 @@ def test_check_through_the_client_secrets_file_and_its_origins(tmp_path, emulato
                 "client_secret.json (Google refuses sign-in from a page there: origin_mismatch) unless it was "
                 "added in the Google API Console after the download"] if warned else []
     assert lines[6:] == expected
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_check_creates_no_dynamodb_table_unless_asked(tmp_path, emulator, moto_server, unique_name):
+    import boto3
+
+    document = dev_document(tmp_path, emulator.base_url)
+    document["store"] = {"backend": "dynamodb", "table": unique_name, "endpoint_url": moto_server,
+                         "region": "us-east-1", "aws_access_key_id": "local", "aws_secret_access_key": "local",
+                         "create_table": True, "encryption": {"keys": [{"$env": "TORNADO_SIGNIN_KEY"}]}}
+    client = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local")
+    result = check(tmp_path, document)
+    assert result.returncode == 4, result.stdout
+    assert "ResourceNotFoundException" in result.stdout and "--create-table" in result.stdout
+    assert unique_name not in client.list_tables()["TableNames"]
+    result = check(tmp_path, document, "--create-table")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[1:3] == ["store (dynamodb): table ready (created if it was missing)",
+                                               "store (dynamodb): ok"]
+    assert unique_name in client.list_tables()["TableNames"]
+    client.delete_table(TableName=unique_name)
