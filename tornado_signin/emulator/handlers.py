@@ -301,13 +301,11 @@ class RevokeHandler(EmulatorHandler):
         await self.post()
 
 
-def _bearer_token(handler: tornado.web.RequestHandler, *, body: bool = False) -> str | None:
-    """Return the access token of a request: ``Authorization: Bearer``, else ``access_token`` (query, or form)."""
+def _bearer_token(handler: tornado.web.RequestHandler) -> str | None:
+    """Return the access token of a request: ``Authorization: Bearer``, else the query's ``access_token``."""
     auth = handler.request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    if body:
-        return handler.get_argument("access_token", None)
     return handler.get_query_argument("access_token", None)
 
 
