@@ -54,6 +54,14 @@ class SwitchableStore(TokenStore):
         self._gate()
         return self.inner.delete(sub)
 
+    def mark_revoked(self, sub, revoked_at, *, if_refresh_token):
+        self._gate()
+        return self.inner.mark_revoked(sub, revoked_at, if_refresh_token=if_refresh_token)
+
+    def delete_if(self, sub, *, if_refresh_token):
+        self._gate()
+        return self.inner.delete_if(sub, if_refresh_token=if_refresh_token)
+
     def records(self):
         self._gate()
         return self.inner.records()

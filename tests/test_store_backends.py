@@ -167,6 +167,12 @@ class _FailsAfter(TokenStore):
     def delete(self, sub):
         return self.inner.delete(sub)
 
+    def mark_revoked(self, sub, revoked_at, *, if_refresh_token):
+        return self.inner.mark_revoked(sub, revoked_at, if_refresh_token=if_refresh_token)
+
+    def delete_if(self, sub, *, if_refresh_token):
+        return self.inner.delete_if(sub, if_refresh_token=if_refresh_token)
+
     def records(self):
         return self.inner.records()
 
@@ -304,3 +310,22 @@ def test_migration_binds_legacy_records_in_the_target(make_backend):
     raw = target_backend.store.get("alice")
     assert raw.refresh_token.startswith("tsg1.") and raw.access_token.startswith("tsg1.")
     assert target.get("alice").refresh_token == "rt-alice"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_encrypted_conditional_writes_compare_plaintext(make_backend, kind):
+    backend = make_backend(kind)
+    key = generate_key()
+    store = EncryptingStore(backend.store, TokenCipher([key]))
+    store.save(full_record(sub="u", refresh_token="rt-1", revoked_at=None))
+    assert store.mark_revoked("u", 5.0, if_refresh_token="rt-2") is False
+    # A re-encryption changes the ciphertext, not the token: the condition still holds.
+    rotated = EncryptingStore(backend.store, TokenCipher([generate_key(), key]))
+    before = backend.store.get("u").refresh_token
+    rotated.reencrypt_all()
+    assert backend.store.get("u").refresh_token != before
+    assert rotated.mark_revoked("u", 5.0, if_refresh_token="rt-1") is True
+    assert rotated.get("u").revoked_at == 5.0
+    assert rotated.delete_if("u", if_refresh_token="rt-2") is False
+    assert rotated.delete_if("u", if_refresh_token="rt-1") is True
+    assert rotated.get("u") is None

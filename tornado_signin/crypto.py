@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -46,6 +47,8 @@ _PREFIX = "tsg1."
 _KEY_ID_BYTES = 4
 _NONCE_BYTES = 12
 _HKDF_INFO = b"tornado-signin token encryption: AES-256-GCM, v1"
+#: Rounds of a compare-and-set before giving up (each lost round saw another write land).
+_CAS_ROUNDS = 16
 
 
 def generate_key() -> str:
@@ -171,6 +174,39 @@ class EncryptingStore(TokenStore):
 
     def delete(self, sub: str) -> bool:
         return self.inner.delete(sub)
+
+    def _stored_ciphertext(self, sub: str, refresh_token: str | None) -> tuple[bool, str | None]:
+        """Return (True, the stored ciphertext) when ``sub``'s stored refresh token decrypts to ``refresh_token``."""
+        stored = self.inner.get(sub)
+        if stored is None:
+            return False, None
+        if stored.refresh_token is None or refresh_token is None:
+            return stored.refresh_token is None and refresh_token is None, None
+        plain = self.cipher.decrypt(stored.refresh_token, sub=sub, field="refresh_token")
+        return hmac.compare_digest(plain.encode("utf-8"), refresh_token.encode("utf-8")), stored.refresh_token
+
+    def _compare_and_set(self, sub: str, refresh_token: str | None, write: Any) -> bool:
+        # The inner store compares ciphertext, and a token's ciphertext differs
+        # at every encryption: find the one stored for this plaintext, then let
+        # the inner store write only if it is still that one. If it changed in
+        # between (a save, a re-encryption), look again.
+        for _ in range(_CAS_ROUNDS):
+            match, ciphertext = self._stored_ciphertext(sub, refresh_token)
+            if not match:
+                return False
+            if write(ciphertext):
+                return True
+        return False
+
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        """As :meth:`TokenStore.mark_revoked`, with ``if_refresh_token`` in plaintext."""
+        return self._compare_and_set(sub, if_refresh_token, lambda ciphertext: self.inner.mark_revoked(
+            sub, revoked_at, if_refresh_token=ciphertext))
+
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        """As :meth:`TokenStore.delete_if`, with ``if_refresh_token`` in plaintext."""
+        return self._compare_and_set(sub, if_refresh_token, lambda ciphertext: self.inner.delete_if(
+            sub, if_refresh_token=ciphertext))
 
     def records(self) -> Iterator[TokenRecord]:
         for record in self.inner.records():

@@ -14,6 +14,9 @@ The contract, checked for every backend by :mod:`tornado_signin.testing`:
   :mod:`tornado_signin.crypto`): a backend stores them as opaque strings.
 * :meth:`TokenStore.save` is an atomic merge following :func:`merge_records`,
   whatever the interleaving of concurrent saves in threads or processes.
+* :meth:`TokenStore.mark_revoked` and :meth:`TokenStore.delete_if` are
+  atomic compare-and-set writes on the stored refresh token: an outcome
+  applies only to the token it was computed for.
 * Every backend failure is raised as :class:`~tornado_signin.errors.StorageError`
   chained to its cause.
 """
@@ -38,6 +41,7 @@ __all__ = [
     "load_store",
     "BackendInfo",
     "email_key",
+    "revoked_record",
 ]
 
 ENTRY_POINT_GROUP = STORES.name
@@ -131,6 +135,12 @@ def email_key(email: str) -> str:
     return email.translate(_ASCII_LOWER)
 
 
+def revoked_record(stored: TokenRecord, revoked_at: float, now: float | None = None) -> TokenRecord:
+    """Return ``stored`` marked revoked at ``revoked_at`` (the later of the two marks), as :meth:`TokenStore.mark_revoked` leaves it."""
+    marks = [t for t in (stored.revoked_at, revoked_at) if t is not None]
+    return stored.replace(revoked_at=max(marks), updated_at=time.time() if now is None else now)
+
+
 def _newer(incoming: float | None, stored: float | None) -> bool:
     # Ties go to the incoming record so that a re-encryption (same issue time,
     # new ciphertext) replaces the stored value.
@@ -204,7 +214,7 @@ class TokenStore(abc.ABC):
     Example (a plugin, registered in the ``tornado_signin.backends`` entry-point group)::
 
         import threading
-        from tornado_signin.store import TokenRecord, TokenStore, merge_records
+        from tornado_signin.store import TokenRecord, TokenStore, merge_records, revoked_record
 
         class DictStore(TokenStore):
             def __init__(self, *, label: str = "") -> None:
@@ -222,6 +232,22 @@ class TokenStore(abc.ABC):
             def delete(self, sub):
                 with self._lock:
                     return self._records.pop(sub, None) is not None
+
+            def mark_revoked(self, sub, revoked_at, *, if_refresh_token):
+                with self._lock:
+                    stored = self._records.get(sub)
+                    if stored is None or stored.refresh_token != if_refresh_token:
+                        return False
+                    self._records[sub] = revoked_record(stored, revoked_at)
+                    return True
+
+            def delete_if(self, sub, *, if_refresh_token):
+                with self._lock:
+                    stored = self._records.get(sub)
+                    if stored is None or stored.refresh_token != if_refresh_token:
+                        return False
+                    del self._records[sub]
+                    return True
 
             def records(self):
                 with self._lock:
@@ -247,6 +273,35 @@ class TokenStore(abc.ABC):
     @abc.abstractmethod
     def records(self) -> Iterator[TokenRecord]:
         """Yield every stored record (order unspecified). Used by the CLI and migrations."""
+
+    # -- conditional writes ---------------------------------------------------
+    #
+    # An answer from Google applies only to the refresh token it was computed
+    # for: an ``invalid_grant`` for the old token must not mark a record that
+    # meanwhile holds a new one revoked, and a revoke of the old grant must not
+    # delete a record a newer sign-in wrote. Each is a compare-and-set on the
+    # stored refresh token (ciphertext at the backend), done atomically by the
+    # backend: a conditional UPDATE/DELETE, a ConditionExpression, the same
+    # lock as ``save``.
+
+    @abc.abstractmethod
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        """Mark ``sub``'s grant revoked at ``revoked_at`` only if its stored refresh token is ``if_refresh_token``.
+
+        ``if_refresh_token`` is compared exactly with the stored value; None
+        means "no refresh token stored". On a match, atomically: ``revoked_at``
+        becomes the later of the stored one and ``revoked_at``, ``updated_at``
+        now, every other field unchanged; return True. Return False, changing
+        nothing, when no record is stored or it holds another refresh token.
+        """
+
+    @abc.abstractmethod
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        """Forget ``sub`` only if its stored refresh token is ``if_refresh_token`` (as :meth:`mark_revoked`).
+
+        Return True when the record was deleted, False (nothing changed) when
+        none is stored or it holds another refresh token. Atomic.
+        """
 
     def find_by_email(self, email: str) -> list[TokenRecord]:
         """Return every stored record whose email equals ``email`` under :func:`email_key` (order unspecified).

@@ -427,6 +427,58 @@ class DynamoDBTokenStore(TokenStore):
             response = self._client.delete_item(TableName=self.table_name, Key=self._key(sub), ReturnValues="ALL_OLD")
         return bool(response.get("Attributes"))
 
+    def _holds(self, update: _Update, refresh_token: str | None) -> None:
+        """Add the condition "the item exists and its refresh token is ``refresh_token``" to ``update``."""
+        update.conditions.append(f"attribute_exists({update.name(self.partition_key)})")
+        if refresh_token is None:
+            update.conditions.append(f"attribute_not_exists({update.name('refresh_token')})")
+        else:
+            update.conditions.append(f"{update.name('refresh_token')} = {update.value({'S': refresh_token})}")
+
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        update = _Update()
+        update.set("revoked_at", _number(revoked_at))
+        update.set("updated_at", _number(time.time()))
+        self._holds(update, if_refresh_token)
+        update.newer_or_absent("revoked_at", revoked_at, strictly=True)
+        with self._translate("mark a record revoked"):
+            self._ensure_table()
+            try:
+                self._client.update_item(TableName=self.table_name, Key=self._key(sub),
+                                         ReturnValuesOnConditionCheckFailure="ALL_OLD", **update.request())
+                return True
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                seen = exc.response.get("Item")
+        # The condition failed: on another refresh token (or no item), or only
+        # because a later mark is stored already, which counts as marked.
+        if seen is None:
+            return False
+        stored = self._record(seen)
+        return stored.refresh_token == if_refresh_token and (stored.revoked_at or 0.0) >= revoked_at
+
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        condition = _Update()
+        self._holds(condition, if_refresh_token)
+        request: dict[str, Any] = {"ConditionExpression": " AND ".join(condition.conditions),
+                                   "ExpressionAttributeNames": condition.names}
+        if condition.values:
+            request["ExpressionAttributeValues"] = condition.values
+        with self._translate("delete a record"):
+            self._ensure_table()
+            try:
+                self._client.delete_item(TableName=self.table_name, Key=self._key(sub), **request)
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return False
+        return True
+
     def records(self) -> Iterator[TokenRecord]:
         request: dict[str, Any] = {"TableName": self.table_name, "ConsistentRead": True}
         while True:

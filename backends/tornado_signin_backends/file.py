@@ -25,8 +25,8 @@ encodable) raise ValueError on ``save``.
 Writes are atomic and durable: the record is written to a temporary file in
 the same directory, fsynced, renamed over the old one with ``os.replace`` and
 the directory is fsynced, so a reader (or a crash, even SIGKILL mid-write)
-sees the old record or the new one, never a torn file. ``save`` and
-``delete`` hold an exclusive ``fcntl.flock`` on the user's lock stripe around
+sees the old record or the new one, never a torn file. ``save``,
+``delete``, ``mark_revoked`` and ``delete_if`` hold an exclusive ``fcntl.flock`` on the user's lock stripe around
 read → :func:`~tornado_signin.store.merge_records` → write, which makes the
 merge atomic across threads (each lock is taken on its own open file, and
 flock locks of distinct open files exclude each other even in one process) and
@@ -56,7 +56,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tornado_signin.errors import ConfigError, StorageError
-from tornado_signin.store import TokenRecord, TokenStore, merge_records
+from tornado_signin.store import TokenRecord, TokenStore, merge_records, revoked_record
 
 from ._common import check_sub, is_valid_sub
 
@@ -293,6 +293,29 @@ class FileTokenStore(TokenStore):
                 os.unlink(self._record_path(file_id))
             except FileNotFoundError:
                 return False
+            _fsync_directory(self.path)
+        return True
+
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        file_id = _file_id(sub)
+        with self._translate("mark a record revoked"), self._locked(file_id):
+            stored = self._read(file_id)
+            if stored is None or stored.sub != sub or stored.refresh_token != if_refresh_token:
+                return False
+            self._write(file_id, revoked_record(stored, revoked_at))
+        return True
+
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        file_id = _file_id(sub)
+        with self._translate("delete a record"), self._locked(file_id):
+            stored = self._read(file_id)
+            if stored is None or stored.sub != sub or stored.refresh_token != if_refresh_token:
+                return False
+            os.unlink(self._record_path(file_id))
             _fsync_directory(self.path)
         return True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from tornado_signin.store import TokenRecord, TokenStore, merge_records
+from tornado_signin.store import TokenRecord, TokenStore, merge_records, revoked_record
 
 __all__ = ["MemoryTokenStore"]
 
@@ -30,6 +30,22 @@ class MemoryTokenStore(TokenStore):
     def delete(self, sub: str) -> bool:
         with self._lock:
             return self._records.pop(sub, None) is not None
+
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        with self._lock:
+            stored = self._records.get(sub)
+            if stored is None or stored.refresh_token != if_refresh_token:
+                return False
+            self._records[sub] = revoked_record(stored, revoked_at)
+            return True
+
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        with self._lock:
+            stored = self._records.get(sub)
+            if stored is None or stored.refresh_token != if_refresh_token:
+                return False
+            del self._records[sub]
+            return True
 
     def records(self) -> Iterator[TokenRecord]:
         with self._lock:

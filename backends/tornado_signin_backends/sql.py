@@ -108,6 +108,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     create_engine,
     event,
     func,
@@ -116,7 +117,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.mysql import VARBINARY
+from sqlalchemy.dialects.mysql import BINARY, VARBINARY
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -761,6 +762,40 @@ class SQLTokenStore(TokenStore):
         table = self._table
         with self._translate("delete a record"):
             count = self._run(lambda conn: conn.execute(table.delete().where(table.c.sub == sub)).rowcount, write=True)
+        return count > 0
+
+    def _matches(self, sub: str, refresh_token: str | None) -> Any:
+        table = self._table
+        if refresh_token is None:
+            held = table.c.refresh_token.is_(None)
+        elif self._dialect in _MYSQL_DIALECTS:
+            # Byte for byte: MySQL's text collations ignore case and trailing spaces, even _bin pads.
+            held = cast(table.c.refresh_token, BINARY()) == cast(bindparam("if_refresh_token", refresh_token), BINARY())
+        else:
+            held = table.c.refresh_token == refresh_token
+        return and_(table.c.sub == sub, held)
+
+    def mark_revoked(self, sub: str, revoked_at: float, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        table = self._table
+        # One conditional UPDATE: the database compares the refresh token and
+        # writes the later mark under the row lock, whatever runs meanwhile.
+        statement = table.update().where(self._matches(sub, if_refresh_token)).values(
+            revoked_at=case((or_(table.c.revoked_at.is_(None), table.c.revoked_at < revoked_at), revoked_at),
+                            else_=table.c.revoked_at),
+            updated_at=time.time(),
+        )
+        with self._translate("mark a record revoked"):
+            count = self._run(lambda conn: conn.execute(statement).rowcount, write=True)
+        return count > 0
+
+    def delete_if(self, sub: str, *, if_refresh_token: str | None) -> bool:
+        if not is_valid_sub(sub):
+            return False
+        statement = self._table.delete().where(self._matches(sub, if_refresh_token))
+        with self._translate("delete a record"):
+            count = self._run(lambda conn: conn.execute(statement).rowcount, write=True)
         return count > 0
 
     def records(self) -> Iterator[TokenRecord]:

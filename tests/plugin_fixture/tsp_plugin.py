@@ -5,7 +5,7 @@
 
 import threading
 
-from tornado_signin.store import TokenStore, merge_records
+from tornado_signin.store import TokenStore, merge_records, revoked_record
 
 __all__ = ["Store", "NaiveStore"]
 
@@ -29,6 +29,22 @@ class Store(TokenStore):
     def delete(self, sub):
         with self._lock:
             return self._records.pop(sub, None) is not None
+
+    def mark_revoked(self, sub, revoked_at, *, if_refresh_token):
+        with self._lock:
+            stored = self._records.get(sub)
+            if stored is None or stored.refresh_token != if_refresh_token:
+                return False
+            self._records[sub] = revoked_record(stored, revoked_at)
+            return True
+
+    def delete_if(self, sub, *, if_refresh_token):
+        with self._lock:
+            stored = self._records.get(sub)
+            if stored is None or stored.refresh_token != if_refresh_token:
+                return False
+            del self._records[sub]
+            return True
 
     def records(self):
         with self._lock:

@@ -20,7 +20,8 @@ even when the test has already closed the store)::
 pytest then runs every ``test_*`` method below against it: misses, the round
 trip of every field, each rule of :func:`~tornado_signin.store.merge_records`
 (plus a randomised comparison against it), delete, ``records()``,
-``find_by_email()`` (exact, ASCII case only),
+``find_by_email()`` (exact, ASCII case only), the conditional writes
+``mark_revoked()`` and ``delete_if()`` (exact compare, atomic against saves),
 ``check()``, ``close()``, awkward ``sub`` values, and 20 threads saving the
 same user at once.
 
@@ -476,6 +477,92 @@ class TokenStoreContract:
         store.save(full_record())
         store.close()
         store.close()
+
+    # -- conditional writes (an outcome applies only to the token it was computed for) ----
+
+    def test_mark_revoked_only_for_the_refresh_token_it_names(self, store: TokenStore) -> None:
+        first = store.save(full_record(revoked_at=None))
+        assert store.mark_revoked(first.sub, 1_800_000_000.0, if_refresh_token="1//another") is False
+        assert store.get(first.sub) == first, "a mark for another refresh token changed the record"
+        assert store.mark_revoked(first.sub, 1_800_000_000.0, if_refresh_token=first.refresh_token) is True
+        marked = store.get(first.sub)
+        assert marked.revoked_at == 1_800_000_000.0 and marked.updated_at >= first.updated_at
+        _same_fields(marked, first.replace(revoked_at=1_800_000_000.0))
+        assert not marked.has_usable_refresh_token
+
+    def test_mark_revoked_compares_exactly(self, store: TokenStore) -> None:
+        first = store.save(full_record(refresh_token="1//Rt-Case-Sensitive", revoked_at=None))
+        for variant in ("1//rt-case-sensitive", "1//RT-CASE-SENSITIVE", "1//Rt-Case-Sensitive ", "1//Rt-Case",
+                        "%", "", None):
+            assert store.mark_revoked(first.sub, 9e9, if_refresh_token=variant) is False, repr(variant)
+            assert store.delete_if(first.sub, if_refresh_token=variant) is False, repr(variant)
+        assert store.get(first.sub) == first
+
+    def test_mark_revoked_keeps_the_later_mark(self, store: TokenStore) -> None:
+        first = store.save(full_record(revoked_at=500.0))
+        assert store.mark_revoked(first.sub, 300.0, if_refresh_token=first.refresh_token) is True
+        assert store.get(first.sub).revoked_at == 500.0
+        assert store.mark_revoked(first.sub, 700.0, if_refresh_token=first.refresh_token) is True
+        assert store.get(first.sub).revoked_at == 700.0
+
+    def test_mark_revoked_of_a_record_without_refresh_token(self, store: TokenStore) -> None:
+        bare = store.save(TokenRecord(sub="bare", access_token="at", access_token_issued_at=1.0))
+        assert store.mark_revoked("bare", 2.0, if_refresh_token="1//rt") is False
+        assert store.mark_revoked("bare", 2.0, if_refresh_token=None) is True
+        assert store.get("bare").revoked_at == 2.0 and store.get("bare").access_token == bare.access_token
+        with_token = store.save(full_record(sub="with-token"))
+        assert store.mark_revoked(with_token.sub, 2.0, if_refresh_token=None) is False
+
+    def test_conditional_writes_of_a_missing_record_create_nothing(self, store: TokenStore) -> None:
+        for token in ("1//rt", None):
+            assert store.mark_revoked("nobody", 1.0, if_refresh_token=token) is False
+            assert store.delete_if("nobody", if_refresh_token=token) is False
+        assert store.get("nobody") is None and list(store.records()) == []
+
+    def test_delete_if_only_for_the_refresh_token_it_names(self, store: TokenStore) -> None:
+        first = store.save(full_record())
+        newer = store.save(TokenRecord(sub=first.sub, refresh_token="1//newer", refresh_token_issued_at=2e9))
+        assert store.delete_if(first.sub, if_refresh_token=first.refresh_token) is False
+        assert store.get(first.sub) == newer
+        assert store.delete_if(first.sub, if_refresh_token="1//newer") is True
+        assert store.get(first.sub) is None
+        store.save(TokenRecord(sub="bare"))
+        assert store.delete_if("bare", if_refresh_token=None) is True and store.get("bare") is None
+
+    def test_delete_if_racing_a_newer_save_never_loses_it(self, store: TokenStore) -> None:
+        """Each round: one thread deletes "if rt-old", another saves rt-new. Whatever the order, rt-new survives."""
+        rng = random.Random(4)
+        for round_ in range(40):
+            sub = f"race-{round_}"
+            pauses = (rng.uniform(0, 0.003), rng.uniform(0, 0.003))
+            store.save(TokenRecord(sub=sub, refresh_token="rt-old", refresh_token_issued_at=1.0))
+            barrier = threading.Barrier(2)
+            errors: list[BaseException] = []
+
+            def delete() -> None:
+                try:
+                    barrier.wait(timeout=30)
+                    time.sleep(pauses[0])
+                    store.delete_if(sub, if_refresh_token="rt-old")
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            def save() -> None:
+                try:
+                    barrier.wait(timeout=30)
+                    time.sleep(pauses[1])
+                    store.save(TokenRecord(sub=sub, refresh_token="rt-new", refresh_token_issued_at=2.0))
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            workers = [threading.Thread(target=delete), threading.Thread(target=save)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=60)
+            assert not errors, errors
+            final = store.get(sub)
+            assert final is not None and final.refresh_token == "rt-new", f"round {round_}: the newer save was lost"
 
     # -- lookup by email ------------------------------------------------------
 
