@@ -26,9 +26,10 @@ Transport kinds, for every endpoint (one applies per call, oldest first):
             JSON padding; ``content_type`` default ``application/json``
 ==========  ==================================================================
 
-``status``, ``hang`` and ``body`` accept ``"after": true``: the request is
-processed first (a code is spent, a grant revoked) and only the answer is
-lost or replaced - the "it worked but the reply never arrived" case.
+``status``, ``hang``, ``body`` and ``delay`` accept ``"after": true``: the
+request is processed first (a code is spent, a grant revoked) and only the
+answer is lost, replaced or late - the "it worked but the reply never
+arrived (yet)" case.
 
 Token-response kinds, for ``token`` only (every matching one applies):
 
@@ -85,7 +86,7 @@ TRANSPORT_KINDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "after": ((bool,), False),
     },
     "hang": {"seconds": (_NUMBER, False), "after": ((bool,), False)},
-    "delay": {"seconds": (_NUMBER, True)},
+    "delay": {"seconds": (_NUMBER, True), "after": ((bool,), False)},
     "drip": {"interval": (_NUMBER, False), "chunks": ((int,), False)},
     "body": {
         "body": ((str,), False),

@@ -105,9 +105,9 @@ class EmulatorHandler(tornado.web.RequestHandler):
         fault = self.emulator.faults.take_transport(name)
         if fault is None:
             return
-        if fault.kind == "delay":
+        if fault.kind == "delay" and not fault.params.get("after"):
             await asyncio.sleep(fault.params["seconds"])
-        elif fault.kind == "drip" or fault.params.get("after"):
+        elif fault.kind in ("drip", "delay") or fault.params.get("after"):
             self._fault = fault
         else:
             await self._misbehave(fault)
@@ -140,6 +140,10 @@ class EmulatorHandler(tornado.web.RequestHandler):
     async def reply(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
         """Send ``payload`` as JSON with ``status`` (unless a pending fault says otherwise)."""
         fault, self._fault = self._fault, None
+        if fault is not None and fault.kind == "delay":
+            # Processed already (a code spent, a grant revoked): only the answer is late.
+            await asyncio.sleep(fault.params["seconds"])
+            fault = None
         if fault is not None and fault.kind != "drip":
             await self._misbehave(fault)
             return
