@@ -15,6 +15,12 @@ record (sign-out, "sign out everywhere", a security event) ends that session
 in every process, copied cookies included. :mod:`tornado_signin.live_sessions`
 builds sign-out on these methods.
 
+And *leases* (:meth:`ConfirmationHub.acquire_lease`,
+:meth:`ConfirmationHub.release_lease`): a per-key lock with a time to live,
+held across every process sharing the hub. :mod:`tornado_signin.grants` uses
+one per user so that what Google answers late (a revoke, an exchange) is
+never applied over a newer state written by another sign-in of that user.
+
 Hubs are plugins in the ``tornado_signin.hubs`` entry-point group, loaded by
 :func:`load_hub`: ``memory`` (one process) and ``redis`` (pub/sub, several
 processes and machines), both in ``tornado_signin_backends``.
@@ -24,13 +30,15 @@ from __future__ import annotations
 
 import abc
 import json
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .plugins import HUBS, load
 
-__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "load_hub", "HUB_ENTRY_POINT_GROUP"]
+__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "LocalLeases", "load_hub", "HUB_ENTRY_POINT_GROUP"]
 
 HUB_ENTRY_POINT_GROUP = HUBS.name
 
@@ -145,11 +153,69 @@ class ConfirmationHub(abc.ABC):
         A session started while this runs may survive it. Raise HubUnavailableError when the hub cannot answer.
         """
 
+    # -- leases ------------------------------------------------------------------------
+
+    async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        """Try once to take the lease ``key`` for ``ttl`` seconds; return its token, or None while it is held.
+
+        While a lease is held, no other caller in any process sharing the hub
+        gets ``key``, until :meth:`release_lease` with the token or the end of
+        ``ttl`` (so a holder that died blocks the others for at most ``ttl``).
+        Waiting and retrying is the caller's business. Raise
+        HubUnavailableError when the hub cannot answer: a lease that cannot be
+        checked is not held.
+
+        The default keeps leases in this process: right for a hub that serves
+        one process (``memory``). A hub shared between processes must override
+        this and :meth:`release_lease` with atomic operations of its store.
+        """
+        return _local_leases(self).acquire(key, ttl)
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Release the lease ``key`` if ``token`` still holds it; return True if it did, False if it had
+        expired or passed to another holder (nothing is changed then). Raise HubUnavailableError."""
+        return _local_leases(self).release(key, token)
+
     async def check(self) -> None:
         """Raise unless the hub is usable (readiness)."""
 
     async def close(self) -> None:
         """Release connections. Idempotent."""
+
+
+class LocalLeases:
+    """Leases kept in one process (the default of :meth:`ConfirmationHub.acquire_lease`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._held: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, ttl: float) -> str | None:
+        """Return a new token for ``key`` unless a live lease holds it (then None)."""
+        now = self.clock()
+        held = self._held.get(key)
+        if held is not None and held[1] > now:
+            return None
+        if len(self._held) > 1024:  # amortised clean-up of expired leases
+            self._held = {k: v for k, v in self._held.items() if v[1] > now}
+        token = secrets.token_urlsafe(16)
+        self._held[key] = (token, now + ttl)
+        return token
+
+    def release(self, key: str, token: str) -> bool:
+        """Drop ``key``'s lease if ``token`` holds it and it has not expired; return True if dropped."""
+        held = self._held.get(key)
+        if held is None or held[0] != token:
+            return False
+        del self._held[key]
+        return held[1] > self.clock()
+
+
+def _local_leases(hub: ConfirmationHub) -> LocalLeases:
+    leases = hub.__dict__.get("_tornado_signin_leases")
+    if leases is None:
+        leases = hub.__dict__["_tornado_signin_leases"] = LocalLeases()
+    return leases
 
 
 def load_hub(name: str, url: str | None = None, *, key_prefix: str | None = None, **options: Any) -> ConfirmationHub:

@@ -39,6 +39,7 @@ from .errors import (
     UnknownUserError,
 )
 from .google import GoogleClient, normalize_scopes
+from .grants import GrantGuard
 from .metrics import Metrics
 from .signin import record_from_tokens
 from .store import TokenRecord, TokenStore
@@ -68,7 +69,10 @@ class OfflineAccess:
     """Credentials, refresh and revocation for stored users of one client."""
 
     def __init__(self, store: TokenStore, google: GoogleClient, workers: WorkerPool,
-                 metrics: Metrics | None = None, *, retry_delays: Iterable[float] = REFRESH_RETRY_DELAYS) -> None:
+                 metrics: Metrics | None = None, *, retry_delays: Iterable[float] = REFRESH_RETRY_DELAYS,
+                 grants: GrantGuard | None = None) -> None:
+        #: Serialises each user's grant changes with the sign-ins (see :mod:`tornado_signin.grants`).
+        self.grants = grants or GrantGuard(None)
         self.store = store
         self.google = google
         self.workers = workers
@@ -139,8 +143,14 @@ class OfflineAccess:
                 tokens = await self.google.refresh(record.refresh_token)
             except InvalidGrantError:
                 self.metrics.inc("signin_refresh_total", outcome="invalid_grant")
-                log.warning("refresh token rejected (invalid_grant); marking the grant revoked")
-                await self.workers.run(self.store.save, TokenRecord(sub=record.sub, revoked_at=time.time()))
+                # The answer is about this refresh token only: if a newer one was
+                # stored while the refresh was in flight, it stays usable.
+                marked = await self.workers.run(self.store.mark_revoked, record.sub, time.time(),
+                                                if_refresh_token=record.refresh_token)
+                if marked:
+                    log.warning("refresh token rejected (invalid_grant); the grant is marked revoked")
+                else:
+                    log.warning("refresh token rejected (invalid_grant); a newer one is stored meanwhile: kept")
                 raise ConsentRequiredError("the refresh token was revoked or expired: the user must sign in again")
             except GoogleUnavailableError as exc:
                 self.metrics.inc("signin_refresh_total", outcome="retryable_error")
@@ -202,25 +212,43 @@ class OfflineAccess:
     # -- revocation --------------------------------------------------------------------
 
     async def revoke_and_forget(self, user: str) -> bool:
-        """Revoke ``user``'s grant at Google, then delete the record.
+        """Revoke ``user``'s grant at Google, then delete the record if it still holds the revoked refresh token.
 
-        Return True when Google revoked it, False when Google already
-        considered it invalid (which counts as revoked). Raise
-        GoogleUnavailableError (retried with backoff first; the record is
+        Runs under the user's grant lease. Return True when Google revoked it,
+        False when Google already considered it invalid (which counts as
+        revoked). A record that a newer sign-in rewrote meanwhile is kept.
+        Raise GoogleUnavailableError (retried with backoff first; the record is
         kept so the revoke can be tried again) and UnknownUserError.
         """
-        record = await self.find(user)
-        token = record.refresh_token or record.access_token
-        revoked = False
-        if token:
-            for attempt, delay in enumerate((*self.retry_delays, None)):
+        sub = (await self.find(user)).sub
+        # Under the user's grant lease: no sign-in of this user stores a refresh
+        # token between our read and our delete, and one whose exchange crossed
+        # this revoke finds the note and tries its token before it answers.
+        async with self.grants.hold(sub):
+            record = await self.workers.run(self.store.get, sub)
+            if record is None:
+                raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+            token = record.refresh_token or record.access_token
+            revoked = False
+            if token:
                 try:
-                    revoked = await self.google.revoke(token)
-                    break
-                except GoogleUnavailableError as exc:
-                    if delay is None:
-                        raise
-                    log.warning("revoke failed (attempt %d), retrying: %s", attempt + 1, exc)
-                    await asyncio.sleep(delay)
-        await self.workers.run(self.store.delete, record.sub)
+                    revoked = await self._revoke_with_retry(token)
+                finally:
+                    await self.grants.note_revoked(sub)
+            # Only the record this revoke was computed for: one that a newer
+            # sign-in wrote meanwhile (another refresh token) is kept.
+            deleted = await self.workers.run(self.store.delete_if, sub, if_refresh_token=record.refresh_token)
+            if not deleted:
+                log.info("revoked, but the record changed meanwhile (a newer sign-in): kept")
         return revoked
+
+    async def _revoke_with_retry(self, token: str) -> bool:
+        for attempt, delay in enumerate((*self.retry_delays, None)):
+            try:
+                return await self.google.revoke(token)
+            except GoogleUnavailableError as exc:
+                if delay is None:
+                    raise
+                log.warning("revoke failed (attempt %d), retrying: %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

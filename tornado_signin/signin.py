@@ -8,6 +8,11 @@ Google returns a refresh token only on the first offline consent (or with
 ``prompt=consent``). A stored refresh token is never replaced by "none" (the
 store's merge rule); a user left with no usable refresh token gets the
 ``consent_required`` outcome so the page asks again with consent.
+
+A ``signed_in`` outcome means the stored refresh token works: what follows
+an exchange runs under the user's grant lease (:mod:`tornado_signin.grants`),
+and a refresh token whose exchange crossed a revoke of the same grant is
+tried once before it counts.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import time
 from dataclasses import dataclass
 
 from .crypto import EncryptingStore
-from .errors import CryptoError, GoogleError, GoogleProtocolError, SigninBlockedError, StorageError
+from .errors import CryptoError, GoogleError, GoogleProtocolError, InvalidGrantError, SigninBlockedError, StorageError
 from .google import GoogleClient, TokenResponse
+from .grants import GrantGuard
 from .health import StoreHealth
 from .metrics import Metrics
 from .store import TokenRecord
@@ -64,12 +70,15 @@ class SigninService:
     """Complete sign-ins for one client."""
 
     def __init__(self, google: GoogleClient, verifier: IdTokenVerifier, store: EncryptingStore,
-                 workers: WorkerPool, metrics: Metrics) -> None:
+                 workers: WorkerPool, metrics: Metrics, grants: GrantGuard | None = None) -> None:
         self.google = google
         self.verifier = verifier
         self.store = store
         self.workers = workers
         self.metrics = metrics
+        #: Serialises each user's grant changes across processes (see :mod:`tornado_signin.grants`);
+        #: without one, a process-local one.
+        self.grants = grants or GrantGuard(None)
         #: The store's up/down flag (a StoreHealth), told about every save; optional.
         self.health: StoreHealth | None = None
 
@@ -112,6 +121,7 @@ class SigninService:
         retries it.
         """
         started = time.perf_counter()
+        exchange_started = self.grants.clock()
         tokens = await self.google.exchange_code(code)
         self.metrics.observe("signin_exchange_seconds", time.perf_counter() - started)
         if tokens.id_token is None:
@@ -122,18 +132,57 @@ class SigninService:
         # An unverified email is anybody's claim: it is never stored, so no
         # lookup by email (CLI, scripts) can reach this grant through it.
         email = claims.email if claims.email_verified else None
-        merged = await self.save_with_retry(record_from_tokens(claims.sub, email, tokens))
-        if merged.signin_blocked:
-            # Known only after the save (no extra read on every login): the tokens
-            # just stored are neutralised at once, as the block's revocation did.
-            await self.save_with_retry(TokenRecord(sub=claims.sub, revoked_at=time.time()))
-            raise SigninBlockedError("a security event blocks sign-in for this user until account-enabled")
-        if not merged.has_usable_refresh_token:
-            await self.revoke_stale_grant(merged.access_token)
+        incoming = record_from_tokens(claims.sub, email, tokens)
+        # What follows the exchange runs under the user's grant lease, so that
+        # no other sign-in or disconnect of this user revokes the grant between
+        # our look at the store and our answer.
+        async with self.grants.hold(claims.sub) as held:
+            grant_ended = False
+            if incoming.refresh_token and await self.grants.revoked_since(claims.sub, exchange_started):
+                # A revoke of this user's grant ended while our exchange was in
+                # flight: Google may have issued our refresh token before it.
+                incoming, grant_ended = await self._tried(incoming)
+            merged = await self.save_with_retry(incoming)
+            if merged.signin_blocked:
+                # Known only after the save (no extra read on every login): the tokens
+                # just stored are neutralised at once, as the block's revocation did.
+                await self.save_with_retry(TokenRecord(sub=claims.sub, revoked_at=time.time()))
+                raise SigninBlockedError("a security event blocks sign-in for this user until account-enabled")
+            if merged.has_usable_refresh_token:
+                return SigninOutcome(status=SIGNED_IN, claims=claims, record=merged)
+            if grant_ended:
+                log.info("the refresh token of this sign-in died with a revoke that crossed it: consent again")
+            elif held:
+                await self.revoke_stale_grant(merged.access_token, sub=claims.sub)
+            else:
+                log.warning("stale grant not revoked: another sign-in of this user may be storing its refresh token")
             return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
-        return SigninOutcome(status=SIGNED_IN, claims=claims, record=merged)
 
-    async def revoke_stale_grant(self, access_token: str | None) -> None:
+    async def _tried(self, incoming: TokenRecord) -> tuple[TokenRecord, bool]:
+        """Return ``incoming`` after one refresh with its refresh token, and whether the grant was found ended.
+
+        A refresh that works gives the record its fresh access token; one
+        answered ``invalid_grant`` drops both tokens (dead with the grant). If
+        Google cannot be reached, ``incoming`` is returned unchanged (a later
+        refresh will tell, and marks it revoked conditionally).
+        """
+        assert incoming.refresh_token is not None
+        try:
+            tokens = await self.google.refresh(incoming.refresh_token)
+        except InvalidGrantError:
+            self.metrics.inc("signin_refresh_total", outcome="invalid_grant")
+            return TokenRecord(sub=incoming.sub, email=incoming.email), True
+        except GoogleError as exc:
+            log.warning("could not try the refresh token of a sign-in that crossed a revoke: %s", exc)
+            return incoming, False
+        self.metrics.inc("signin_refresh_total", outcome="refreshed")
+        tried = record_from_tokens(incoming.sub, incoming.email, tokens)
+        if not tried.refresh_token:
+            tried = tried.replace(refresh_token=incoming.refresh_token,
+                                  refresh_token_issued_at=incoming.refresh_token_issued_at)
+        return tried.replace(scopes=tried.scopes or incoming.scopes), False
+
+    async def revoke_stale_grant(self, access_token: str | None, *, sub: str | None = None) -> None:
         """End the grant of ``access_token`` at Google, so that the next consent is a first one again.
 
         Google issues a refresh token only on a grant's first consent. With no
@@ -148,3 +197,5 @@ class SigninService:
             await self.google.revoke(access_token)
         except GoogleError as exc:
             log.warning("could not revoke the stale grant: %s", exc)
+        if sub is not None:
+            await self.grants.note_revoked(sub)

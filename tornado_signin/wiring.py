@@ -26,6 +26,7 @@ from .config import Config
 from .context import AppContext
 from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
+from .grants import GrantGuard
 from .health import StoreHealth
 from .hub import ConfirmationHub, load_hub
 from .expiry import AccessExpiry
@@ -97,6 +98,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         store = EncryptingStore(store, _cipher(config))
     if hub is None:
         hub = open_hub(config)
+    grants = GrantGuard(hub)
     google = open_google(config)
     certs = CertCache(google, config.google.endpoints.verification_certs_uri,
                       on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result))
@@ -111,10 +113,10 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         verifier=verifier,
         workers=workers,
         metrics=metrics,
-        signin=SigninService(google, verifier, store, workers, metrics),
+        signin=SigninService(google, verifier, store, workers, metrics, grants),
         states=StateSigner(config.server.cookie_secret, config.limits.state_ttl_seconds),
         code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
-        offline=OfflineAccess(store, google, workers, metrics),
+        offline=OfflineAccess(store, google, workers, metrics, grants=grants),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
     )
@@ -152,13 +154,18 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -
 
     async def main() -> T:
         store = open_store(config)
+        # A shared hub orders this process's revokes with the servers' sign-ins
+        # (a memory hub would share nothing: the guard keeps its leases here).
+        hub = None if config.hub.backend == "memory" else open_hub(config)
         google = open_google(config)
         workers = WorkerPool(2, 16)
         try:
-            return await work(OfflineAccess(store, google, workers))
+            return await work(OfflineAccess(store, google, workers, grants=GrantGuard(hub)))
         finally:
             google.close()
             workers.shutdown()
             store.close()
+            if hub is not None:
+                await hub.close()
 
     return asyncio.run(main())

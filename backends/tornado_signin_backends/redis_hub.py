@@ -34,6 +34,8 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
   also sends ``PING``: a listener that does not answer within ``timeout`` is
   replaced, as after any error.
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
+- leases: ``SET <prefix>lease:<key> <token> NX PX <ttl>`` to take one, a
+  compare-and-delete script to release it (only while it holds the token).
 - session records: ``<prefix>sess:<sid>`` holds the record (JSON) with the
   session's TTL and ``<prefix>user-sess:<sub>`` the set of the user's session
   ids; ``start_session`` writes both in one ``MULTI``/``EXEC``,
@@ -76,6 +78,7 @@ import hashlib
 import itertools
 import json
 import logging
+import secrets
 import sys
 import time
 import uuid
@@ -106,6 +109,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "tornado-signin:"
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+#: Release a lease only while it is ours: a holder whose lease expired must
+#: not delete the next holder's.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
 #: Connections kept open between commands (one per concurrent command is opened as needed).
 _MAX_IDLE = 16
@@ -578,6 +588,31 @@ class RedisHub(ConfirmationHub):
             self._consumed_locally = {k: v for k, v in self._consumed_locally.items() if v > now}
         self._consumed_locally[key] = now + ttl
         return True
+
+    # -- leases ----------------------------------------------------------
+
+    def _lease_key(self, key: str) -> str:
+        return f"{self.prefix}lease:{key}"
+
+    async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        """``SET <prefix>lease:<key> <token> NX PX <ttl>``: one round trip, atomic in Redis."""
+        self._ensure_running()
+        token = secrets.token_urlsafe(16)
+        try:
+            taken = await self._command("SET", self._lease_key(key), token, "NX", "PX", max(1, int(ttl * 1000)))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot take a lease ({type(exc).__name__})") from exc
+        return token if taken is not None else None
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Delete the lease key only if it still holds ``token`` (a script: compare and delete atomically)."""
+        self._ensure_running()
+        try:
+            return bool(await self._command("EVAL", _RELEASE_LEASE, 1, self._lease_key(key), token))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot release a lease ({type(exc).__name__})") from exc
 
     # -- session records -----------------------------------------------
 

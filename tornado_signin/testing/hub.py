@@ -20,7 +20,8 @@ A hub shared between processes should also give ``peer``: a second instance
 on the same storage and prefix (another process's view); the cross-instance
 tests skip without it. pytest then runs every ``test_*`` below: delivery,
 records, ``record=False``, channels kept apart, a closed subscription, async
-callbacks, single-use keys across instances, expiry, and the session records.
+callbacks, single-use keys across instances, expiry, leases (one holder,
+released by its token only, ended by their ttl), and the session records.
 
 The tests are coroutines run by pytest-tornado (``pip install 'tornado-signin[test]'``).
 """
@@ -167,6 +168,41 @@ class ConfirmationHubContract:
         assert await hub.consume_once(key, 1)
         await asyncio.sleep(1.3)
         assert await hub.consume_once(key, 1)
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def test_a_lease_excludes_every_other_holder_until_released(self, hub, peer):
+        key, other = _name("lease"), _name("lease")
+        views = [hub] + ([peer] if peer is not None else [])
+        token = await hub.acquire_lease(key, 30)
+        assert isinstance(token, str) and token
+        for view in views:
+            assert await view.acquire_lease(key, 30) is None, "a held lease was given again"
+        assert await views[-1].acquire_lease(other, 30), "leases of other keys are independent"
+        assert await views[-1].release_lease(key, "not-the-token") is False
+        assert await hub.acquire_lease(key, 30) is None, "a wrong token released the lease"
+        assert await hub.release_lease(key, token) is True
+        again = await views[-1].acquire_lease(key, 30)
+        assert again and again != token
+        assert await hub.release_lease(key, token) is False, "a spent token released the next holder's lease"
+        assert await hub.acquire_lease(key, 30) is None
+
+    async def test_a_lease_ends_with_its_ttl(self, hub, peer):
+        key = _name("lease")
+        token = await hub.acquire_lease(key, 0.3)
+        assert token
+        await asyncio.sleep(0.5)
+        successor = await (peer or hub).acquire_lease(key, 30)
+        assert successor, "an expired lease still excluded"
+        assert await hub.release_lease(key, token) is False
+        assert await hub.acquire_lease(key, 30) is None, "the expired holder released its successor's lease"
+        assert await (peer or hub).release_lease(key, successor) is True
+
+    async def test_concurrent_acquires_give_a_lease_to_one(self, hub, peer):
+        key = _name("lease")
+        attempts = [view.acquire_lease(key, 30) for view in [hub] + ([peer] if peer is not None else [])
+                    for _ in range(10)]
+        assert len([t for t in await asyncio.gather(*attempts) if t]) == 1
 
     # -- session records ----------------------------------------------------------------
 

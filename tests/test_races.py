@@ -1,0 +1,239 @@
+"""Issue 12 §4: late answers from Google never undo newer state.
+
+Each race is reproduced with the emulator's delay faults, in both orders.
+``delay`` with ``after: true`` makes Google process the call at once and
+answer late ("it happened, the reply is slow"); plain ``delay`` makes it
+process the call late. The rule checked throughout: an outcome applies only
+to the token it was computed for, and a ``200 signed_in`` means the stored
+refresh token works (a refresh with it succeeds at the emulator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harness import CLIENT_ID, json_body
+from security_oracle import assert_logs_clean, stack_fixture
+from tornado_signin.errors import ConsentRequiredError
+
+stack = stack_fixture()
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+ALICE = "alice@example.com"
+LATE = 1.0  # seconds an answer is late
+HEAD_START = 0.3  # when the competing request goes, after the late one
+
+
+def sub_of(stack, email=ALICE):
+    return stack.emulator.state.account(email).sub
+
+
+async def stored_refresh_token_works(stack, sub) -> bool:
+    """Return True when the stored record is active and its refresh token refreshes at the emulator."""
+    record = stack.store.get(sub)
+    if record is None or not record.has_usable_refresh_token:
+        return False
+    try:
+        await stack.ctx.offline.fresh_record(sub, force=True)
+    except ConsentRequiredError:
+        return False
+    return True
+
+
+def late(stack, endpoint, *, after):
+    stack.emulator.faults.add(endpoint, kind="delay", seconds=LATE, after=after)
+
+
+# -- (a) two tabs of a new user ----------------------------------------------------------------------------
+
+
+async def test_new_user_two_tabs_the_tab_with_the_refresh_token_answers_late(stack):
+    """Tab 1's exchange (first consent: the refresh token) is processed, its answer late; tab 2's exchange gets
+    no refresh token and revokes the grant meanwhile. Tab 1 must not answer 200 over a dead refresh token."""
+    tab1, tab2 = stack.client(), stack.client()
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)  # the second consent of one grant: no refresh token
+    late(stack, "token.authorization_code", after=True)
+    first = asyncio.ensure_future(tab1.post_code(code1))
+    await asyncio.sleep(HEAD_START)
+    second = await tab2.post_code(code2)
+    assert second.code == 409 and json_body(second)["status"] == "consent_required"
+    answer = await first
+    assert answer.code in (200, 409), answer.body
+    if answer.code == 200:
+        assert await stored_refresh_token_works(stack, sub_of(stack)), "200 signed_in over a dead refresh token"
+    else:
+        assert json_body(answer)["status"] == "consent_required"
+        assert not stack.store.get(sub_of(stack)).has_usable_refresh_token
+    # The user's next consent works.
+    assert (await tab1.post_code(stack.mint(ALICE, prompt="consent"))).code == 200
+    assert await stored_refresh_token_works(stack, sub_of(stack))
+    assert_logs_clean(stack)
+
+
+async def test_new_user_two_tabs_the_tab_without_refresh_token_answers_late(stack):
+    tab1, tab2 = stack.client(), stack.client()
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)
+    late(stack, "token.authorization_code", after=True)
+    second = asyncio.ensure_future(tab2.post_code(code2))  # no refresh token, answered late
+    await asyncio.sleep(HEAD_START)
+    first = await tab1.post_code(code1)
+    assert first.code == 200, first.body
+    assert (await second).code == 200, "the stored refresh token serves the second tab too"
+    assert await stored_refresh_token_works(stack, sub_of(stack))
+    assert not stack.emulator.grant_revoked(CLIENT_ID, ALICE), "a grant with a stored refresh token was revoked"
+
+
+# -- (b) a slow refresh ending in invalid_grant ---------------------------------------------------------------
+
+
+async def _signed_in(stack, client):
+    assert (await client.post_code(stack.mint(ALICE))).code == 200
+    sub = sub_of(stack)
+    return sub, stack.store.get(sub).refresh_token
+
+
+async def test_a_late_invalid_grant_does_not_revoke_a_newer_refresh_token(stack):
+    client = stack.client()
+    sub, old_token = await _signed_in(stack, client)
+    stack.emulator.state.revoke(old_token)  # the user removed the app's access at Google
+    late(stack, "token.refresh_token", after=False)
+    refresh = asyncio.ensure_future(stack.ctx.offline.fresh_record(sub, force=True))
+    await asyncio.sleep(HEAD_START)
+    # Meanwhile the user signs in again with consent: a new grant, a new refresh token.
+    assert (await client.post_code(stack.mint(ALICE, prompt="consent"))).code == 200
+    assert stack.store.get(sub).refresh_token != old_token
+    with pytest.raises(ConsentRequiredError):
+        await refresh
+    record = stack.store.get(sub)
+    assert record.state == "active", "the late invalid_grant of the old token revoked the new one"
+    assert await stored_refresh_token_works(stack, sub)
+
+
+async def test_an_invalid_grant_before_the_new_sign_in_is_undone_by_it(stack):
+    client = stack.client()
+    sub, old_token = await _signed_in(stack, client)
+    stack.emulator.state.revoke(old_token)
+    with pytest.raises(ConsentRequiredError):
+        await stack.ctx.offline.fresh_record(sub, force=True)
+    assert stack.store.get(sub).state == "revoked"
+    assert (await client.post_code(stack.mint(ALICE, prompt="consent"))).code == 200
+    assert stack.store.get(sub).state == "active"
+    assert await stored_refresh_token_works(stack, sub)
+
+
+# -- (c) disconnect on device A, sign-in on device B ----------------------------------------------------------
+
+
+async def test_a_late_revoke_answer_does_not_delete_a_newer_sign_in(stack):
+    """A's revoke is processed at once (the grant ends), its answer late; B signs in meanwhile (a new grant).
+    A's delete must not remove B's fresh record."""
+    device_a, device_b = stack.client(), stack.client()
+    sub, _ = await _signed_in(stack, device_a)
+    late(stack, "revoke", after=True)
+    disconnect = asyncio.ensure_future(device_a.post_gated("/disconnect"))
+    await asyncio.sleep(HEAD_START)
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+    signed_in = await device_b.post_code(stack.mint(ALICE))
+    assert signed_in.code == 200, signed_in.body
+    answer = await disconnect
+    assert answer.code == 200 and json_body(answer)["status"] == "disconnected"
+    assert stack.store.get(sub) is not None, "the late disconnect deleted B's newer record"
+    assert await stored_refresh_token_works(stack, sub)
+
+
+async def test_a_sign_in_in_flight_across_a_revoke_never_answers_200_over_a_dead_token(stack):
+    """B's exchange (consent: a refresh token of the same grant) is processed, its answer late; A disconnects
+    meanwhile, which ends that grant. B must not answer 200 over the dead refresh token."""
+    device_a, device_b = stack.client(), stack.client()
+    sub, _ = await _signed_in(stack, device_a)
+    code_b = stack.mint(ALICE, prompt="consent")
+    late(stack, "token.authorization_code", after=True)
+    signing_in = asyncio.ensure_future(device_b.post_code(code_b))
+    await asyncio.sleep(HEAD_START)
+    answer = await device_a.post_gated("/disconnect")
+    assert answer.code == 200, answer.body
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+    signed_in = await signing_in
+    assert signed_in.code in (200, 409), signed_in.body
+    if signed_in.code == 200:
+        assert await stored_refresh_token_works(stack, sub), "200 signed_in over a dead refresh token"
+    else:
+        record = stack.store.get(sub)
+        assert record is None or not record.has_usable_refresh_token
+    assert_logs_clean(stack)
+
+
+async def test_a_disconnect_after_a_completed_sign_in_forgets_the_user(stack):
+    device_a, device_b = stack.client(), stack.client()
+    sub, _ = await _signed_in(stack, device_a)
+    assert (await device_b.post_code(stack.mint(ALICE, prompt="consent"))).code == 200
+    answer = await device_a.post_gated("/disconnect")
+    assert answer.code == 200
+    assert stack.store.get(sub) is None
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+
+
+# -- across servers: two applications sharing a SQLite file and a Redis hub ---------------------------------
+
+
+@pytest.fixture
+def two_servers(io_loop, tmp_path, redis_url, unique_name):
+    """Stack A, and a second application B on the same store file and Redis (its own hub client and engine)."""
+    from security_oracle import close_stack, open_stack
+    from tornado.testing import bind_unused_port
+
+    from tornado_signin.app import make_app, make_server
+
+    shared = {"store": {"backend": "sql", "url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}"},
+              "hub": {"backend": "redis", "url": redis_url, "key_prefix": unique_name + ":"}}
+    stack = io_loop.run_sync(lambda: open_stack(**shared))
+    sock, port = bind_unused_port()
+    app_b = make_app(stack.config)
+    server_b = make_server(app_b, stack.config)
+    server_b.add_sockets([sock])
+    yield stack, f"http://127.0.0.1:{port}", app_b
+
+    async def close():
+        server_b.stop()
+        await server_b.close_all_connections()
+        await app_b.settings["signin"].close()
+        await close_stack(stack)
+
+    io_loop.run_sync(close)
+
+
+async def test_two_tabs_on_two_servers_through_the_redis_hub(two_servers):
+    from harness import PageClient
+
+    stack, url_b, _ = two_servers
+    tab1 = stack.client()
+    tab2 = PageClient(url_b, url_b)  # another server process
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)
+    late(stack, "token.authorization_code", after=True)
+    first = asyncio.ensure_future(tab1.post_code(code1))
+    await asyncio.sleep(HEAD_START)
+    second = await tab2.post_code(code2)
+    assert second.code == 409
+    answer = await first
+    if answer.code == 200:
+        assert await stored_refresh_token_works(stack, sub_of(stack)), "200 signed_in over a dead refresh token"
+    else:
+        assert answer.code == 409, answer.body
+
+
+async def test_a_late_revoke_on_one_server_keeps_a_sign_in_on_the_other(two_servers):
+    from harness import PageClient
+
+    stack, url_b, _ = two_servers
+    device_a = stack.client()
+    device_b = PageClient(url_b, url_b)
+    sub, _ = await _signed_in(stack, device_a)
+    late(stack, "revoke", after=True)
+    disconnect = asyncio.ensure_future(device_a.post_gated("/disconnect"))
+    await asyncio.sleep(HEAD_START)
+    assert (await device_b.post_code(stack.mint(ALICE))).code == 200
+    assert (await disconnect).code == 200
+    assert stack.store.get(sub) is not None, "the late disconnect deleted the other server's newer record"
+    assert await stored_refresh_token_works(stack, sub)
