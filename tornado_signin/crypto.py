@@ -148,12 +148,9 @@ class EncryptingStore(TokenStore):
             for field in TOKEN_FIELDS for value in (getattr(record, field),)
         })
 
-    def _open(self, record: TokenRecord | None,
-              known: dict[tuple[str, str], str] | None = None) -> TokenRecord | None:
+    def _open(self, record: TokenRecord, known: dict[tuple[str, str], str] | None = None) -> TokenRecord:
         # ``known`` maps (field, ciphertext) this process just made for this
         # record to the plaintext: what a save wrote back need not be decrypted again.
-        if record is None:
-            return None
         known = known or {}
         opened = {}
         for field in TOKEN_FIELDS:
@@ -164,7 +161,8 @@ class EncryptingStore(TokenStore):
         return record.replace(**opened)
 
     def get(self, sub: str) -> TokenRecord | None:
-        return self._open(self.inner.get(sub))
+        record = self.inner.get(sub)
+        return None if record is None else self._open(record)
 
     def save(self, record: TokenRecord) -> TokenRecord:
         sealed = self._seal(record)

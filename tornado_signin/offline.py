@@ -141,7 +141,7 @@ class OfflineAccess:
         for attempt, delay in enumerate((*self.retry_delays, None)):
             try:
                 tokens = await self.google.refresh(record.refresh_token)
-            except InvalidGrantError:
+            except InvalidGrantError as exc:
                 self.metrics.inc("signin_refresh_total", outcome="invalid_grant")
                 # The answer is about this refresh token only: if a newer one was
                 # stored while the refresh was in flight, it stays usable.
@@ -151,7 +151,8 @@ class OfflineAccess:
                     log.warning("refresh token rejected (invalid_grant); the grant is marked revoked")
                 else:
                     log.warning("refresh token rejected (invalid_grant); a newer one is stored meanwhile: kept")
-                raise ConsentRequiredError("the refresh token was revoked or expired: the user must sign in again")
+                raise ConsentRequiredError(
+                    "the refresh token was revoked or expired: the user must sign in again") from exc
             except GoogleUnavailableError as exc:
                 self.metrics.inc("signin_refresh_total", outcome="retryable_error")
                 if delay is None:

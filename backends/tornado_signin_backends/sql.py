@@ -489,7 +489,7 @@ class SQLTokenStore(TokenStore):
                 # processes then queue on the lock file (see the module docstring).
                 self._write_serial = threading.Lock()
                 uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
-                self._db_path = _sqlite_file_path(parsed.database, uri)
+                self._db_path = _sqlite_file_path(parsed.database or "", uri)
                 self._lock_path = self._db_path + ".lock"
         extra = dict(engine_options or {})
         connect_args.update(extra.pop("connect_args", {}) or {})
@@ -766,6 +766,7 @@ class SQLTokenStore(TokenStore):
 
     def _matches(self, sub: str, refresh_token: str | None) -> Any:
         table = self._table
+        held: Any
         if refresh_token is None:
             held = table.c.refresh_token.is_(None)
         elif self._dialect in _MYSQL_DIALECTS:

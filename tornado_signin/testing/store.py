@@ -532,30 +532,30 @@ class TokenStoreContract:
     def test_delete_if_racing_a_newer_save_never_loses_it(self, store: TokenStore) -> None:
         """Each round: one thread deletes "if rt-old", another saves rt-new. Whatever the order, rt-new survives."""
         rng = random.Random(4)
+        errors: list[BaseException] = []
+
+        def delete(sub: str, barrier: threading.Barrier, pause: float) -> None:
+            try:
+                barrier.wait(timeout=30)
+                time.sleep(pause)
+                store.delete_if(sub, if_refresh_token="rt-old")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def save(sub: str, barrier: threading.Barrier, pause: float) -> None:
+            try:
+                barrier.wait(timeout=30)
+                time.sleep(pause)
+                store.save(TokenRecord(sub=sub, refresh_token="rt-new", refresh_token_issued_at=2.0))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
         for round_ in range(40):
             sub = f"race-{round_}"
-            pauses = (rng.uniform(0, 0.003), rng.uniform(0, 0.003))
             store.save(TokenRecord(sub=sub, refresh_token="rt-old", refresh_token_issued_at=1.0))
             barrier = threading.Barrier(2)
-            errors: list[BaseException] = []
-
-            def delete() -> None:
-                try:
-                    barrier.wait(timeout=30)
-                    time.sleep(pauses[0])
-                    store.delete_if(sub, if_refresh_token="rt-old")
-                except BaseException as exc:  # reported below
-                    errors.append(exc)
-
-            def save() -> None:
-                try:
-                    barrier.wait(timeout=30)
-                    time.sleep(pauses[1])
-                    store.save(TokenRecord(sub=sub, refresh_token="rt-new", refresh_token_issued_at=2.0))
-                except BaseException as exc:  # reported below
-                    errors.append(exc)
-
-            workers = [threading.Thread(target=delete), threading.Thread(target=save)]
+            workers = [threading.Thread(target=work, args=(sub, barrier, rng.uniform(0, 0.003)))
+                       for work in (delete, save)]
             for worker in workers:
                 worker.start()
             for worker in workers:
