@@ -94,6 +94,12 @@ def demo_config_document(*, folder: Path, host: str, port: int, emulator_url: st
             **(store or {"backend": "sql", "url": f"sqlite:///{folder / DEMO_STORE_FILE}"}),
             "encryption": {"keys": [dev["encryption_key"]]},
         },
+        # Cross-Account Protection: the emulator's stream is pointed at this receiver at start-up.
+        "risc": {
+            "enabled": True,
+            "configuration_url": emulator_url + "/.well-known/risc-configuration",
+            "management_url": emulator_url + "/v1beta",
+        },
     }
 
 

@@ -244,6 +244,8 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
                             base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = HTTPServer(emulator.make_app())
         emulator_server.add_sockets(emulator_sockets)
+        # The demo's "Google" pushes its security events to the demo's receiver (as `risc register` would).
+        emulator.risc.register_receiver(f"http://{host}:{port}/risc")
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(app_sockets)

@@ -207,6 +207,11 @@ class RiscEmulator:
         log.info("risc: stream configured (%d event types)", len(self.stream["events_delivered"]))
         return self.stream
 
+    def register_receiver(self, url: str) -> dict[str, Any]:
+        """Point the stream at ``url`` for every event type (what ``risc register`` asks; for the demo)."""
+        return self.update_stream({"delivery": {"delivery_method": PUSH_DELIVERY, "url": url},
+                                   "events_requested": list(EVENT_URIS.values())})
+
     def get_stream(self) -> dict[str, Any]:
         if self.stream is None:
             raise RiscApiError(404, "Project has no RISC configuration.")
