@@ -237,3 +237,34 @@ async def test_a_late_revoke_on_one_server_keeps_a_sign_in_on_the_other(two_serv
     assert (await disconnect).code == 200
     assert stack.store.get(sub) is not None, "the late disconnect deleted the other server's newer record"
     assert await stored_refresh_token_works(stack, sub)
+
+
+# -- a refresh answered late, across a disconnect --------------------------------------------------------------
+
+
+async def test_a_late_refresh_answer_does_not_bring_back_a_disconnected_user(stack):
+    """The refresh is processed at Google, its answer late; the user disconnects meanwhile. The refreshed
+    tokens must not re-create the forgotten record."""
+    client = stack.client()
+    sub, _ = await _signed_in(stack, client)
+    late(stack, "token.refresh_token", after=True)
+    refresh = asyncio.ensure_future(stack.ctx.offline.fresh_record(sub, force=True))
+    await asyncio.sleep(HEAD_START)
+    assert (await client.post_gated("/disconnect")).code == 200
+    try:
+        await refresh
+    except ConsentRequiredError:
+        pass
+    assert stack.store.get(sub) is None, "a late refresh brought the disconnected user back"
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+
+
+async def test_a_refresh_after_a_disconnect_finds_nobody(stack):
+    from tornado_signin.errors import UnknownUserError
+
+    client = stack.client()
+    sub, _ = await _signed_in(stack, client)
+    assert (await client.post_gated("/disconnect")).code == 200
+    with pytest.raises(UnknownUserError):
+        await stack.ctx.offline.fresh_record(sub, force=True)
+    assert stack.store.get(sub) is None

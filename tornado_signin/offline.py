@@ -124,7 +124,15 @@ class OfflineAccess:
         future: asyncio.Future[TokenRecord] = asyncio.get_running_loop().create_future()
         self._refreshing[record.sub] = future
         try:
-            result = await self._refresh(record)
+            # Under the user's grant lease: a disconnect (or a sign-in's revoke)
+            # waits for this refresh, so a late answer cannot re-create a record
+            # forgotten meanwhile, nor land on a grant ended meanwhile.
+            async with self.grants.hold(record.sub):
+                current = await self.workers.run(self.store.get, record.sub)
+                if current is None:
+                    raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+                _require_active(current)
+                result = await self._refresh(current)
         except BaseException as exc:
             future.set_exception(exc)
             # Mark the exception retrieved: waiters, if any, get it through shield.
@@ -139,13 +147,16 @@ class OfflineAccess:
     async def _refresh(self, record: TokenRecord) -> TokenRecord:
         assert record.refresh_token is not None
         for attempt, delay in enumerate((*self.retry_delays, None)):
+            sent_at = time.time()
             try:
                 tokens = await self.google.refresh(record.refresh_token)
             except InvalidGrantError as exc:
                 self.metrics.inc("signin_refresh_total", outcome="invalid_grant")
                 # The answer is about this refresh token only: if a newer one was
-                # stored while the refresh was in flight, it stays usable.
-                marked = await self.workers.run(self.store.mark_revoked, record.sub, time.time(),
+                # stored while the refresh was in flight, it stays usable. And the
+                # mark is dated when the request left: a token Google issued after
+                # that (a new consent waiting to be stored) outranks it.
+                marked = await self.workers.run(self.store.mark_revoked, record.sub, sent_at,
                                                 if_refresh_token=record.refresh_token)
                 if marked:
                     log.warning("refresh token rejected (invalid_grant); the grant is marked revoked")
