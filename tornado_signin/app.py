@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from tornado.httpserver import HTTPServer
-from tornado.web import Application, RequestHandler
+from tornado.web import Application, RedirectHandler, RequestHandler
 
-from .config import Config
+from .config import Config, normalize_path_prefix
 from .context import AppContext
 from .hub import ConfirmationHub
 from .listener import GuardedHTTPServer, connection_budget
@@ -46,8 +47,15 @@ class NotFoundHandler(BaseHandler):
         self.finish(json.dumps({"error": "not found"}))
 
 
-def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+def signin_routes(ctx: AppContext, prefix: str | None = None) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
     """Return the URL table of tornado-signin bound to ``ctx``, to merge into a bigger application.
+
+    Every route is mounted under ``prefix`` (``"/auth"``: the page at
+    ``/auth/``, ``/auth/state``, ``/auth/confirm``…); None takes
+    ``server.path_prefix``. The context remembers it (``ctx.path_prefix``):
+    the page, the host mixin and UI module build their URLs from it, so one
+    context is mounted once. Raise ValueError for a prefix that
+    :func:`~tornado_signin.config.normalize_path_prefix` refuses.
 
     Example::
 
@@ -56,23 +64,31 @@ def signin_routes(ctx: AppContext) -> list[tuple[str, type[RequestHandler], dict
         from tornado_signin.wiring import build_context
 
         ctx = build_context(config)
-        app = Application([*signin_routes(ctx), (r"/mine", MyHandler)],
+        app = Application([(r"/", HomeHandler), *signin_routes(ctx, prefix="/auth")],
                           cookie_secret=config.server.cookie_secret, template_path=template_path(), signin=ctx)
     """
+    if prefix is not None:
+        ctx.path_prefix = normalize_path_prefix(prefix)
+    mount = re.escape(ctx.path_prefix)
     args = {"ctx": ctx}
-    return [
-        (r"/", PageHandler, args),
-        (r"/state", StateHandler, args),
-        (r"/storeauthcode", StoreAuthCodeHandler, args),
-        (r"/confirm", ConfirmSocket, args),
-        (r"/signout", SignoutHandler, args),
-        (r"/disconnect", DisconnectHandler, args),
-        (r"/healthz", HealthHandler, args),
-        (r"/metrics", MetricsHandler, args),
-        (r"/api/userinfo", UserinfoHandler, args),
-        (r"/api/scopes", ScopeHandler, args),
-        *([(r"/risc", RiscHandler, args)] if ctx.config.risc.enabled else []),
+    routes: list[tuple[str, type[RequestHandler], dict[str, Any]]] = []
+    if ctx.path_prefix:
+        # The bare prefix leads to the page, whose URLs are all absolute.
+        routes.append((mount, RedirectHandler, {"url": ctx.path_prefix + "/"}))
+    routes += [
+        (mount + r"/", PageHandler, args),
+        (mount + r"/state", StateHandler, args),
+        (mount + r"/storeauthcode", StoreAuthCodeHandler, args),
+        (mount + r"/confirm", ConfirmSocket, args),
+        (mount + r"/signout", SignoutHandler, args),
+        (mount + r"/disconnect", DisconnectHandler, args),
+        (mount + r"/healthz", HealthHandler, args),
+        (mount + r"/metrics", MetricsHandler, args),
+        (mount + r"/api/userinfo", UserinfoHandler, args),
+        (mount + r"/api/scopes", ScopeHandler, args),
+        *([(mount + r"/risc", RiscHandler, args)] if ctx.config.risc.enabled else []),
     ]
+    return routes
 
 
 def make_app(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,

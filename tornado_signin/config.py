@@ -35,6 +35,7 @@ from . import plugins
 from .errors import ConfigError
 
 __all__ = [
+    "normalize_path_prefix",
     "Config",
     "ServerConfig",
     "GoogleConfig",
@@ -100,6 +101,8 @@ class ServerConfig:
     #: Trust ``X-Forwarded-*`` from a proxy (only behind one that sets them).
     xheaders: bool = False
     processes: int = 1
+    #: Where every route of tornado-signin is mounted ("/auth"); "" for the root (see :func:`path_prefix`).
+    path_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -514,6 +517,44 @@ def _origin(url: str, key: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+#: One path segment of a prefix: RFC 3986 unreserved characters only (no escapes, no "." or ".." segments).
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+MAX_PATH_PREFIX = 200
+
+
+def normalize_path_prefix(value: Any) -> str:
+    """Return ``value`` as a mount prefix: ``""`` (the root) or ``/seg[/seg…]`` without a trailing slash.
+
+    ``None``, ``""`` and ``"/"`` mean the root. Raise ValueError for anything
+    else that is not an absolute path of unreserved characters: a prefix is
+    spliced into URL routes, cookie-free URLs of the page and its CSP, so
+    escapes, dot segments, ``//`` (a scheme-relative URL in the page) and
+    query or fragment characters are refused rather than interpreted.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {type(value).__name__}")
+    if value in ("", "/"):
+        return ""
+    if len(value) > MAX_PATH_PREFIX:
+        raise ValueError(f"must be at most {MAX_PATH_PREFIX} characters")
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must start with '/' (e.g. /auth)")
+    trimmed = value[:-1] if value.endswith("/") else value
+    segments = trimmed[1:].split("/")
+    if not all(_PREFIX_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments):
+        raise ValueError(f"{value!r} must be /segment[/segment...] of letters, digits and -._~ (no '.' or '..')")
+    return trimmed
+
+
+def _path_prefix(value: Any, key: str) -> str:
+    try:
+        return normalize_path_prefix(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _file_origins(web: dict[str, Any]) -> tuple[str, ...]:
     """Return the file's ``javascript_origins`` normalised as origins; () when absent or not a list of strings."""
     origins = web.get("javascript_origins")
@@ -575,6 +616,7 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
         public_origin=_origin(public_origin, "server.public_origin") if public_origin else None,
         xheaders=srv.boolean("xheaders", False),
         processes=srv.integer("processes", 1, minimum=0, maximum=256),
+        path_prefix=_path_prefix(srv.raw("path_prefix"), "server.path_prefix"),
     )
     srv.reject_unknown()
 

@@ -54,6 +54,8 @@ class AppContext:
     expiry: AccessExpiry = None  # type: ignore[assignment]
     #: The Cross-Account Protection receiver, with ``risc.enabled``; else None.
     risc: RiscReceiver | None = None
+    #: Where the routes are mounted ("" or "/auth"): ``server.path_prefix``, or the prefix given to signin_routes.
+    path_prefix: str = ""
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
     #: Open websockets per session and per client address (limits.sockets_per_*); built by wiring.build_context.
@@ -68,6 +70,10 @@ class AppContext:
     def __post_init__(self) -> None:
         # Asked on every code POST and websocket handshake; the configured list never changes.
         self._configured_origins = frozenset(self.config.server.allowed_origins)
+
+    def url(self, path: str) -> str:
+        """Return the absolute path of route ``path`` (``"/state"``) under the mount prefix (``"/auth/state"``)."""
+        return self.path_prefix + path
 
     def allowed_origins(self, own_origin: str) -> frozenset[str]:
         """Return the origins allowed to post codes and open sockets."""

@@ -208,7 +208,8 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> None:
         server.add_sockets(sockets)
         await warn_unreachable(app.settings["signin"])
         app.settings["signin"].store_health.start()
-        log.info("tornado-signin listening on http://%s:%d (pid %d)", host, port, os.getpid())
+        log.info("tornado-signin listening on http://%s:%d%s/ (pid %d)", host, port, config.server.path_prefix,
+                 os.getpid())
         await serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
 
     asyncio.run(main())

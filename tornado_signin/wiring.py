@@ -119,6 +119,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         offline=OfflineAccess(store, google, workers, metrics, grants=grants),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
+        path_prefix=config.server.path_prefix,
     )
     sessions = context.sessions
     context.expiry = AccessExpiry(

@@ -185,7 +185,16 @@ class BaseHandler(RequestHandler):
         return session
 
     def write_session(self, session: Session) -> None:
-        """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https."""
+        """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https.
+
+        ``Path=/`` whatever the mount prefix (``server.path_prefix``): the
+        ``__Host-`` prefix requires it (browsers drop such a cookie with any
+        other Path), and the host app's own handlers outside the prefix read
+        the session (:class:`~tornado_signin.web.host.SigninMixin`). A Path
+        is no boundary inside one origin (any page of the origin can fetch
+        under the prefix with the cookie); the boundary is the origin, which
+        ``__Host-`` pins: no subdomain or plain-http page can set or shadow it.
+        """
         self.set_signed_cookie(
             session_cookie_name(self.is_secure),
             session.encode(),

@@ -49,7 +49,7 @@ CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a t
 
 
 class PageHandler(BaseHandler):
-    """``GET /``: the sign-in page (seed steps 1–4)."""
+    """``GET <prefix>/``: the sign-in page (seed steps 1–4); its script's URLs start with the prefix."""
 
     async def get(self) -> None:
         session = await self.ensure_session()
@@ -77,6 +77,7 @@ class PageHandler(BaseHandler):
             needs_consent=session.needs_consent,
             user=({"sub": session.sub, "email": session.email, "name": session.name} if session.sub else None),
             development=config.development,
+            prefix=self.ctx.path_prefix,
         )
 
 
