@@ -65,6 +65,8 @@ setup(
         "cryptography>=41",
         "pyyaml>=6",
         "pycurl>=7.45",
+        # /metrics: the text format, and the sum over the workers of `serve --processes N` (multiprocess mode).
+        "prometheus_client>=0.17",
         # The demo's default store is SQL on SQLite.
         *SQL[:1],
     ],

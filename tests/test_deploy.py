@@ -162,6 +162,10 @@ async def test_serve_processes_forks_workers_that_share_the_port(deployment_fact
     assert (await page.post_code(mint(dep.emulator_url, "alice@example.com"))).code == 200
     assert (await read_frame(socket))["type"] == "signed_in"
     server = dep.servers[0]
+    # Worker 1 starts once worker 0 serves (the supervisor's start-up order): wait for it.
+    deadline = time.monotonic() + 15
+    while server.log().count("listening on") < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     log = server.log()
     assert log.count("listening on") == 2, log
     socket.close()

@@ -40,6 +40,7 @@ from .errors import (
     SigninError,
     StorageError,
     UnknownUserError,
+    WorkerError,
 )
 
 __all__ = ["main", "build_parser"]
@@ -60,7 +61,7 @@ EXIT_GOOGLE = 6         # Google's endpoints (or the emulator standing in)
 EXIT_LISTEN = 7         # a port cannot be listened on (in use, not permitted)
 EXIT_UNKNOWN_USER = 8   # no stored user with that sub or email
 EXIT_CONSENT = 9        # the user must sign in with consent again (revoked, no refresh token, missing scope)
-EXIT_WORKERS = 10       # serve --processes: workers kept dying after they served; the supervisor gave up
+EXIT_WORKERS = 10       # serve --processes: a worker killed before it served, or workers dying too often
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C) during a one-shot command
 EXIT_PIPE = 141         # stdout was closed by its reader (128 + SIGPIPE)
 
@@ -75,6 +76,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (CryptoError, EXIT_STORE),
     (HubUnavailableError, EXIT_HUB),
     (GoogleError, EXIT_GOOGLE),
+    (WorkerError, EXIT_WORKERS),
 )
 
 
@@ -126,12 +128,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(config.log_level, config.log_format)
     option = "--port" if args.port is not None else "--port (or server.port)"
     try:
-        serve(config, host=args.host or config.server.host,
-              port=args.port if args.port is not None else config.server.port,
-              processes=args.processes if args.processes is not None else config.server.processes)
+        return serve(config, host=args.host or config.server.host,
+                     port=args.port if args.port is not None else config.server.port,
+                     processes=args.processes if args.processes is not None else config.server.processes)
     except ListenError as exc:
         return _fail(f"{exc}; choose another with {option}", EXIT_LISTEN)
-    return EXIT_OK
 
 
 def _serve_demo(args: argparse.Namespace) -> int:

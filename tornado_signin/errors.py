@@ -16,6 +16,7 @@ The tree::
     ├── OverloadedError             the bounded worker pool is full
     ├── HubUnavailableError         the confirmation hub cannot answer (session records)
     ├── ListenError                 a server cannot listen on its port (in use, not permitted)
+    ├── WorkerError                 serve --processes: the workers cannot be kept serving
     ├── GoogleError                 an outbound call to Google failed
     │   ├── GoogleUnavailableError  timeout, connection error, 5xx: retryable
     │   ├── GoogleProtocolError     a reply that does not parse as OAuth
@@ -39,6 +40,7 @@ __all__ = [
     "OverloadedError",
     "HubUnavailableError",
     "ListenError",
+    "WorkerError",
     "GoogleError",
     "GoogleUnavailableError",
     "GoogleProtocolError",
@@ -93,6 +95,10 @@ class ListenError(SigninError):
         self.listener = listener
         self.host = host
         self.port = port
+
+
+class WorkerError(SigninError):
+    """``serve --processes``: a worker was killed before it served, or workers died too often; the supervisor gave up."""
 
 
 class GoogleError(SigninError):

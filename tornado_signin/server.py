@@ -94,28 +94,120 @@ async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 
     log.info("shut down in %.2fs", time.monotonic() - started)
 
 
-def fork_workers(count: int) -> int | None:
-    """Fork ``count`` workers sharing the listening sockets (Tornado's pre-fork model).
+#: A worker that dies after it has served is replaced after a back-off: RESTART_DELAY seconds, doubled for
+#: each further failure within FAILURE_WINDOW, at most RESTART_DELAY_MAX.
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 10.0
+#: The supervisor gives up (WorkerError) when workers die this many times within FAILURE_WINDOW seconds.
+MAX_FAILURES = 5
+FAILURE_WINDOW = 60.0
+#: How often the supervisor looks for dead workers and due restarts, in seconds.
+_POLL = 0.05
 
-    Return the worker's task id in each child. The parent supervises: it
-    forwards SIGTERM/SIGINT to the workers, replaces a worker that died
-    unexpectedly (at most 100 times), and returns None once all have exited.
+
+class Worker:
+    """What :func:`fork_workers` returns in a worker: its task id, and :meth:`ready` to tell the supervisor."""
+
+    def __init__(self, task_id: int, ready_fd: int) -> None:
+        self.task_id = task_id
+        self._ready_fd: int | None = ready_fd
+
+    def ready(self) -> None:
+        """Tell the supervisor this worker serves (from now on, its death is a failure to restart). Idempotent."""
+        if self._ready_fd is not None:
+            fd, self._ready_fd = self._ready_fd, None
+            try:
+                os.write(fd, b"R")
+            finally:
+                os.close(fd)
+
+
+def _describe(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) -> Worker | int:
+    """Fork ``count`` workers sharing the listening sockets (Tornado's pre-fork model) and supervise them.
+
+    In each worker, return its :class:`Worker` (the worker calls
+    :meth:`Worker.ready` once it serves). In the supervisor, return the exit
+    status once every worker has exited: 0 after SIGTERM/SIGINT (forwarded to
+    the workers, which drain).
+
+    Start-up: worker 0 starts first and the others once it serves, so an
+    error every worker would meet (a missing extra, a bad option) is printed
+    once, by worker 0. A worker that exits before it served is fatal: the
+    others are stopped and its exit status is returned (the worker printed
+    why). Afterwards, a worker that dies (a signal, a non-zero status) is
+    replaced after a back-off (:data:`RESTART_DELAY`, doubling up to
+    :data:`RESTART_DELAY_MAX`); a worker that exits 0 is not. Raise
+    WorkerError, after stopping the others, when a worker is killed before
+    it served, or when workers die :data:`MAX_FAILURES` times within
+    :data:`FAILURE_WINDOW` seconds. ``on_exit(pid)`` is called for every
+    worker reaped.
     """
-    children: dict[int, int] = {}
+    # pid -> [task id, read end of its ready pipe (or None once read), served?]
+    children: dict[int, list[Any]] = {}
+    served_once: set[int] = set()  # task ids whose worker served at least once
+    stopping = False
 
-    def spawn(task_id: int) -> bool:
+    def spawn(task_id: int) -> Worker | None:
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(read_fd)
+            for entry in children.values():
+                if entry[1] is not None:
+                    os.close(entry[1])
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            return True
-        children[pid] = task_id
-        return False
+            return Worker(task_id, write_fd)
+        os.close(write_fd)
+        children[pid] = [task_id, read_fd, False]
+        return None
 
-    for task_id in range(count):
-        if spawn(task_id):
-            return task_id
-    stopping = False
+    def note_ready(pid: int, *, block: bool) -> bool:
+        entry = children[pid]
+        if entry[1] is not None:
+            os.set_blocking(entry[1], block)
+            try:
+                entry[2] = os.read(entry[1], 1) == b"R"
+            except BlockingIOError:
+                return False
+            os.close(entry[1])
+            entry[1] = None
+            if entry[2]:
+                served_once.add(entry[0])
+        return bool(entry[2])
+
+    def reap(pid: int) -> list[Any]:
+        note_ready(pid, block=False)
+        entry = children.pop(pid)
+        if entry[1] is not None:
+            os.close(entry[1])
+        if on_exit is not None:
+            on_exit(pid)
+        return entry
+
+    def stop_all() -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        while children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid in children:
+                reap(pid)
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
@@ -128,24 +220,70 @@ def fork_workers(count: int) -> int | None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    log.info("supervising %d worker processes: %s", count, " ".join(map(str, children)))
-    restarts = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
+
+    def fatal(task_id: int, pid: int, status: int) -> int:
+        stop_all()
+        code = os.waitstatus_to_exitcode(status)
+        if code > 0:
+            return code  # the worker printed why
+        from .errors import WorkerError
+
+        raise WorkerError(f"worker {task_id} (pid {pid}) {_describe(status)} before it served")
+
+    # Start-up: worker 0 alone, then the others once it serves.
+    first = spawn(0)
+    if first is not None:
+        return first
+    pid0 = next(iter(children))
+    if not note_ready(pid0, block=True):
+        _, status = os.waitpid(pid0, 0)
+        reap(pid0)
+        return 0 if stopping else fatal(0, pid0, status)
+    for task_id in range(1, count):
+        if stopping:
             break
-        task_id = children.pop(pid, None)
-        if task_id is None:
+        worker = spawn(task_id)
+        if worker is not None:
+            return worker
+    log.info("supervising %d worker processes: %s", count, " ".join(map(str, children)))
+
+    failures: list[float] = []
+    pending: list[tuple[float, int]] = []  # (when, task id) of restarts waiting for their back-off
+    while children or (pending and not stopping):
+        now = time.monotonic()
+        if not stopping:
+            for due in sorted(p for p in pending if p[0] <= now):
+                pending.remove(due)
+                worker = spawn(due[1])
+                if worker is not None:
+                    return worker
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid == 0 or pid not in children:
+            time.sleep(_POLL)
             continue
-        crashed = os.WIFSIGNALED(status) or os.waitstatus_to_exitcode(status) != 0
-        if crashed and not stopping and restarts < 100:
-            restarts += 1
-            log.warning("worker %d (pid %d) exited with status %d; starting another",
-                        task_id, pid, os.waitstatus_to_exitcode(status))
-            if spawn(task_id):
-                return task_id
-    return None
+        task_id, _, served = reap(pid)
+        if stopping:
+            continue
+        if os.waitstatus_to_exitcode(status) == 0:
+            log.info("worker %d (pid %d) exited; not replaced", task_id, pid)
+            continue
+        if not served and task_id not in served_once:
+            return fatal(task_id, pid, status)
+        failures = [t for t in failures if t > now - FAILURE_WINDOW] + [now]
+        if len(failures) >= MAX_FAILURES:
+            stop_all()
+            from .errors import WorkerError
+
+            raise WorkerError(f"workers died {len(failures)} times within {FAILURE_WINDOW:g}s "
+                              f"(the last: worker {task_id}, pid {pid}, {_describe(status)}); giving up")
+        delay = min(RESTART_DELAY * 2 ** (len(failures) - 1), RESTART_DELAY_MAX)
+        log.warning("worker %d (pid %d) %s%s; starting another in %.1fs", task_id, pid, _describe(status),
+                    "" if served else " before it served", delay)
+        pending.append((now + delay, task_id))
+    return 0
 
 
 #: Seconds the start-up checks of store and hub may take before they count as down.
@@ -187,32 +325,61 @@ async def warn_unreachable(context: Any, limit: float = STARTUP_CHECK_TIMEOUT) -
     await asyncio.gather(store(), hub())
 
 
-def serve(config: Any, *, host: str, port: int, processes: int) -> None:
+def serve(config: Any, *, host: str, port: int, processes: int) -> int:
     """Serve ``config``'s app on ``host:port`` until SIGTERM/SIGINT, on ``processes`` processes (0: one per CPU).
 
-    Return when the server (or, pre-fork, the supervisor) has shut down.
-    Raise ConfigError when several processes would share a memory hub.
+    Return the exit status when the server (or, pre-fork, the supervisor)
+    has shut down: 0, or the status of a worker that could not start (see
+    :func:`fork_workers`). Raise ConfigError when several processes would
+    share a memory hub, ListenError when the port cannot be listened on,
+    WorkerError when the supervisor gives up. With several processes,
+    ``/metrics`` of any worker reports them all (:mod:`tornado_signin.metrics`).
     """
-    from .app import make_app, make_server
-
     sockets = bind("app", port, host)
+    worker: Worker | None = None
     if processes != 1:
         if config.hub.backend == "memory":
             raise ConfigError("hub.backend", "several processes need a shared hub (redis)")
-        if fork_workers(processes or os.cpu_count() or 1) is None:
-            return
+        from .metrics import prepare_multiprocess, worker_exited
+
+        # Before anything imports prometheus_client: it picks its mode at import.
+        clean_up = prepare_multiprocess()
+        try:
+            forked = fork_workers(processes or os.cpu_count() or 1, on_exit=worker_exited)
+        except BaseException:
+            clean_up()
+            raise
+        if not isinstance(forked, Worker):
+            clean_up()
+            return forked
+        worker = forked
+
+    from tornado.ioloop import PeriodicCallback
+
+    from .app import make_app, make_server
+    from .metrics import GAUGE_REFRESH_SECONDS
 
     async def main() -> None:
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(sockets)
-        await warn_unreachable(app.settings["signin"])
-        app.settings["signin"].store_health.start()
+        context = app.settings["signin"]
+        await warn_unreachable(context)
+        context.store_health.start()
+        gauges = PeriodicCallback(context.metrics.refresh_gauges, GAUGE_REFRESH_SECONDS * 1000)
+        if context.metrics.multiprocess_dir:
+            gauges.start()
+        if worker is not None:
+            worker.ready()
         log.info("tornado-signin listening on http://%s:%d%s/ (pid %d)", host, port, config.server.path_prefix,
                  os.getpid())
-        await serve_forever([server], [app.settings["signin"]], grace=config.limits.shutdown_grace)
+        try:
+            await serve_forever([server], [context], grace=config.limits.shutdown_grace)
+        finally:
+            gauges.stop()
 
     asyncio.run(main())
+    return 0
 
 
 def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str, folder: Path,

@@ -136,8 +136,8 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
                                recheck=config.limits.store_recheck_interval)
     context.store_health = store_health
     context.signin.health = store_health
-    metrics.gauge("signin_store_up", "1 while the token store is believed reachable.",
-                  lambda: 1.0 if store_health.up else 0.0)
+    metrics.gauge("signin_store_up", "1 while the token store is believed reachable (by every worker).",
+                  lambda: 1.0 if store_health.up else 0.0, aggregate="min")
     metrics.gauge("signin_logins_in_flight", "Code POSTs being completed now.", lambda: context.logins_in_flight)
     metrics.counter("signin_sockets_refused_total", "Websocket handshakes refused by a quota: cap=session|address.")
     metrics.gauge("signin_open_sockets", "Open /confirm websockets.", lambda: len(context.sockets))
