@@ -91,3 +91,12 @@ def chromium():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def no_redis(tmp_path) -> dict[str, str]:
+    """An environment where ``import redis`` fails, as when the ``redis`` extra is not installed."""
+    shim = tmp_path / "shim"
+    (shim / "redis").mkdir(parents=True)
+    (shim / "redis" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'redis'\", name='redis')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -253,15 +252,6 @@ def test_backends_lists_stores_and_hubs():
     listed = json.loads(run("backends", "--json").stdout)
     assert {(b["group"], b["name"]) for b in listed} >= {(STORES_GROUP, "sql"), (STORES_GROUP, "memory"),
                                                           (HUBS_GROUP, "memory"), (HUBS_GROUP, "redis")}
-
-
-@pytest.fixture
-def no_redis(tmp_path) -> dict[str, str]:
-    """An environment where ``import redis`` fails, as when the ``redis`` extra is not installed."""
-    shim = tmp_path / "shim"
-    (shim / "redis").mkdir(parents=True)
-    (shim / "redis" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'redis'\", name='redis')\n")
-    return {"PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 def test_backends_shows_a_hub_whose_extra_is_missing(no_redis):

@@ -23,7 +23,7 @@ import requests
 
 from harness import CLIENT_ID, CLIENT_SECRET
 from procs import ROOT, Proc, free_port, mint, wait_port, write_config
-from test_cli_commands import cli_argv, clean_env, no_redis  # noqa: F401 - no_redis is a fixture
+from test_cli_commands import cli_argv, clean_env
 from tornado_signin.emulator import EmulatorClient, EmulatorThread
 from tornado_signin.server import FAILURE_WINDOW, MAX_FAILURES
 

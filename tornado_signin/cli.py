@@ -513,8 +513,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 ended = await registry.end_all(sub, reason="cli")
                 print(f"ended {len(ended)} session(s) of {sub}")
                 return EXIT_OK
-            records = {r.sid for r in await registry.list(sub)}
-            if args.end not in records:
+            live = {r.sid for r in await registry.list(sub)}
+            if args.end not in live:
                 print(f"tornado-signin: no live session {args.end} of {sub}", file=sys.stderr)
                 return EXIT_ERROR
             await registry.end(args.end, reason="cli")

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["Metrics", "MULTIPROC_ENV", "GAUGE_REFRESH_SECONDS", "prepare_multiprocess", "worker_exited"]
 
@@ -40,7 +40,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 GAUGE_REFRESH_SECONDS = 1.0
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_GAUGE_MODES = {"sum": "livesum", "min": "livemin", "max": "livemax"}
+_GAUGE_MODES: dict[str, Literal["livesum", "livemin", "livemax"]] = {
+    "sum": "livesum", "min": "livemin", "max": "livemax"}
 
 
 def prepare_multiprocess() -> Callable[[], None]:
