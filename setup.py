@@ -57,6 +57,7 @@ setup(
     package_data={
         "tornado_signin.templates": ["*.html", "*.js"],
         "tornado_signin.emulator": ["templates/*.html", "templates/*.js"],
+        "tornado_signin.web": ["static/*.js", "static/*.ico"],
     },
     install_requires=[
         "tornado>=6.3",

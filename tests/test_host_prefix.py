@@ -54,7 +54,7 @@ async def test_full_signin_under_the_prefix(stack):
     html = page.body.decode()
     assert 'id="signinButton"' in html
     # The page's script is told where its endpoints live.
-    config = json.loads(re.search(r'<script type="application/json" id="signin-config">(.*?)</script>', html, re.S)[1])
+    config = json.loads(re.search(r'<script type="application/json" id="tornado-signin-config">(.*?)</script>', html, re.S)[1])
     assert config["prefix"] == "/auth"
     cookie = page.headers["Set-Cookie"]
     assert "Path=/;" in cookie or cookie.endswith("Path=/")

@@ -23,6 +23,7 @@ from .hub import ConfirmationHub
 from .listener import GuardedHTTPServer, connection_budget
 from .store import TokenStore
 from .web.api import ScopeHandler, UserinfoHandler
+from .web.assets import FaviconHandler, SigninScriptHandler
 from .web.base import BaseHandler
 from .web.confirm import ConfirmSocket
 from .web.ops import HealthHandler, MetricsHandler
@@ -86,6 +87,8 @@ def signin_routes(ctx: AppContext, prefix: str | None = None) -> list[tuple[str,
         (mount + r"/metrics", MetricsHandler, args),
         (mount + r"/api/userinfo", UserinfoHandler, args),
         (mount + r"/api/scopes", ScopeHandler, args),
+        (mount + r"/signin.js", SigninScriptHandler, args),
+        (mount + r"/favicon.ico", FaviconHandler, args),
         *([(mount + r"/risc", RiscHandler, args)] if ctx.config.risc.enabled else []),
     ]
     return routes

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a trailing LF through
 
 
+def _sources(*sources: str) -> str:
+    """Return a CSP source list of ``sources``, each once, in order (``'self'`` quoted)."""
+    return " ".join(dict.fromkeys(f"'{s}'" if s == "self" else s for s in sources if s))
+
+
 class PageHandler(BaseHandler):
     """``GET <prefix>/``: the sign-in page (seed steps 1–4); its script's URLs start with the prefix."""
 
@@ -58,10 +63,13 @@ class PageHandler(BaseHandler):
         script_origin = origin_of(config.google.client_script_url) or ""
         auth_origin = origin_of(config.google.endpoints.auth_uri) or ""
         ws_origin = self.own_origin().replace("http", "ws", 1)
+        # connect-src has the auth origin for both libraries: Google's FedCM
+        # migration of the platform library fetches from accounts.google.com.
         self.set_header(
             "Content-Security-Policy",
             f"default-src 'self'; script-src 'nonce-{nonce}' {script_origin}; "
-            f"connect-src 'self' {ws_origin} {script_origin}; frame-src {auth_origin} {script_origin}; "
+            f"connect-src {_sources('self', ws_origin, script_origin, auth_origin)}; "
+            f"frame-src {_sources(auth_origin, script_origin)}; "
             f"img-src 'self' data: https:; style-src 'self' 'unsafe-inline' {script_origin}; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         )
