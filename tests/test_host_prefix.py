@@ -32,7 +32,7 @@ pytestmark = pytest.mark.gen_test(timeout=30)
 
 #: Every route of tornado-signin, by method, relative to the prefix.
 ROUTES = [("GET", "/"), ("GET", "/state"), ("POST", "/storeauthcode"), ("GET", "/confirm"), ("POST", "/signout"),
-          ("POST", "/disconnect"), ("GET", "/healthz"), ("GET", "/metrics"),
+          ("POST", "/disconnect"), ("GET", "/session"), ("GET", "/healthz"), ("GET", "/metrics"),
           ("POST", "/risc"), ("POST", "/api/userinfo"), ("GET", "/api/scopes")]
 
 

@@ -26,6 +26,7 @@ from .web.api import ScopeHandler, UserinfoHandler
 from .web.assets import FaviconHandler, SigninScriptHandler
 from .web.base import BaseHandler
 from .web.confirm import ConfirmSocket
+from .web.host import SessionHandler
 from .web.ops import HealthHandler, MetricsHandler
 from .web.risc import RiscHandler
 from .web.signin import DisconnectHandler, PageHandler, SignoutHandler, StateHandler, StoreAuthCodeHandler
@@ -83,6 +84,7 @@ def signin_routes(ctx: AppContext, prefix: str | None = None) -> list[tuple[str,
         (mount + r"/confirm", ConfirmSocket, args),
         (mount + r"/signout", SignoutHandler, args),
         (mount + r"/disconnect", DisconnectHandler, args),
+        (mount + r"/session", SessionHandler, args),
         (mount + r"/healthz", HealthHandler, args),
         (mount + r"/metrics", MetricsHandler, args),
         (mount + r"/api/userinfo", UserinfoHandler, args),

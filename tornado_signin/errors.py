@@ -25,8 +25,8 @@ The tree::
     │       └── ClientConfigError   invalid_client, redirect_uri_mismatch …
     ├── TokenVerificationError      the ID token failed a verification rule
     ├── ConsentRequiredError        no usable refresh token: ask consent again
+    │   └── MissingScopeError       stored grant lacks a required scope (consent to it)
     ├── SigninBlockedError          a security event blocks sign-in for this user
-    ├── MissingScopeError           stored grant lacks a required scope
     └── UnknownUserError            no stored record for that user
 """
 
@@ -147,8 +147,8 @@ class SigninBlockedError(SigninError):
     """A security event (account-disabled for hijacking) blocks sign-in for this ``sub`` until account-enabled."""
 
 
-class MissingScopeError(SigninError):
-    """The stored grant does not include every scope the caller requires."""
+class MissingScopeError(ConsentRequiredError):
+    """The stored grant does not include every scope the caller requires (``missing``): ask consent to them."""
 
     def __init__(self, missing: "set[str] | frozenset[str]") -> None:
         super().__init__("missing scopes: " + " ".join(sorted(missing)))

@@ -33,7 +33,7 @@ from ..logctx import accept_request_id, request_id
 from ..sessions import Session, new_session_id, read_session_cookie, session_cookie_name
 from . import gate
 
-__all__ = ["BaseHandler", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
+__all__ = ["BaseHandler", "live_session", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,20 @@ def error_response(exc: BaseException) -> ErrorResponse | None:
         if response is not None:
             return response
     return None
+
+
+async def live_session(ctx: AppContext, handler: RequestHandler) -> Session | None:
+    """Return the session of ``handler``'s signed cookie, or None (absent, forged, expired, or ended).
+
+    The one session check of every handler, ours and the host's
+    (:class:`~tornado_signin.web.host.SigninMixin`): a signed-in cookie counts
+    only while its record lives in the hub (one read, never cached; a hub that
+    cannot answer counts as ended).
+    """
+    session = read_session_cookie(handler, ctx.config.limits.session_max_age_days)
+    if session is not None and session.sub and not await ctx.sessions.is_live(session):
+        return None
+    return session
 
 
 class BaseHandler(RequestHandler):
@@ -179,10 +193,7 @@ class BaseHandler(RequestHandler):
 
         A signed-in cookie costs one hub read (:meth:`SessionRegistry.is_live`); the answer is never cached.
         """
-        session = self.read_session_cookie()
-        if session is not None and session.sub and not await self.ctx.sessions.is_live(session):
-            return None
-        return session
+        return await live_session(self.ctx, self)
 
     def write_session(self, session: Session) -> None:
         """Set the signed session cookie: HttpOnly, SameSite=Lax, Secure (and ``__Host-``) over https.
