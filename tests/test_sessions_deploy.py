@@ -12,9 +12,16 @@ import pytest
 
 from harness import json_body
 from procs import ENV, mint
-from test_deploy import deployment_factory, read_frame  # noqa: F401  (the fixture)
+from test_deploy import Deployment, read_frame
 
 pytestmark = [pytest.mark.gen_test(timeout=90), pytest.mark.slow]
+
+
+@pytest.fixture
+def deployment(tmp_path, postgres_url, redis_url, unique_name):
+    made = Deployment(tmp_path, postgres_url, redis_url, unique_name)
+    yield made
+    made.close()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -22,8 +29,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **ENV}, timeout=60)
 
 
-async def test_copied_cookie_is_refused_on_the_other_process_after_signout(deployment_factory):
-    dep = deployment_factory()
+async def test_copied_cookie_is_refused_on_the_other_process_after_signout(deployment):
+    dep = deployment
     page_a = dep.client(0)
     assert (await page_a.post_code(mint(dep.emulator_url))).code == 200
     copy_b = dep.client(1)
@@ -37,8 +44,8 @@ async def test_copied_cookie_is_refused_on_the_other_process_after_signout(deplo
     assert b"alice@example.com" not in (await copy_b.fetch("/")).body
 
 
-async def test_sessions_command_lists_and_ends_sessions_live(deployment_factory):
-    dep = deployment_factory()
+async def test_sessions_command_lists_and_ends_sessions_live(deployment):
+    dep = deployment
     tabs = []
     for index in (0, 1):
         tab = dep.client(index)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 
 import pytest
 from tornado.httpclient import HTTPClientError

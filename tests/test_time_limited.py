@@ -38,7 +38,9 @@ async def test_exchange_stores_the_expiry_and_consent_is_required_after_it_witho
     assert stack.emulator.stats["token.refresh_token"] == refreshes  # Google was not asked
     assert stack.store.get(sub).state == "expired"
     # The emulator too refuses the refresh token after its time.
-    with pytest.raises(Exception):
+    from tornado_signin.errors import InvalidGrantError
+
+    with pytest.raises(InvalidGrantError):
         await stack.ctx.google.refresh(record.refresh_token)
     # A new consent gives a new, unlimited grant.
     again = json_body(await stack.client().post_code(stack.mint(prompt="consent")))

@@ -349,12 +349,14 @@ class RiscReceiver:
     def _label(event: SecurityEvent) -> str:
         return event.name if event.name in EVENT_TYPES else "unknown"
 
-    async def _record(self, sub: str, at: float, what: str, *, revoke: bool = False, **fields: float) -> None:
+    async def _record(self, sub: str, at: float, what: str, *, revoke: bool = False,
+                      disabled_at: float | None = None, enabled_at: float | None = None) -> None:
         # iat has whole seconds: a grant revoked "at" that second covers every token issued in it
         # (a refresh token issued after revoked_at would count as a new grant).
         # Capped at now: a token issued after this event reached us is a new grant.
-        revoked = {"revoked_at": min(at + 1.0, time.time())} if revoke else {}
-        await self.save(TokenRecord(sub=sub, security_event=what, security_event_at=at, **revoked, **fields))
+        revoked_at = min(at + 1.0, time.time()) if revoke else None
+        await self.save(TokenRecord(sub=sub, security_event=what, security_event_at=at, revoked_at=revoked_at,
+                                    disabled_at=disabled_at, enabled_at=enabled_at))
 
     async def _end_sessions(self, sub: str, reason: str) -> int:
         return len(await self.sessions.end_all(sub, reason=reason))
