@@ -81,9 +81,12 @@ class Session:
                    name=data.get("name") if sub else None, needs_consent=bool(data.get("nc")))
 
 
-def read_session_cookie(handler: "RequestHandler", max_age_days: float) -> Session | None:
-    """Return the Session of the request's signed session cookie, or None (absent, forged, expired, malformed)."""
-    name = session_cookie_name(handler.request.protocol == "https")
+def read_session_cookie(handler: "RequestHandler", max_age_days: float, *, secure: bool | None = None) -> Session | None:
+    """Return the Session of the request's signed session cookie, or None (absent, forged, expired, malformed).
+
+    ``secure`` picks the cookie's name (``__Host-`` over https); None: the request's protocol.
+    """
+    name = session_cookie_name(handler.request.protocol == "https" if secure is None else secure)
     header = handler.request.headers.get("Cookie")
     # The one cookie is parsed out directly: Tornado's get_cookie first builds
     # a SimpleCookie of every cookie (a Morsel each), most of this call's cost.
@@ -119,7 +122,8 @@ class StateSigner:
         if not state or len(state) > 128:
             return None
         parts = state.split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
+        # ASCII digits only: str.isdigit() is also true of "²" and "١", which int() refuses.
+        if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
             return None
         nonce, expires_text, mac = parts
         expires = int(expires_text)

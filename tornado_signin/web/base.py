@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..logctx import accept_request_id, request_id
 from ..sessions import Session, new_session_id, read_session_cookie, session_cookie_name
-from . import gate
+from . import gate, inputs
 
 __all__ = ["BaseHandler", "live_session", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
 
@@ -101,10 +101,18 @@ class BaseHandler(RequestHandler):
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        # Tornado sets the default headers before initialize(); HSTS needs the config.
+        self._set_hsts()
+
+    def _set_hsts(self) -> None:
+        if self.is_secure:
+            self.set_header("Strict-Transport-Security", "max-age=31536000")
 
     def prepare(self) -> None:
         # Each request runs in its own task: the id tags every log line of it.
         request_id.set(self.request_id)
+        # Before anything parses a header: the one validation layer (400 JSON for a malformed value).
+        inputs.check_headers(self.request)
 
     # -- headers and errors --------------------------------------------------------
 
@@ -122,8 +130,8 @@ class BaseHandler(RequestHandler):
         for name, value in SECURITY_HEADERS:
             self.set_header(name, value)
         self.set_header("X-Request-Id", self.request_id)
-        if self.request.protocol == "https":
-            self.set_header("Strict-Transport-Security", "max-age=31536000")
+        if "ctx" in self.__dict__:  # again after an error (send_error clears the headers)
+            self._set_hsts()
         self.clear_header("Server")
 
     def compute_etag(self) -> None:
@@ -165,28 +173,30 @@ class BaseHandler(RequestHandler):
 
     @property
     def is_secure(self) -> bool:
-        return self.request.protocol == "https"
+        """Return whether the client sees https (:func:`inputs.scheme`: ``server.public_origin`` first)."""
+        return inputs.scheme(self.request, self.ctx.config.server) == "https"
 
     def own_origin(self) -> str:
-        return f"{self.request.protocol}://{self.request.host}".lower()
+        """Return the app's own origin (:func:`inputs.own_origin`: ``server.public_origin`` when set)."""
+        return inputs.own_origin(self.request, self.ctx.config.server)
 
     def allowed_origins(self) -> frozenset[str]:
         return self.ctx.allowed_origins(self.own_origin())
 
     def check_request_origin(self) -> None:
         """Refuse unless the request comes from an allowed origin by script (:func:`gate.check_script_request`)."""
-        gate.check_script_request(self.request.headers, self.allowed_origins(),
+        gate.check_script_request(self.request, self.allowed_origins(),
                                   foreign_origins_configured=bool(self.ctx.config.server.allowed_origins))
 
     async def consume_state(self, session: Session) -> None:
         """Refuse unless the request carries an unexpired state issued to this session, and spend it."""
-        await gate.consume_state(self.ctx, session, self.request.headers.get(gate.STATE_HEADER))
+        await gate.consume_state(self.ctx, session, inputs.state(self.request))
 
     # -- session -------------------------------------------------------------------
 
     def read_session_cookie(self) -> Session | None:
         """Return the session the signed cookie holds, or None, *without* checking that it was not ended."""
-        return read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
+        return read_session_cookie(self, self.ctx.config.limits.session_max_age_days, secure=self.is_secure)
 
     async def read_session(self) -> Session | None:
         """Return the session of the signed cookie, or None (also for a signed-in session that was ended).

@@ -22,6 +22,7 @@ from ..context import AppContext
 from ..hub import Subscription
 from ..logctx import accept_request_id, request_id
 from ..sessions import Session, read_session_cookie
+from . import inputs
 from .gate import origin_allowed
 
 __all__ = ["ConfirmSocket"]
@@ -46,12 +47,10 @@ class ConfirmSocket(WebSocketHandler):
         #: (session id, client address) of the quota slot this socket holds.
         self.slot: tuple[str, str] | None = None
 
-    def _own_origin(self) -> str:
-        return f"{self.request.protocol}://{self.request.host}".lower()
-
     def check_origin(self, origin: str) -> bool:
         # The code endpoint's own check (gate.origin_allowed): exact serialized origin in the allow-list.
-        return origin_allowed(origin, self.ctx.allowed_origins(self._own_origin()))
+        own = inputs.own_origin(self.request, self.ctx.config.server)
+        return origin_allowed(origin, self.ctx.allowed_origins(own))
 
     async def refuse(self, status: int, reason: str) -> None:
         """Answer the handshake ``{"error": reason}`` with ``status`` and close the connection.
@@ -61,22 +60,33 @@ class ConfirmSocket(WebSocketHandler):
         """
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Request-Id", request_id.get())
         self.set_header("Connection", "close")
         await self.finish(json.dumps({"error": reason}))
         self.request.connection.close()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         request_id.set(accept_request_id(self.request.headers.get("X-Request-Id")))
-        # Tornado accepts a handshake without Origin; browsers always send one,
-        # so its absence means a non-browser client or a stripped request.
-        # Tornado >= 6.6 also skips check_origin when Sec-Fetch-Site says
-        # same-origin or when Origin's host:port equals Host whatever the
-        # scheme, so the check runs here, on every handshake.
-        origin = self.request.headers.get("Origin")
-        if not origin or not self.check_origin(origin):
+        try:
+            # The one validation layer, the handshake's own headers included
+            # (Tornado's checks of those answer plain text).
+            inputs.check_headers(self.request, websocket=True)
+            origin = inputs.origin(self.request)
+            # Tornado accepts a handshake without Origin; browsers always send one,
+            # so its absence means a non-browser client or a stripped request.
+            # Tornado >= 6.6 also skips check_origin when Sec-Fetch-Site says
+            # same-origin or when Origin's host:port equals Host whatever the
+            # scheme, so the check runs here, on every handshake.
+            allowed = bool(origin) and self.check_origin(origin or "")
+        except inputs.InputError as exc:
+            log.warning("websocket handshake refused: %s", exc.log_message)
+            await self.refuse(400, exc.reason or "malformed request")
+            return
+        if not allowed:
             await self.refuse(403, "origin not allowed")
             return
-        self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days)
+        secure = inputs.scheme(self.request, self.ctx.config.server) == "https"
+        self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days, secure=secure)
         # An ended signed-in session is refused like a missing one (one hub read).
         if self.session is not None and not await self.ctx.sessions.is_live(self.session):
             self.session = None

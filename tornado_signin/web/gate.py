@@ -11,13 +11,15 @@ client and the detail in the log message.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
+from tornado.httputil import HTTPServerRequest
 from tornado.web import HTTPError
 
 from ..context import AppContext
 from ..sessions import Session
+from . import inputs
 
 __all__ = ["STATE_HEADER", "origin_of", "origin_allowed", "check_script_request", "consume_state"]
 
@@ -30,8 +32,11 @@ def _refuse(reason: str, log_message: str) -> HTTPError:
 
 
 def origin_of(url: str) -> str | None:
-    """Return ``scheme://host[:port]`` of ``url`` in lower case, or None."""
-    parts = urlsplit(url)
+    """Return ``scheme://host[:port]`` of ``url`` in lower case, or None (also for a URL that does not parse)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -49,18 +54,20 @@ def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:
     return serialized == origin.lower() and serialized in allowed
 
 
-def check_script_request(headers: Mapping[str, str], allowed: Collection[str], *,
+def check_script_request(request: HTTPServerRequest, allowed: Collection[str], *,
                          foreign_origins_configured: bool) -> None:
     """Refuse unless the request comes by script from an allowed origin; raise HTTPError 403.
 
-    Checks ``X-Requested-With: XMLHttpRequest``, the ``Origin`` against
+    Checks ``X-Requested-With: XMLHttpRequest``, the ``Origin`` (read through
+    :mod:`~tornado_signin.web.inputs`) against
     ``allowed`` and the fetch metadata: a cross-site request is legitimate
     only when ``foreign_origins_configured`` (``server.allowed_origins``), a
     navigation (a form post) never is.
     """
+    headers = request.headers
     if headers.get("X-Requested-With") != "XMLHttpRequest":
         raise _refuse("missing X-Requested-With", "X-Requested-With header missing or wrong")
-    if not origin_allowed(headers.get("Origin"), allowed):
+    if not origin_allowed(inputs.origin(request), allowed):
         raise _refuse("origin not allowed", "Origin missing, null, malformed or not allowed")
     site = headers.get("Sec-Fetch-Site")
     if site not in (None, "same-origin") and not foreign_origins_configured:

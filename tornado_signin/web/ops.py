@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import inputs
 from .base import BaseHandler
 
 __all__ = ["HealthHandler", "ReadyHandler", "MetricsHandler"]
@@ -11,7 +12,7 @@ class HealthHandler(BaseHandler):
     """``GET /healthz``: liveness (the IOLoop answers). ``?ready=1`` adds store and hub checks."""
 
     async def get(self) -> None:
-        if not self.get_query_argument("ready", None):
+        if not inputs.flag(self.get_query_argument("ready", None), "ready"):
             self.write_json({"status": "ok"})
             return
         if self.ctx.draining:

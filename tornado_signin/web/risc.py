@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from ..risc import APPLY_ERRORS, MAX_SET_LENGTH, SET_CONTENT_TYPE, SecurityEventError
+from . import inputs
 from .base import BaseHandler
 
 __all__ = ["RiscHandler"]
@@ -33,8 +34,7 @@ class RiscHandler(BaseHandler):
         receiver = self.ctx.risc
         if receiver is None:
             raise self.fail(404, "not found")
-        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != SET_CONTENT_TYPE:
+        if inputs.content_type(self.request) != SET_CONTENT_TYPE:
             self._refuse(f"content type is not {SET_CONTENT_TYPE}")
             return
         body = self.request.body

@@ -9,7 +9,6 @@ through :data:`~tornado_signin.web.base.ERROR_RESPONSES`.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from typing import Any, cast
 
@@ -32,6 +31,7 @@ from ..errors import (
 from ..sessions import Session, new_session_id
 from ..signin import CONSENT_REQUIRED, SIGNED_IN
 from .base import BaseHandler, error_response
+from . import inputs
 from .gate import origin_of
 
 __all__ = [
@@ -44,8 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Google's one-time codes are URL-safe text ("4/0AX4Xf…"); nothing else is accepted.
-CODE_PATTERN = re.compile(r"[0-9A-Za-z/_.~+-]+")  # fullmatch: "$" would let a trailing LF through
 
 
 def _sources(*sources: str) -> str:
@@ -119,12 +117,11 @@ class StoreAuthCodeHandler(BaseHandler):
             self.ctx.metrics.inc("signin_logins_total", outcome="rate_limited")
             raise self.fail(429, "too many requests", "code POST rate limit hit")
         self.check_request_origin()
-        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/octet-stream":
+        if inputs.content_type(self.request) != "application/octet-stream":
             raise self.fail(415, "content type must be application/octet-stream")
         cap = self.ctx.config.limits.max_body_bytes
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > cap):
+        length = inputs.content_length(self.request)
+        if length is not None and length > cap:
             raise self.fail(413, "body too large")
         cast(HTTP1Connection, self.request.connection).set_max_body_size(cap)
 
@@ -134,14 +131,7 @@ class StoreAuthCodeHandler(BaseHandler):
             raise self.fail(413, "body too large")
 
     def _code(self) -> str:
-        raw = bytes(self._body)
-        try:
-            code = raw.decode("utf-8").strip(" ")
-        except UnicodeDecodeError:
-            raise self.fail(400, "malformed code", "code is not UTF-8") from None
-        if not code or len(code) > self.ctx.config.limits.max_code_length or not CODE_PATTERN.fullmatch(code):
-            raise self.fail(400, "malformed code", f"code rejected by charset/length bound ({len(code)} chars)")
-        return code
+        return inputs.code(bytes(self._body), self.ctx.config.limits.max_code_length)
 
     async def post(self) -> None:
         session = await self.require_session()
@@ -189,7 +179,7 @@ class StoreAuthCodeHandler(BaseHandler):
         # the old id are told to follow the new one.
         new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
         try:
-            await ctx.sessions.start(new_session, user_agent=self.request.headers.get("User-Agent", ""),
+            await ctx.sessions.start(new_session, user_agent=inputs.user_agent(self.request),
                                      address=self.request.remote_ip or "")
         except HubUnavailableError as exc:
             # Without its record the new cookie would not count: fail the attempt (the tokens are stored).
@@ -247,7 +237,7 @@ class SignoutHandler(BaseHandler):
         if session is None:
             raise self.fail(403, "no session", "request without a session cookie")
         await self.consume_state(session)
-        everywhere = self.get_query_argument("everywhere", "") in ("1", "true")
+        everywhere = inputs.flag(self.get_query_argument("everywhere", None), "everywhere")
         if everywhere and session.sub and not await self.ctx.sessions.is_live(session):
             everywhere = False  # an ended cookie must not end the user's other sessions
         await self.end_session(session, everywhere=everywhere)
