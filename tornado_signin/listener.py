@@ -8,10 +8,14 @@ core and writes megabytes of log a second, and ``/healthz`` is never
 accepted. :class:`GuardedHTTPServer` replaces that handler (through the
 IOLoop's public ``add_handler``) with one that:
 
-- counts open connections (HTTP ones and upgraded websockets) and, past
-  :attr:`GuardedHTTPServer.max_connections`, answers a new one with a fixed
-  ``503`` and closes it right after ``accept()`` — so descriptors stay free
-  for the token store, the hub and Google, whatever a client opens;
+- counts open connections (HTTP ones and upgraded websockets) and never
+  holds more than :attr:`GuardedHTTPServer.max_connections`, so descriptors
+  stay free for the token store, the hub and Google, whatever a client
+  opens. At the cap it first stops accepting for up to :data:`FULL_WAIT`
+  (new connections wait in the kernel's backlog: a burst of short requests,
+  refused handshakes say, frees room within milliseconds, and ``/healthz``
+  is then served, late but served); still full after that, it answers each
+  waiting connection a fixed ``503`` and closes it right after ``accept()``;
 - on ``EMFILE``/``ENFILE``/``ENOBUFS``/``ENOMEM`` stops accepting on that
   socket for a short, growing pause (50 ms up to 1 s) and logs it once per
   :data:`LOG_INTERVAL` with the count of what it did not log.
@@ -32,7 +36,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-__all__ = ["GuardedHTTPServer", "connection_budget", "LOG_INTERVAL", "REFUSAL"]
+__all__ = ["GuardedHTTPServer", "connection_budget", "LOG_INTERVAL", "FULL_WAIT", "REFUSAL"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,9 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
 #: accept() errors that mean "out of descriptors or memory now": wait, do not spin.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN, _PAUSE_MAX = 0.05, 1.0
+#: At the connection cap: how long new connections wait for room before they are refused, and how
+#: often the listener looks for room meanwhile (seconds).
+FULL_WAIT, _ROOM_POLL = 0.5, 0.01
 #: Connections taken per readiness event, as Tornado's handler (its listen backlog).
 _ACCEPTS_PER_EVENT = 128
 
@@ -107,6 +114,8 @@ class GuardedHTTPServer(HTTPServer):
         self.clock = clock
         self._pause = _PAUSE_MIN
         self._listening: dict[int, socket.socket] = {}
+        self._paused: set[int] = set()
+        self._full_since: float | None = None
         self._halted = False
         self._log_full = _OncePerInterval(clock)
         self._log_error = _OncePerInterval(clock)
@@ -149,6 +158,16 @@ class GuardedHTTPServer(HTTPServer):
         for _ in range(_ACCEPTS_PER_EVENT):
             if self._halted:
                 return
+            full = self.open_connections >= self.max_connections
+            if not full:
+                self._full_since = None
+            else:
+                now = self.clock()
+                if self._full_since is None:
+                    self._full_since = now
+                if now - self._full_since < FULL_WAIT:
+                    self._pause_accepting(sock, _ROOM_POLL)  # leave them in the backlog a while
+                    return
             try:
                 connection, address = sock.accept()
             except BlockingIOError:
@@ -159,7 +178,7 @@ class GuardedHTTPServer(HTTPServer):
             except OSError as exc:
                 self._back_off(sock, exc)
                 return
-            if self.open_connections >= self.max_connections:
+            if full:
                 self._refuse(connection)
                 continue
             # The callback Tornado itself gives add_accept_handler: it wraps
@@ -186,11 +205,19 @@ class GuardedHTTPServer(HTTPServer):
         if exc.errno not in _RESOURCE_ERRORS:
             pause = _PAUSE_MAX
         self._log_error("accept() failed: %s (%s); not accepting for %.2f s", exc.strerror or exc, name, pause)
+        self._pause_accepting(sock, pause)
+
+    def _pause_accepting(self, sock: socket.socket, seconds: float) -> None:
+        fd = sock.fileno()
+        if fd in self._paused:
+            return
+        self._paused.add(fd)
         loop = IOLoop.current()
         loop.remove_handler(sock)
-        loop.call_later(pause, self._resume, sock)
+        loop.call_later(seconds, self._resume, sock, fd)
 
-    def _resume(self, sock: socket.socket) -> None:
-        if self._halted or self._listening.get(sock.fileno()) is not sock:
+    def _resume(self, sock: socket.socket, fd: int) -> None:
+        self._paused.discard(fd)
+        if self._halted or self._listening.get(fd) is not sock:
             return
         IOLoop.current().add_handler(sock, self._accept, IOLoop.READ)
