@@ -313,3 +313,33 @@ async def test_emulator_retries_until_the_receiver_accepts(stack):
     assert stack.emulator.risc.deliveries[-1]["statuses"] == [503, 202]
     assert stack.store.get(sub).security_event == "sessions-revoked"
     json.dumps(stack.emulator.risc.deliveries)  # the test-only listing is JSON
+
+
+async def test_verified_sets_with_odd_events_are_accepted_without_a_5xx_or_an_error_line(stack):
+    client, sub = await signed_in(stack)
+    key = stack.emulator.keys.current
+    odd_events = [
+        {EVENT_URIS["sessions-revoked"]: {"subject": "not an object"}},
+        {EVENT_URIS["sessions-revoked"]: {"subject": {"subject_type": "iss-sub", "sub": 12345}}},
+        {EVENT_URIS["sessions-revoked"]: {"subject": {"sub": "x" * 300}}},
+        {EVENT_URIS["account-disabled"]: {"subject": {"sub": sub + "-other"}, "reason": "\u202e" * 10}},
+        {EVENT_URIS["token-revoked"]: {"subject": {"subject_type": "oauth_token", "token_type": "access_token",
+                                                   "token_identifier_alg": "prefix", "token": "x"}}},
+        {EVENT_URIS["token-revoked"]: {"subject": {"subject_type": "oauth_token", "token_identifier_alg": "plain",
+                                                   "token": "x"}}},
+        {EVENT_URIS["token-revoked"]: {"subject": {"token_identifier_alg": "prefix", "token": "y" * 600}}},
+        {EVENT_URIS["verification"]: {"state": ["not", "a", "string"]}},
+        {EVENT_URIS["verification"]: {"state": "line\nbreak\u0000"}},
+        {"https://example.com/event-type/unknown": {"subject": {"sub": sub}}},
+        {EVENT_URIS["account-enabled"]: {}, EVENT_URIS["account-credential-change-required"]: {"subject": {}}},
+    ]
+    for index, events in enumerate(odd_events):
+        claims = {"iss": RISC_ISSUER, "aud": [CLIENT_ID, "other"], "iat": int(stack.emulator.state.clock()),
+                  "jti": f"odd-{index}", "events": events}
+        token = encode_jwt({"alg": "RS256", "kid": key.kid}, claims, key=key, method=None)
+        response = await post_set(stack, token)
+        assert response.code == 202, (index, response.code)
+    record = stack.store.get(sub)
+    assert record.has_usable_refresh_token and not record.signin_blocked
+    assert (await client.fetch("/api/scopes")).code == 200
+    assert " ERROR " not in stack.logs.text() and "Traceback" not in stack.logs.text()
