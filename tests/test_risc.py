@@ -343,3 +343,43 @@ async def test_verified_sets_with_odd_events_are_accepted_without_a_5xx_or_an_er
     assert record.has_usable_refresh_token and not record.signin_blocked
     assert (await client.fetch("/api/scopes")).code == 200
     assert " ERROR " not in stack.logs.text() and "Traceback" not in stack.logs.text()
+
+
+def test_migrate_carries_the_security_and_expiry_fields(tmp_path):
+    from tornado_signin.migrate import migrate
+    from tornado_signin.store import load_store
+    from tornado_signin.testing.store import full_record
+
+    source = load_store("sql", {"url": f"sqlite:///{tmp_path / 'a.db'}"})
+    target = load_store("file", {"path": str(tmp_path / "files")})
+    try:
+        record = full_record(sub="migrated")
+        source.save(record)
+        assert migrate(source, target).verified == 1
+        copy = target.get("migrated")
+        for name in ("refresh_token_expires_at", "disabled_at", "enabled_at", "security_event", "security_event_at"):
+            assert getattr(copy, name) == getattr(record, name), name
+    finally:
+        source.close()
+        target.close()
+
+
+def test_service_account_file_may_come_from_the_environment(tmp_path):
+    from harness import COOKIE_SECRET, ENCRYPTION_KEY
+    from tornado_signin.config import config_from_dict
+
+    document = {"development": True, "server": {"cookie_secret": COOKIE_SECRET},
+                "google": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+                "store": {"backend": "memory", "encryption": {"keys": [ENCRYPTION_KEY]}},
+                "risc": {"enabled": True, "service_account_file": {"$env": "RISC_KEY_FILE"}}}
+    config = config_from_dict(document, base_dir=tmp_path, environ={"RISC_KEY_FILE": "keys/sa.json"})
+    assert config.risc.service_account_file == str(tmp_path / "keys/sa.json")
+    assert config.risc.configuration_url == "https://accounts.google.com/.well-known/risc-configuration"
+    from tornado_signin.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict(document, base_dir=tmp_path, environ={})
+    assert "risc.service_account_file" in str(refused.value)
+    with pytest.raises(ConfigError) as typo:
+        config_from_dict({**document, "risc": {"enable": True}}, base_dir=tmp_path, environ={})
+    assert "risc.enable" in str(typo.value)
