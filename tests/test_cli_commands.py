@@ -157,7 +157,7 @@ def stores(request, tmp_path):
 class Stack:
     """The emulator (in this process), one config on one store, and a ``serve`` process users sign in through."""
 
-    def __init__(self, tmp: Path, stores: Stores, kind: str) -> None:
+    def __init__(self, tmp: Path, stores: Stores, kind: str, hub: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.kind = kind
         self.stores = stores
@@ -167,12 +167,13 @@ class Stack:
         self.emulator = self.thread.start()
         self.emulator_url = self.emulator.base_url
         self.store = stores.section(kind, "tokens")
+        self.hub = hub
         self.config = self.write("app", self.store)
         self.server: Proc | None = None
 
     def write(self, name: str, store: dict[str, Any], **extra: Any) -> Path:
         return write_config(self.tmp, name=name, emulator_url=self.emulator_url, origins=[self.app_url],
-                            store=store, **extra)
+                            store=store, hub=extra.pop("hub", self.hub), **extra)
 
     def cli(self, command: str, *args: str, config: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
         return run(command, "--config", str(config or self.config), *args, **kw)
@@ -508,6 +509,18 @@ def test_port_options_are_validated(command, option, value):
     assert_usage_error(result, command, f"argument {option}: {value!r} is not a port number (1-65535)")
 
 
+@pytest.mark.parametrize("value", [0, 99999, -1, "8080"])
+def test_config_ports_are_validated_as_the_options(tmp_path, stores, value):
+    stack = Stack(tmp_path, stores, "sqlite")
+    try:
+        document = yaml.safe_load(stack.config.read_text())
+        document["server"]["port"] = value
+        stack.config.write_text(yaml.safe_dump(document))
+        assert_error(stack.cli("serve"), EXIT_CONFIG, "server.port")
+    finally:
+        stack.close()
+
+
 def test_serve_config_mode_on_a_busy_port(stack):
     holder, port = busy_port()
     with holder:
@@ -587,3 +600,42 @@ def test_demo_leaves_nothing_for_git_to_add(tmp_path):
                              ".", ":!.gitignore"],
                             capture_output=True, text=True, check=True)
     assert status.stdout == "", status.stdout
+
+
+# ----------------------------------------------------------------------------- sessions and risc (their own helpers'
+# behaviour; here: the CLI's contract of one error line and the exit status)
+
+
+def test_sessions_list_and_end(tmp_path, stores, redis_url, unique_name):
+    stack = Stack(tmp_path, stores, "sqlite", hub={"backend": "redis", "url": redis_url, "key_prefix": f"{unique_name}:"})
+    try:
+        sub = stack.sign_in(ALICE)
+        listed = stack.cli("sessions", ALICE, "--json")
+        assert_ok(listed)
+        sessions = json.loads(listed.stdout)
+        assert [s["sub"] for s in sessions] == [sub]
+        table = stack.cli("sessions", sub)
+        assert_ok(table)
+        assert table.stdout.splitlines()[0].split() == ["SESSION_ID", "STARTED", "ADDRESS", "USER_AGENT"]
+        assert table.stdout.splitlines()[1].split()[0] == sessions[0]["session_id"]
+        ended = stack.cli("sessions", sub, "--end", sessions[0]["session_id"])
+        assert_ok(ended)
+        assert ended.stdout == f"ended session {sessions[0]['session_id']} of {sub}\n"
+        assert json.loads(stack.cli("sessions", sub, "--json").stdout) == []
+        assert_error(stack.cli("sessions", sub, "--end", sessions[0]["session_id"]), EXIT_ERROR, "no live session")
+        assert_error(stack.cli("sessions", "nobody@example.com"), EXIT_UNKNOWN_USER, "no stored user")
+        memory = stack.write("memory", stack.store, hub={"backend": "memory"})
+        assert_error(stack.cli("sessions", sub, config=memory), EXIT_CONFIG, "hub.backend")
+    finally:
+        stack.close()
+
+
+def test_risc_commands_without_their_setup(tmp_path, stores):
+    """risc needs risc.service_account_file (tests/test_risc_deploy.py drives it against the emulator)."""
+    stack = Stack(tmp_path, stores, "sqlite")
+    try:
+        for args in (("status",), ("verify",), ("register", "--url", "https://example.com/risc")):
+            line = assert_error(run("risc", args[0], "--config", str(stack.config), *args[1:]), EXIT_CONFIG)
+            assert "risc" in line
+    finally:
+        stack.close()

@@ -610,7 +610,8 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     public_origin = srv.string("public_origin")
     server = ServerConfig(
         host=srv.string("host", "127.0.0.1") or "127.0.0.1",
-        port=srv.integer("port", 8080, maximum=65535),
+        # 0 would bind a random port the origins and the emulator's client cannot name (as --port refuses it).
+        port=srv.integer("port", 8080, minimum=1, maximum=65535),
         cookie_secret=cookie_secret,
         allowed_origins=allowed,
         public_origin=_origin(public_origin, "server.public_origin") if public_origin else None,
