@@ -639,3 +639,24 @@ def test_risc_commands_without_their_setup(tmp_path, stores):
             assert "risc" in line
     finally:
         stack.close()
+
+
+def test_google_unreachable(tmp_path, stores):
+    """Google (the emulator) gone: call, revoke and a refresh fail with exit 6, naming the reason; nothing is lost."""
+    stack = Stack(tmp_path, stores, "sqlite")
+    try:
+        sub = stack.sign_in(ALICE)
+        gone = free_port()
+        document = yaml.safe_load(stack.config.read_text())
+        for name, url in document["google"]["endpoints"].items():
+            document["google"]["endpoints"][name] = url.replace(stack.emulator_url, f"http://127.0.0.1:{gone}")
+        document["google"]["endpoints"]["userinfo_uri"] = f"http://127.0.0.1:{gone}/v1/userinfo"
+        document["google"]["endpoints"]["revoke_uri"] = f"http://127.0.0.1:{gone}/revoke"
+        offline = stack.tmp / "offline.yaml"
+        offline.write_text(yaml.safe_dump(document))
+        for args in (("call", sub), ("revoke", sub)):
+            line = assert_error(stack.cli(*args, config=offline, timeout=120), EXIT_GOOGLE)
+            assert "refused" in line.lower(), line
+        assert [u["sub"] for u in json.loads(stack.cli("users", "--json").stdout)] == [sub]
+    finally:
+        stack.close()
