@@ -383,3 +383,19 @@ def test_service_account_file_may_come_from_the_environment(tmp_path):
     with pytest.raises(ConfigError) as typo:
         config_from_dict({**document, "risc": {"enable": True}}, base_dir=tmp_path, environ={})
     assert "risc.enable" in str(typo.value)
+
+
+def test_emulator_state_folder_keeps_the_stream_and_the_service_account(tmp_path):
+    clients = [EmulatorClient(CLIENT_ID, CLIENT_SECRET, ("http://127.0.0.1:1",))]
+    first = Emulator(clients=clients, base_url="http://127.0.0.1:2", state_dir=tmp_path / "state")
+    first.risc.register_receiver("http://127.0.0.1:1/risc")
+    first.risc.set_status({"status": "disabled"})
+    key = first.risc.service_account("http://127.0.0.1:2")["private_key"]
+    first.close()
+    again = Emulator(clients=clients, base_url="http://127.0.0.1:2", state_dir=tmp_path / "state")
+    try:
+        assert again.risc.get_stream()["delivery"]["url"] == "http://127.0.0.1:1/risc"
+        assert again.risc.status == "disabled"
+        assert again.risc.service_account("http://127.0.0.1:2")["private_key"] == key
+    finally:
+        again.close()

@@ -144,6 +144,7 @@ class Emulator:
             self.state.restore(document)
             self.keys = KeySet.from_json(document.get("keys", []), **self._key_schedule)
             self.issuer_without_scheme = bool(document.get("settings", {}).get("issuer_without_scheme", False))
+            self.risc.restore(document.get("risc"))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise EmulatorStateError(f"emulator state file {folder.file} is malformed ({exc!r})") from None
         log.info(
@@ -166,6 +167,7 @@ class Emulator:
         document = self.state.snapshot()
         document["settings"]["issuer_without_scheme"] = self.issuer_without_scheme
         document["keys"] = self.keys.to_json()
+        document["risc"] = self.risc.to_json()
         self._state_dir.save(document)
 
     def close(self) -> None:

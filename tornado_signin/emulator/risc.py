@@ -31,8 +31,9 @@ Google's side of "Protect user accounts with Cross-Account Protection":
   where an account removes a client's access, which ends the grant and sends
   ``tokens-revoked``, as on myaccount.google.com/permissions.
 
-Not emulated: the stream's ``subject:add`` / ``subject:remove`` endpoints and
-persistence of the stream across restarts (the ``--state-dir``).
+With a state folder (``--state-dir``) the stream, its status, the service
+account's key and who granted which client survive a restart. Not emulated:
+the stream's ``subject:add`` / ``subject:remove`` endpoints.
 """
 
 from __future__ import annotations
@@ -119,7 +120,27 @@ class RiscEmulator:
         """The service account's key pair (made on first use: most emulators never need one)."""
         if self._service_key is None:
             self._service_key = SigningKey.generate()
+            self.emulator.persist()
         return self._service_key
+
+    def to_json(self) -> dict[str, Any]:
+        """Return what survives a restart (the state folder)."""
+        return {"stream": self.stream, "status": self.status,
+                "service_key": self._service_key.to_json() if self._service_key is not None else None,
+                "audiences": {sub: sorted(clients) for sub, clients in self._audiences.items()}}
+
+    def restore(self, document: dict[str, Any] | None) -> None:
+        """Load what :meth:`to_json` wrote; raise ValueError/TypeError/KeyError when it is malformed."""
+        if not document:
+            return
+        stream = document.get("stream")
+        if stream is not None and not isinstance(stream, dict):
+            raise ValueError("risc.stream is not an object")
+        self.stream = stream
+        self.status = "disabled" if document.get("status") == "disabled" else "enabled"
+        key = document.get("service_key")
+        self._service_key = SigningKey.from_json(key) if key else None
+        self._audiences = {str(sub): set(clients) for sub, clients in (document.get("audiences") or {}).items()}
 
     # -- documents -------------------------------------------------------
 
@@ -205,6 +226,7 @@ class RiscEmulator:
             "events_delivered": [e for e in requested if e in EVENT_URIS.values()],
         }
         log.info("risc: stream configured (%d event types)", len(self.stream["events_delivered"]))
+        self.emulator.persist()
         return self.stream
 
     def register_receiver(self, url: str) -> dict[str, Any]:
@@ -224,6 +246,7 @@ class RiscEmulator:
         if status not in ("enabled", "disabled"):
             raise RiscApiError(403, "Invalid status.")
         self.status = status
+        self.emulator.persist()
         return {"status": status}
 
     # -- security event tokens -------------------------------------------------
@@ -284,7 +307,10 @@ class RiscEmulator:
 
     def _audience(self, sub: str) -> list[str]:
         known = self._audiences.setdefault(sub, set())
-        known.update(self.emulator.state.clients_granted(sub))
+        granted = set(self.emulator.state.clients_granted(sub))
+        if not granted <= known:
+            known.update(granted)
+            self.emulator.persist()
         return sorted(known)
 
     async def trigger(self, event: str, email_or_sub: str, *, reason: str | None = None, token: str | None = None,
