@@ -51,12 +51,29 @@ SCOPE_ALIASES = {
 }
 
 
+#: Where Google's API scopes live; a bare name (``drive.readonly``) is short for one below it.
+SCOPE_BASE = "https://www.googleapis.com/auth/"
+
+
+def _expand_scope(scope: str) -> str:
+    if scope in SCOPE_ALIASES:
+        return SCOPE_ALIASES[scope]
+    if scope == "openid" or ":" in scope or "/" in scope:
+        return scope
+    return SCOPE_BASE + scope
+
+
 def normalize_scopes(scopes: "str | list[str] | tuple[str, ...] | None") -> frozenset[str]:
-    """Return a scope set with Google's short names expanded to the URLs Google reports."""
+    """Return a scope set with short names expanded to the URLs Google reports.
+
+    ``email`` and ``profile`` become the ``userinfo.*`` URLs, as Google
+    reports them; another bare name (``drive.readonly``) is short for
+    ``https://www.googleapis.com/auth/drive.readonly``; ``openid`` and URLs stay.
+    """
     if scopes is None:
         return frozenset()
     items = scopes.split() if isinstance(scopes, str) else list(scopes)
-    return frozenset(SCOPE_ALIASES.get(s, s) for s in items if s)
+    return frozenset(_expand_scope(s) for s in items if s)
 
 
 def make_http_client(max_clients: int = 64) -> AsyncHTTPClient:
