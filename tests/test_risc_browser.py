@@ -71,4 +71,8 @@ def test_consent_page_offers_time_limited_access(chromium, single):
     users = json.loads(run_cli("users", "--config", str(single.config), "--json").stdout)
     (alice,) = [u for u in users if u["email"] == "alice@example.com"]
     assert alice["refresh_token_expires_at"]
+    table = run_cli("users", "--config", str(single.config)).stdout.splitlines()
+    assert "ACCESS_UNTIL" in table[0]
+    (row,) = [line for line in table if "alice@example.com" in line]
+    assert alice["refresh_token_expires_at"] in row
     context.close()
