@@ -88,7 +88,8 @@ async def live_session(ctx: AppContext, handler: RequestHandler) -> Session | No
     only while its record lives in the hub (one read, never cached; a hub that
     cannot answer counts as ended).
     """
-    session = read_session_cookie(handler, ctx.config.limits.session_max_age_days)
+    secure = inputs.scheme(handler.request, ctx.config.server) == "https"
+    session = read_session_cookie(handler, ctx.config.limits.session_max_age_days, secure=secure)
     if session is not None and session.sub and not await ctx.sessions.is_live(session):
         return None
     return session
