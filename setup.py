@@ -32,6 +32,13 @@ TEST = [
     "google-auth-oauthlib>=1.4",
     # The emulator's Drive v3 is tested with Google's own client library.
     *EXAMPLES,
+    # Static checks (./dev lint; .ci/run fails on any finding), pinned to a
+    # minor release so a new release's rules do not fail CI unannounced.
+    "ruff>=0.17,<0.18",
+    "mypy>=2.4,<2.5",
+    "types-PyYAML",
+    "types-requests-oauthlib",
+    "boto3-stubs[dynamodb]",
 ]
 
 setup(

@@ -224,7 +224,7 @@ def measure(fleet: Fleet, scenario: str, args: argparse.Namespace, estimate: dic
         result = await task
         if spy is not None:
             spy.wait()
-        return result, [(b - a) / args.duration for a, b in zip(cpu0, cpu1)]
+        return result, [(b - a) / args.duration for a, b in zip(cpu0, cpu1, strict=True)]
 
     result, (server_cpu, loadgen_cpu, emulator_cpu, redis_cpu) = asyncio.run(go())
     summary = result.summary()

@@ -397,9 +397,6 @@ def serve_until_listening(config: Path, deadline: float = 30) -> tuple[int, list
         end = time.monotonic() + deadline
         while time.monotonic() < end and "listening on" not in log_path.read_text() and process.poll() is None:
             time.sleep(0.05)
-        # The listening line comes just before serve_forever installs its SIGTERM
-        # handler: a signal in between kills the process (-15). Not this test's subject.
-        time.sleep(1)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     finally:

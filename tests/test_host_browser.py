@@ -9,7 +9,7 @@ from test_host_prefix import prefixed_server  # noqa: F401  (a fixture)
 pytestmark = pytest.mark.browser
 
 
-def test_signin_under_the_prefix_in_chromium(chromium, prefixed_server):
+def test_signin_under_the_prefix_in_chromium(chromium, prefixed_server):  # noqa: F811 - the imported fixture
     """The page under ``/auth/`` posts its code, fetches its state and opens its socket under ``/auth``."""
     app_url, _, server = prefixed_server
     context = chromium.new_context()

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from procs import free_port, start_redis
 from tornado_signin.errors import ConfigError
@@ -108,7 +109,7 @@ async def test_consume_once_is_shared_and_prefixes_isolate(hubs, unique_name):
 async def test_unreachable_redis_fails_check_but_not_the_other_methods(io_loop):
     hub = load_hub("redis", f"redis://127.0.0.1:{free_port()}/0")
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(redis.exceptions.ConnectionError):
             await hub.check()
         got: list[dict] = []
         await hub.subscribe("chan", got.append)

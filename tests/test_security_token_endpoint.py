@@ -164,7 +164,7 @@ async def test_client_configuration_errors_are_an_operator_alert(stack, error):
                           "body": {"error": error, "error_description": description}},
                   statuses={502}, reason="sign-in is misconfigured")
     text = stack.logs.text()
-    assert f"OPERATOR ALERT" in text and error in text
+    assert "OPERATOR ALERT" in text and error in text
     assert "GOCSPX-echoed" not in text and "was not found" not in text  # no remote body in the log
 
 

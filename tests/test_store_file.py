@@ -150,7 +150,7 @@ def test_sigkill_mid_write_never_leaves_a_torn_record(tmp_path):
     rng = random.Random(7)
     last = 0  # the newest state observed so far; each writer continues from it
     killed_while_writing = 0
-    for run in range(30):
+    for _ in range(30):
         writer = subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(root), str(last)],
             stdout=subprocess.PIPE,

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
@@ -185,6 +185,10 @@ def _parse_json_object(response: HTTPResponse) -> dict[str, Any]:
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,4096}$")
 
 
+@overload
+def _token_string(document: dict[str, Any], name: str, *, required: Literal[True]) -> str: ...
+@overload
+def _token_string(document: dict[str, Any], name: str, *, required: Literal[False]) -> str | None: ...
 def _token_string(document: dict[str, Any], name: str, *, required: bool) -> str | None:
     value = document.get(name)
     if value is None and not required:

@@ -7,6 +7,7 @@ that runs a server lives here:
 - :func:`serve_demo` — the demo: the app and the Google emulator in one process.
 - :func:`serve_emulator` — the emulator alone.
 - :func:`serve_forever` — run until SIGTERM/SIGINT, then drain.
+- :func:`stop_on_signals` — handle SIGTERM/SIGINT from before a server announces itself.
 - :func:`fork_workers` — Tornado's pre-fork model with a supervising parent.
 - :func:`warn_unreachable` — one WARNING per service that does not answer at start-up.
 """
@@ -24,7 +25,8 @@ from typing import Any
 
 from .errors import ConfigError, ListenError
 
-__all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "fork_workers", "warn_unreachable"]
+__all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "stop_on_signals", "fork_workers",
+           "warn_unreachable"]
 
 log = logging.getLogger("tornado_signin")
 
@@ -54,18 +56,32 @@ def bind(listener: str, port: int, host: str) -> list[Any]:
         raise ListenError(listener, host, port, reason) from exc
 
 
-async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 10.0) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully within ``grace`` seconds.
+def stop_on_signals() -> asyncio.Event:
+    """Return an event that SIGTERM and SIGINT set from now on (call it on the running loop).
 
-    In order: stop accepting connections and mark the apps draining (readiness
-    fails, new code POSTs get 503), wait for the logins in flight, close the
-    websockets with 1001 "server shutting down", close the remaining
-    connections, then close store, hub and clients.
+    A server calls it before it says it is ready: a process manager may
+    signal as soon as it reads the announcement, and the signal must drain
+    the server, not kill it.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 10.0, *,
+                        stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (default: SIGTERM/SIGINT), then shut down gracefully within ``grace`` seconds.
+
+    ``stop`` comes from :func:`stop_on_signals`, called before the server
+    announced itself. In order: stop accepting connections and mark the apps draining (readiness
+    fails, new code POSTs get 503), wait for the logins in flight, close the
+    websockets with 1001 "server shutting down", close the remaining
+    connections, then close store, hub and clients.
+    """
+    if stop is None:
+        stop = stop_on_signals()
     await stop.wait()
     started = time.monotonic()
     deadline = started + grace
@@ -74,7 +90,8 @@ async def serve_forever(servers: list[Any], contexts: list[Any], grace: float = 
         server.stop()
     for ctx in contexts:
         ctx.draining = True
-    while any(ctx.logins_in_flight for ctx in contexts) and time.monotonic() < deadline:
+    # Polls the handlers' counter: 20 ms steps, during shutdown only.
+    while any(ctx.logins_in_flight for ctx in contexts) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     left = sum(ctx.logins_in_flight for ctx in contexts)
     if left:
@@ -360,6 +377,7 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> int:
     from .metrics import GAUGE_REFRESH_SECONDS
 
     async def main() -> None:
+        stop = stop_on_signals()
         app = make_app(config)
         server = make_server(app, config)
         server.add_sockets(sockets)
@@ -374,7 +392,7 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> int:
         log.info("tornado-signin listening on http://%s:%d%s/ (pid %d)", host, port, config.server.path_prefix,
                  os.getpid())
         try:
-            await serve_forever([server], [context], grace=config.limits.shutdown_grace)
+            await serve_forever([server], [context], grace=config.limits.shutdown_grace, stop=stop)
         finally:
             gauges.stop()
 
@@ -408,6 +426,7 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
 
     async def main() -> None:
+        stop = stop_on_signals()
         emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins, secret_generated=True)],
                             base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = HTTPServer(emulator.make_app())
@@ -419,7 +438,7 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
         server.add_sockets(app_sockets)
         # Written once both ports are ours, so the file never names a demo that did not start.
         on_listening(f"http://{host}:{port}/", emulator_url, write_demo_config(folder, document))
-        await serve_forever([server, emulator_server], [app.settings["signin"]])
+        await serve_forever([server, emulator_server], [app.settings["signin"]], stop=stop)
         emulator.close()
 
     asyncio.run(main())
@@ -440,12 +459,13 @@ def serve_emulator(client: Any, *, host: str, port: int, development: bool, stat
     sockets = bind("emulator", port, host)
 
     async def main() -> None:
+        stop = stop_on_signals()
         emulator = Emulator(clients=[client], base_url=f"http://{host}:{port}", development=development,
                             state_dir=state_dir)
         server = HTTPServer(emulator.make_app())
         server.add_sockets(sockets)
         on_listening(f"http://{host}:{port}/")
-        await serve_forever([server], [])
+        await serve_forever([server], [], stop=stop)
         emulator.close()
 
     asyncio.run(main())

@@ -58,7 +58,7 @@ class Session:
 
     def encode(self) -> str:
         """Return the cookie payload (signed by the caller)."""
-        data = {"sid": self.sid}
+        data: dict[str, str | int | None] = {"sid": self.sid}
         if self.sub:
             data.update(sub=self.sub, email=self.email, name=self.name)
         if self.needs_consent:

@@ -102,6 +102,12 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
+def _failed_item(exc: ClientError) -> dict[str, Any] | None:
+    """Return the stored item a failed condition returned (ReturnValuesOnConditionCheckFailure); None if absent."""
+    item = exc.response.get("Item")
+    return item if isinstance(item, dict) else None
+
+
 class _Update:
     """One UpdateItem request being assembled: clauses plus the placeholders they use."""
 
@@ -255,14 +261,10 @@ class DynamoDBTokenStore(TokenStore):
         return {self.partition_key: {"S": sub}}
 
     def _record(self, item: dict[str, Any]) -> TokenRecord:
-        strings = {name: item[name]["S"] for name in _STRINGS if name in item}
+        strings: dict[str, Any] = {name: item[name]["S"] for name in _STRINGS if name in item}
         scopes = strings.pop("scopes", "")
-        return TokenRecord(
-            sub=item[self.partition_key]["S"],
-            scopes=tuple(scopes.split()),
-            **strings,
-            **{name: _stored_number(item, name) for name in _NUMBERS},
-        )
+        numbers: dict[str, Any] = {name: _stored_number(item, name) for name in _NUMBERS}
+        return TokenRecord(sub=item[self.partition_key]["S"], scopes=tuple(scopes.split()), **strings, **numbers)
 
     # -- schema ----------------------------------------------------------
 
@@ -354,7 +356,8 @@ class DynamoDBTokenStore(TokenStore):
                            f"{update.value(_number(record.created_at or now))})")
         if record.email:
             update.set("email", {"S": record.email})
-        if "refresh" in groups:
+        # _groups puts a group in only when the record carries its value.
+        if "refresh" in groups and record.refresh_token:
             update.newer_or_absent("refresh_token_issued_at", record.refresh_token_issued_at)
             update.set("refresh_token", {"S": record.refresh_token})
             if record.refresh_token_issued_at is not None:
@@ -363,7 +366,7 @@ class DynamoDBTokenStore(TokenStore):
                 update.set("refresh_token_expires_at", _number(record.refresh_token_expires_at))
             else:
                 update.removes.append(update.name("refresh_token_expires_at"))
-        if "access" in groups:
+        if "access" in groups and record.access_token:
             update.newer_or_absent("access_token_issued_at", record.access_token_issued_at)
             update.set("access_token", {"S": record.access_token})
             if record.access_token_issued_at is not None:
@@ -374,7 +377,7 @@ class DynamoDBTokenStore(TokenStore):
                 update.removes.append(update.name("access_token_expiry"))
             if record.scopes:
                 update.set("scopes", {"S": " ".join(record.scopes)})
-        if "event" in groups:
+        if "event" in groups and record.security_event:
             update.newer_or_absent("security_event_at", record.security_event_at)
             update.set("security_event", {"S": record.security_event})
             if record.security_event_at is not None:
@@ -407,7 +410,7 @@ class DynamoDBTokenStore(TokenStore):
                 except ClientError as exc:
                     if _error_code(exc) != "ConditionalCheckFailedException":
                         raise
-                    seen = exc.response.get("Item")
+                    seen = _failed_item(exc)
                 if seen is None:
                     # Deleted since the groups were chosen: it is a new record again.
                     groups, must_exist = list(every_group), False
@@ -452,7 +455,7 @@ class DynamoDBTokenStore(TokenStore):
             except ClientError as exc:
                 if _error_code(exc) != "ConditionalCheckFailedException":
                     raise
-                seen = exc.response.get("Item")
+                seen = _failed_item(exc)
         # The condition failed: on another refresh token (or no item), or only
         # because a later mark is stored already, which counts as marked.
         if seen is None:

@@ -84,7 +84,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from tornado_signin.errors import ConfigError, HubUnavailableError
 from tornado_signin.hub import Callback, ConfirmationHub, Message, SessionRecord, Subscription
@@ -102,7 +102,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
 else:  # pragma: no cover - older Pythons
-    from async_timeout import timeout as _deadline
+    # mypy cannot evaluate a three-part version check: it sees both branches.
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found,no-redef]
 
 __all__ = ["RedisHub", "DEFAULT_PREFIX"]
 
@@ -195,6 +196,7 @@ class RedisHub(ConfirmationHub):
                 url, socket_timeout=timeout, socket_connect_timeout=timeout,
                 # One immediate retry of a failed connection attempt; longer
                 # outages are the reconnect loop's job.
+                # decode_responses: replies are str (the set[str] casts rely on it).
                 retry=Retry(NoBackoff(), 1), decode_responses=True,
                 # RESP2: the listener reads pub/sub messages as plain replies.
                 protocol=2)
@@ -666,13 +668,14 @@ class RedisHub(ConfirmationHub):
 
     async def _end_sessions_in_redis(self, sub: str, started_before: float | None = None) -> list[str]:
         index = self._user_sessions_key(sub)
-        sids = sorted(await self._client.smembers(index))
+        sids = sorted(cast("set[str]", await self._client.smembers(index)))
         if not sids:
             return []
         keys = [self._session_key(sid) for sid in sids]
         raws = await self._client.mget(keys)
-        doomed, gone = [], []
-        for sid, key, raw in zip(sids, keys, raws):
+        doomed: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for sid, key, raw in zip(sids, keys, raws, strict=True):
             record = SessionRecord.from_json(raw)
             if record is None:
                 gone.append(sid)
@@ -712,11 +715,11 @@ class RedisHub(ConfirmationHub):
         self._ensure_running()
         index = self._user_sessions_key(sub)
         try:
-            sids = sorted(await self._client.smembers(index))
+            sids = sorted(cast("set[str]", await self._client.smembers(index)))
             if not sids:
                 return []
             raws = await self._client.mget([self._session_key(sid) for sid in sids])
-            gone = [sid for sid, raw in zip(sids, raws) if raw is None]
+            gone = [sid for sid, raw in zip(sids, raws, strict=True) if raw is None]
             if gone:
                 await self._client.srem(index, *gone)
         except _FAILURES as exc:

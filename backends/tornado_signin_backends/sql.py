@@ -118,7 +118,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.mysql import BINARY, VARBINARY
-from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -260,12 +260,12 @@ class _RawStatement:
             dialect = self._dialect
             processors = self._result_processors = tuple(
                 (index, process)
-                for index, (type_, description) in enumerate(zip(self._column_types, cursor.description))
+                for index, (type_, description) in enumerate(zip(self._column_types, cursor.description, strict=True))
                 if (process := type_.dialect_impl(dialect).result_processor(dialect, description[1])) is not None
             )
         row = list(rows[0])
-        for index, process in processors:
-            row[index] = process(row[index])
+        for index, convert in processors:
+            row[index] = convert(row[index])
         return _Row._make(row)
 
 
@@ -563,15 +563,15 @@ class SQLTokenStore(TokenStore):
             if self._lock_path is None:
                 yield
                 return
-            fd = self._open_lock_file()
+            fd = self._open_lock_file(self._lock_path)
             fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
             try:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _open_lock_file(self) -> int:
-        """Return the descriptor of the lock file, opened by this process (the caller holds ``_write_serial``)."""
+    def _open_lock_file(self, path: str) -> int:
+        """Return the descriptor of the lock file ``path``, opened by this process (the caller holds ``_write_serial``)."""
         if self._closed:
             raise StorageError(f"SQL token store {self._label}: cannot write: the store is closed")
         pid = os.getpid()
@@ -581,7 +581,7 @@ class SQLTokenStore(TokenStore):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # our copy only: the parent's lock is untouched
                 self._lock_fd = None
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._lock_pid = pid
         assert self._lock_fd is not None
         return self._lock_fd
@@ -623,7 +623,8 @@ class SQLTokenStore(TokenStore):
         dialect = self._engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
 
-        def wrapped(exc: Exception, lost: bool) -> DBAPIError:
+        def wrapped(exc: Exception, lost: bool) -> StatementError:
+            # A DBAPIError subclass for a driver error (the only kind passed here).
             return DBAPIError.instance(None, None, exc, dbapi_error, hide_parameters=True,
                                        connection_invalidated=lost, dialect=dialect)
 
@@ -732,12 +733,17 @@ class SQLTokenStore(TokenStore):
             stmt = mysql_insert(table)
             return stmt.on_duplicate_key_update(_merge_assignments(table.c, stmt.inserted))
         if self._dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table)
-        return stmt.on_conflict_do_update(
-            index_elements=[table.c.sub], set_=dict(_merge_assignments(table.c, stmt.excluded))
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            pg_stmt = postgresql_insert(table)
+            return pg_stmt.on_conflict_do_update(
+                index_elements=[table.c.sub], set_=dict(_merge_assignments(table.c, pg_stmt.excluded))
+            )
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        sqlite_stmt = sqlite_insert(table)
+        return sqlite_stmt.on_conflict_do_update(
+            index_elements=[table.c.sub], set_=dict(_merge_assignments(table.c, sqlite_stmt.excluded))
         )
 
     def save(self, record: TokenRecord) -> TokenRecord:
@@ -807,7 +813,8 @@ class SQLTokenStore(TokenStore):
             if last is not None:
                 query = query.where(table.c.sub > last)
             with self._translate("list records"):
-                rows = self._run(lambda conn: conn.execute(query).all(), write=False)
+                # _run calls the lambda before it returns, inside this iteration.
+                rows = self._run(lambda conn: conn.execute(query).all(), write=False)  # noqa: B023
             for row in rows:
                 yield _record_from_row(row)
             if len(rows) < _PAGE_SIZE:

@@ -305,8 +305,9 @@ class Emulator:
         ):
             if value is not None and not isinstance(value, kind):
                 raise TypeError(f"{name}: expected a boolean")
-        for name, value in (("access_token_ttl", access_token_ttl), ("code_ttl", code_ttl)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        for name, seconds in (("access_token_ttl", access_token_ttl), ("code_ttl", code_ttl)):
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                        or seconds <= 0):
                 raise ValueError(f"{name}: expected a positive number of seconds")
         if rotate_refresh_tokens is not None:
             self.state.rotate_refresh_tokens = rotate_refresh_tokens

@@ -24,6 +24,7 @@ import secrets
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+import tornado.http1connection
 import tornado.iostream
 import tornado.web
 
@@ -119,7 +120,7 @@ class EmulatorHandler(tornado.web.RequestHandler):
                 await asyncio.wait_for(self._gone.wait(), fault.params.get("seconds", 30))
             except asyncio.TimeoutError:
                 pass
-            if self.request.connection is not None:
+            if isinstance(self.request.connection, tornado.http1connection.HTTP1Connection):
                 self.request.connection.close()
             self.finish()  # onto the closed connection: Tornado discards it
             return
@@ -575,7 +576,7 @@ class AuthHandler(PopupPageHandler):
         nonce = secrets.token_urlsafe(16)
         # Browsers apply form-action to the redirect that follows the form
         # post, so the registered redirect URI's origin must be allowed too.
-        targets = ()
+        targets: tuple[str, ...] = ()
         if request["redirect_uri"] != "postmessage":
             parts = urllib.parse.urlsplit(request["redirect_uri"] or "")
             targets = (f"{parts.scheme}://{parts.netloc}",)
@@ -600,6 +601,8 @@ class AuthHandler(PopupPageHandler):
         if request is None:
             self.error_page(400, "invalid_request", "This sign-in page has expired or was already used.")
             return
+        client_id, scope, redirect_uri = request["client_id"], request["scope"], request["redirect_uri"]
+        assert client_id and scope and redirect_uri  # validate_auth_request refused a request without them
         action = self.get_body_argument("action", "")
         message: dict[str, Any]
         if action == "approve":
@@ -610,13 +613,13 @@ class AuthHandler(PopupPageHandler):
             unticked: set[str] = set()
             if self.get_body_argument("granular", None) is not None:
                 ticked = set(self.get_body_arguments("scope"))
-                unticked = {name for name in ordered_scopes(request["scope"] or "") if name not in ticked}
+                unticked = {name for name in ordered_scopes(scope) if name not in ticked}
             try:
                 code, record = self.emulator.state.consent(
-                    request["client_id"],
+                    client_id,
                     email_address,
-                    request["scope"],
-                    redirect_uri=request["redirect_uri"],
+                    scope,
+                    redirect_uri=redirect_uri,
                     prompt=request.get("prompt"),
                     access_type=request.get("access_type") or "online",
                     include_granted_scopes=request.get("include_granted_scopes") == "true",
@@ -646,12 +649,12 @@ class AuthHandler(PopupPageHandler):
             log.info("auth: denied")
         if request.get("state") is not None:
             message["state"] = request["state"]
-        if request["redirect_uri"] != "postmessage":
+        if redirect_uri != "postmessage":
             # RFC 9207, which Google's discovery document advertises
             # (authorization_response_iss_parameter_supported).
             message["iss"] = GOOGLE_ISSUER
-            separator = "&" if "?" in request["redirect_uri"] else "?"
-            self.redirect(request["redirect_uri"] + separator + urllib.parse.urlencode(message))
+            separator = "&" if "?" in redirect_uri else "?"
+            self.redirect(redirect_uri + separator + urllib.parse.urlencode(message))
             return
         nonce = secrets.token_urlsafe(16)
         self.page_headers(nonce)

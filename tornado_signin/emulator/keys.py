@@ -221,7 +221,7 @@ class KeySet:
             keyset._slots = [
                 _Slot(key, time_of(d.get("published_at"), -math.inf), time_of(d.get("signs_from"), -math.inf),
                       time_of(d.get("retires_at"), math.inf))
-                for key, d in zip(reversed(keys), reversed(documents))
+                for key, d in zip(reversed(keys), reversed(documents), strict=True)
             ]
         return keyset
 

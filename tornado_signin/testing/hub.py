@@ -75,7 +75,8 @@ class ConfirmationHubContract:
         await hub.check()
 
     async def test_publish_reaches_the_channels_subscriber_once(self, hub):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[Any] = []
         await hub.subscribe(channel, got.append)
         await hub.publish(channel, {"frame": {"type": "signed_in"}})
         await until(lambda: got)
@@ -83,9 +84,10 @@ class ConfirmationHubContract:
         assert got == [{"frame": {"type": "signed_in"}}]
 
     async def test_another_channels_subscriber_gets_nothing(self, hub):
-        mine, other, got = _name("chan"), _name("chan"), []
+        mine, other = _name("chan"), _name("chan")
+        got: list[Any] = []
         await hub.subscribe(other, got.append)
-        seen = []
+        seen: list[Any] = []
         await hub.subscribe(mine, seen.append)
         await hub.publish(mine, {"n": 1})
         await until(lambda: seen)
@@ -93,7 +95,8 @@ class ConfirmationHubContract:
         assert got == []
 
     async def test_a_closed_subscription_gets_nothing_more_and_close_is_idempotent(self, hub):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[Any] = []
         subscription = await hub.subscribe(channel, got.append)
         await hub.publish(channel, {"n": 1})
         await until(lambda: got)
@@ -104,7 +107,8 @@ class ConfirmationHubContract:
         assert got == [{"n": 1}]
 
     async def test_an_async_callback_is_awaited(self, hub):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[Any] = []
 
         async def callback(message: dict[str, Any]) -> None:
             await asyncio.sleep(0)
@@ -118,7 +122,8 @@ class ConfirmationHubContract:
     async def test_a_peers_publish_reaches_this_instances_subscriber(self, hub, peer):
         if peer is None:
             pytest.skip("a one-process hub")
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[Any] = []
         await hub.subscribe(channel, got.append)
         await asyncio.sleep(self.subscribe_settle)
         await peer.publish(channel, {"n": 1})
@@ -138,7 +143,8 @@ class ConfirmationHubContract:
         assert await hub.last(channel) == {"n": 2}
 
     async def test_record_false_delivers_but_keeps_the_record(self, hub):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[Any] = []
         await hub.publish(channel, {"n": 1})
         await hub.subscribe(channel, got.append)
         await hub.publish(channel, {"n": 2}, record=False)

@@ -130,6 +130,19 @@ def contended_record(sub: str, order: int, *, email: str) -> TokenRecord:
     return record
 
 
+def _stored(store: TokenStore, sub: str) -> TokenRecord:
+    """Return the stored record of ``sub``; fail the test when there is none."""
+    record = store.get(sub)
+    assert record is not None, f"no record stored for {sub!r}"
+    return record
+
+
+def _at(value: float | None) -> float:
+    """Return the time ``value``; fail the test when it is unset."""
+    assert value is not None, "a time the store sets is missing"
+    return value
+
+
 def _same_fields(actual: TokenRecord | None, expected: TokenRecord, fields: tuple[str, ...] = _FIELDS) -> None:
     assert actual is not None, f"no record stored for {expected.sub!r}"
     for name in fields:
@@ -255,7 +268,7 @@ class TokenStoreContract:
         _same_fields(saved, record)
         _same_fields(store.get(record.sub), record)
         assert isinstance(saved.scopes, tuple)
-        assert before - 1 <= saved.created_at <= after + 1
+        assert before - 1 <= _at(saved.created_at) <= after + 1
         assert saved.updated_at == saved.created_at
         assert store.get(record.sub) == saved
 
@@ -283,7 +296,7 @@ class TokenStoreContract:
             merged = store.save(incoming)
             assert merged.refresh_token == first.refresh_token
             assert merged.refresh_token_issued_at == first.refresh_token_issued_at
-        assert store.get(first.sub).refresh_token == first.refresh_token
+        assert _stored(store, first.sub).refresh_token == first.refresh_token
 
     def test_newer_refresh_token_replaces(self, store: TokenStore) -> None:
         first = store.save(full_record())
@@ -363,12 +376,12 @@ class TokenStoreContract:
         assert store.save(TokenRecord(sub=sub, revoked_at=100.0)).revoked_at == 200.0
         assert store.save(TokenRecord(sub=sub)).revoked_at == 200.0
         assert store.save(TokenRecord(sub=sub, revoked_at=300.0)).revoked_at == 300.0
-        assert store.get(sub).revoked_at == 300.0
+        assert _stored(store, sub).revoked_at == 300.0
 
     def test_new_record_keeps_an_incoming_created_at(self, store: TokenStore) -> None:
         saved = store.save(full_record(created_at=1_500_000_000.5))
         assert saved.created_at == 1_500_000_000.5
-        assert store.get(saved.sub).created_at == 1_500_000_000.5
+        assert _stored(store, saved.sub).created_at == 1_500_000_000.5
 
     def test_security_event_times_are_each_the_later_of_the_two(self, store: TokenStore) -> None:
         sub = "security-times"
@@ -378,7 +391,7 @@ class TokenStoreContract:
         assert (merged.disabled_at, merged.enabled_at) == (200.0, 300.0)
         assert not merged.signin_blocked
         assert store.save(TokenRecord(sub=sub, disabled_at=400.0)).signin_blocked
-        assert store.get(sub).enabled_at == 300.0
+        assert _stored(store, sub).enabled_at == 300.0
 
     def test_last_security_event_is_the_newest(self, store: TokenStore) -> None:
         sub = "security-event"
@@ -402,15 +415,15 @@ class TokenStoreContract:
         expired = store.save(TokenRecord(sub=sub, refresh_token="rt-3", refresh_token_issued_at=400.0,
                                          refresh_token_expires_at=1.0))
         assert expired.refresh_token_expires_at == 1.0 and not expired.has_usable_refresh_token
-        assert store.get(sub).state == "expired"
+        assert _stored(store, sub).state == "expired"
 
     def test_created_at_is_kept_and_updated_at_advances(self, store: TokenStore) -> None:
         first = store.save(full_record())
         time.sleep(0.01)
         second = store.save(full_record(created_at=1.0, updated_at=1.0))
         assert second.created_at == first.created_at
-        assert second.updated_at > first.updated_at
-        assert second.updated_at >= second.created_at
+        assert _at(second.updated_at) > _at(first.updated_at)
+        assert _at(second.updated_at) >= _at(second.created_at)
 
     def test_random_saves_follow_merge_records(self, store: TokenStore) -> None:
         rng = random.Random(20240503)
@@ -485,8 +498,8 @@ class TokenStoreContract:
         assert store.mark_revoked(first.sub, 1_800_000_000.0, if_refresh_token="1//another") is False
         assert store.get(first.sub) == first, "a mark for another refresh token changed the record"
         assert store.mark_revoked(first.sub, 1_800_000_000.0, if_refresh_token=first.refresh_token) is True
-        marked = store.get(first.sub)
-        assert marked.revoked_at == 1_800_000_000.0 and marked.updated_at >= first.updated_at
+        marked = _stored(store, first.sub)
+        assert marked.revoked_at == 1_800_000_000.0 and _at(marked.updated_at) >= _at(first.updated_at)
         _same_fields(marked, first.replace(revoked_at=1_800_000_000.0))
         assert not marked.has_usable_refresh_token
 
@@ -501,15 +514,15 @@ class TokenStoreContract:
     def test_mark_revoked_keeps_the_later_mark(self, store: TokenStore) -> None:
         first = store.save(full_record(revoked_at=500.0))
         assert store.mark_revoked(first.sub, 300.0, if_refresh_token=first.refresh_token) is True
-        assert store.get(first.sub).revoked_at == 500.0
+        assert _stored(store, first.sub).revoked_at == 500.0
         assert store.mark_revoked(first.sub, 700.0, if_refresh_token=first.refresh_token) is True
-        assert store.get(first.sub).revoked_at == 700.0
+        assert _stored(store, first.sub).revoked_at == 700.0
 
     def test_mark_revoked_of_a_record_without_refresh_token(self, store: TokenStore) -> None:
         bare = store.save(TokenRecord(sub="bare", access_token="at", access_token_issued_at=1.0))
         assert store.mark_revoked("bare", 2.0, if_refresh_token="1//rt") is False
         assert store.mark_revoked("bare", 2.0, if_refresh_token=None) is True
-        assert store.get("bare").revoked_at == 2.0 and store.get("bare").access_token == bare.access_token
+        assert _stored(store, "bare").revoked_at == 2.0 and _stored(store, "bare").access_token == bare.access_token
         with_token = store.save(full_record(sub="with-token"))
         assert store.mark_revoked(with_token.sub, 2.0, if_refresh_token=None) is False
 
@@ -628,7 +641,7 @@ class TokenStoreContract:
                 assert store.get(sub) is None
                 assert store.delete(sub) is False
             else:
-                assert store.get(sub).sub == sub
+                assert _stored(store, sub).sub == sub
         store.check()
 
     # -- concurrency -----------------------------------------------------------
@@ -666,12 +679,12 @@ class TokenStoreContract:
         assert not errors, f"{len(errors)} saves failed, first: {errors[0]!r}"
         assert len(returned) == total
         for record, merged in returned:
-            assert merged.access_token_issued_at >= record.access_token_issued_at
+            assert _at(merged.access_token_issued_at) >= _at(record.access_token_issued_at)
             if record.refresh_token:
-                assert merged.refresh_token_issued_at >= record.refresh_token_issued_at
+                assert _at(merged.refresh_token_issued_at) >= _at(record.refresh_token_issued_at)
             assert merged.refresh_token is None or merged.refresh_token.startswith("rt-")
         newest_refresh = max(o for o in range(total) if o % 3 != 1)
-        final = store.get(sub)
+        final = _stored(store, sub)
         assert final.refresh_token == f"rt-{newest_refresh}"
         assert final.refresh_token_issued_at == 1000.0 + newest_refresh
         assert final.access_token == f"at-{total - 1}"

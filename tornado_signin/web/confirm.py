@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -63,7 +64,8 @@ class ConfirmSocket(WebSocketHandler):
         self.set_header("X-Request-Id", request_id.get())
         self.set_header("Connection", "close")
         await self.finish(json.dumps({"error": reason}))
-        self.request.connection.close()
+        if isinstance(self.request.connection, HTTP1Connection):  # what Tornado's HTTPServer serves
+            self.request.connection.close()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         request_id.set(accept_request_id(self.request.headers.get("X-Request-Id")))
