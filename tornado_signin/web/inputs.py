@@ -77,7 +77,7 @@ def _parses_as_origin(value: str) -> bool:
         return False
     try:
         parts = urlsplit(value)
-        parts.port  # raises ValueError for a port out of range or not a number
+        _ = parts.port  # reading it raises ValueError for a port out of range or not a number
     except ValueError:
         return False
     return bool(parts.scheme) and bool(parts.netloc)
