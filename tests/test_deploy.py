@@ -139,9 +139,16 @@ async def test_socket_on_a_code_post_on_b_page_shows_fully_logged_in(deployment_
     assert (await read_frame(socket))["type"] == "signed_in"
     socket.close()
     socket_a.close()
-    # Stored once, encrypted, in the shared PostgreSQL table.
+    # Stored once, encrypted (AES-GCM, bound to the user and the field), in the shared PostgreSQL table:
+    # the raw row holds neither token in plaintext.
     (row,) = dep.rows()
-    assert row["email"] == "alice@example.com" and row["refresh_token"].startswith("gAAAA")
+    assert row["email"] == "alice@example.com"
+    cipher = TokenCipher([__import__("harness").ENCRYPTION_KEY])
+    raw = repr(row)
+    for field in ("refresh_token", "access_token"):
+        assert row[field].startswith("tsg1."), (field, row[field][:8])
+        plaintext = cipher.decrypt(row[field], sub=row["sub"], field=field)
+        assert plaintext and plaintext not in raw, field
     # The state is single-use across processes (shared hub): replaying a spent one on A fails.
     state = await page_b.state()
     assert (await page_b.post_code(mint(dep.emulator_url, "bob@gmail.com"), state=state)).code == 200
