@@ -268,3 +268,47 @@ async def test_a_refresh_after_a_disconnect_finds_nobody(stack):
     with pytest.raises(UnknownUserError):
         await stack.ctx.offline.fresh_record(sub, force=True)
     assert stack.store.get(sub) is None
+
+
+async def test_the_cli_revoke_waits_for_a_lease_another_process_holds(two_servers, tmp_path):
+    """``tornado-signin revoke`` (a process of its own, on the same store and Redis) takes the user's grant
+    lease too: while a server holds it (a sign-in being stored), the revoke waits, then goes on."""
+    import os
+    import sys
+
+    import yaml
+
+    from harness import CLIENT_SECRET, COOKIE_SECRET, ENCRYPTION_KEY
+
+    stack, _, _ = two_servers
+    sub, _ = await _signed_in(stack, stack.client())
+    endpoints = stack.config.google.endpoints
+    document = {
+        "development": True,
+        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
+        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_SECRET"},
+                   "endpoints": {"auth_uri": endpoints.auth_uri, "token_uri": endpoints.token_uri,
+                                 "certs_uri": endpoints.certs_uri}},
+        "store": {"backend": "sql", "url": stack.config.store.options["url"],
+                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
+        "hub": {"backend": "redis", "url": stack.config.hub.url, "key_prefix": stack.config.hub.key_prefix},
+    }
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(document))
+    env = {**os.environ, "TS_COOKIE": COOKIE_SECRET, "TS_SECRET": CLIENT_SECRET, "TS_KEY": ENCRYPTION_KEY}
+
+    token = await stack.ctx.hub.acquire_lease(f"grant:{sub}", 30)
+    assert token
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tornado_signin.cli", "revoke", "--config", str(path), sub,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        await asyncio.sleep(3.0)
+        assert process.returncode is None, "the revoke did not wait for the lease"
+        assert stack.store.get(sub) is not None and not stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+    finally:
+        assert await stack.ctx.hub.release_lease(f"grant:{sub}", token)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert b"forgotten" in out
+    assert stack.store.get(sub) is None and stack.emulator.grant_revoked(CLIENT_ID, ALICE)
