@@ -18,6 +18,7 @@ from harness import CLIENT_ID, CLIENT_SECRET, PageClient, json_body, make_config
 from tornado_signin.app import NotFoundHandler, signin_routes, template_path
 from tornado_signin.emulator import Emulator, EmulatorClient
 from tornado_signin.errors import ConsentRequiredError, MissingScopeError
+from tornado_signin.hooks import ConsentRequired, SigninHooks
 from tornado_signin.store import TokenRecord
 from tornado_signin.users import SignedInUser
 from tornado_signin.web.host import SigninMixin
@@ -109,7 +110,7 @@ class Host:
         return client
 
 
-async def start_host(**settings: Any) -> Host:
+async def start_host(hooks: SigninHooks | None = None, **settings: Any) -> Host:
     app_sock, app_port = bind_unused_port()
     emu_sock, emu_port = bind_unused_port()
     url, emulator_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{emu_port}"
@@ -117,7 +118,7 @@ async def start_host(**settings: Any) -> Host:
     emu_server = HTTPServer(emulator.make_app())
     emu_server.add_sockets([emu_sock])
     config = make_config(url, emulator_url)
-    ctx = build_context(config)
+    ctx = build_context(config, hooks=hooks)
     routes = [(r"/me", MeHandler), (r"/who", WhoHandler), (r"/creds", CredsHandler),
               (r"/forgetful", ForgetfulHandler), (r"/prepare", PrepareHandler)]
     app = tornado.web.Application([*routes, *signin_routes(ctx, prefix="/auth")], signin=ctx,
@@ -240,3 +241,23 @@ async def test_an_application_without_the_context_is_told_how_to_build_it(io_loo
         server.stop()
     with pytest.raises(RuntimeError, match=r'settings\["signin"\]'):
         SigninMixin.signin.fget(type("H", (), {"application": app})())  # type: ignore[union-attr]
+
+
+async def test_google_credentials_tells_the_consent_required_hook(io_loop):
+    seen: list[ConsentRequired] = []
+    opened = await start_host(hooks=SigninHooks(on_consent_required=seen.append), login_url="/login")
+    try:
+        browser = await opened.sign_in("alice@example.com")
+        sub = json_body(await browser.fetch("/me"))["sub"]
+        assert (await browser.fetch("/creds?scope=drive.readonly")).code == 403
+        assert seen == [ConsentRequired(sub=sub, reason="missing_scope", missing_scopes=(DRIVE_READ,))]
+        opened.ctx.store.save(TokenRecord(sub=sub, revoked_at=time.time() + 1))
+        assert (await browser.fetch("/creds")).code == 302
+        assert seen[-1] == ConsentRequired(sub=sub, reason="not_active")
+        opened.ctx.store.delete(sub)
+        assert (await browser.fetch("/creds")).code == 302
+        assert seen[-1] == ConsentRequired(sub=sub, reason="unknown_user")
+    finally:
+        for server in opened.servers:
+            server.stop()
+        await opened.ctx.close()

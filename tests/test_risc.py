@@ -25,7 +25,7 @@ pytestmark = pytest.mark.gen_test(timeout=30)
 SET_TYPE = {"Content-Type": "application/secevent+jwt"}
 
 
-async def start_risc_stack(**overrides) -> Stack:
+async def start_risc_stack(hooks=None, **overrides) -> Stack:
     app_sock, app_port = bind_unused_port()
     emu_sock, emu_port = bind_unused_port()
     app_url, emulator_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{emu_port}"
@@ -34,7 +34,7 @@ async def start_risc_stack(**overrides) -> Stack:
     emu_server.add_sockets([emu_sock])
     config = make_config(app_url, emulator_url, risc={
         "enabled": True, "configuration_url": emulator_url + "/.well-known/risc-configuration"}, **overrides)
-    app = make_app(config)
+    app = make_app(config, hooks=hooks)
     server = make_server(app, config)
     server.add_sockets([app_sock])
     emulator.risc.update_stream({"delivery": {"delivery_method": "https://schemas.openid.net/secevent/risc/"

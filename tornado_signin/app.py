@@ -19,6 +19,7 @@ from tornado.web import Application, RedirectHandler, RequestHandler
 
 from .config import Config, normalize_path_prefix
 from .context import AppContext
+from .hooks import SigninHooks
 from .hub import ConfirmationHub
 from .listener import GuardedHTTPServer, connection_budget
 from .store import TokenStore
@@ -97,10 +98,11 @@ def signin_routes(ctx: AppContext, prefix: str | None = None) -> list[tuple[str,
 
 
 def make_app(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,
-             **settings: Any) -> Application:
+             hooks: SigninHooks | None = None, **settings: Any) -> Application:
     """Return the application for ``config``; ``app.settings["signin"]`` is its AppContext.
 
     ``store`` and ``hub`` replace the configured ones (tests, embedding);
+    ``hooks`` are the host app's events (:mod:`tornado_signin.hooks`);
     extra ``settings`` go to ``tornado.web.Application``. Raise ConfigError
     naming the key for a store or hub that cannot be built.
 
@@ -118,7 +120,7 @@ def make_app(config: Config, *, store: TokenStore | None = None, hub: Confirmati
 
         asyncio.run(main())
     """
-    ctx = build_context(config, store=store, hub=hub)
+    ctx = build_context(config, store=store, hub=hub, hooks=hooks)
     limits = config.limits
     return Application(
         signin_routes(ctx),

@@ -17,6 +17,7 @@ from .google import GoogleClient
 from .health import StoreHealth
 from .hub import ConfirmationHub
 from .expiry import AccessExpiry
+from .hooks import SigninHooks
 from .live_sessions import SessionRegistry
 from .risc import RiscReceiver
 from .metrics import Metrics
@@ -56,6 +57,8 @@ class AppContext:
     risc: RiscReceiver | None = None
     #: Where the routes are mounted ("" or "/auth"): ``server.path_prefix``, or the prefix given to signin_routes.
     path_prefix: str = ""
+    #: The host app's event hooks (none by default); built by wiring.build_context.
+    hooks: SigninHooks = field(default_factory=SigninHooks)
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
     #: Open websockets per session and per client address (limits.sockets_per_*); built by wiring.build_context.
@@ -85,6 +88,7 @@ class AppContext:
         """Release every resource (store, hub, HTTP client, threads)."""
         if self.expiry is not None:
             self.expiry.close()
+        await self.hooks.drain(1.0)
         if self.store_health is not None:
             await self.store_health.stop()
         try:

@@ -25,7 +25,8 @@ The tree::
     │       └── ClientConfigError   invalid_client, redirect_uri_mismatch …
     ├── TokenVerificationError      the ID token failed a verification rule
     ├── ConsentRequiredError        no usable refresh token: ask consent again
-    │   └── MissingScopeError       stored grant lacks a required scope (consent to it)
+    │   ├── MissingScopeError       stored grant lacks a required scope (consent to it)
+    │   └── GrantRevokedError       a refresh found the grant revoked (invalid_grant) and marked it
     ├── SigninBlockedError          a security event blocks sign-in for this user
     └── UnknownUserError            no stored record for that user
 """
@@ -49,6 +50,7 @@ __all__ = [
     "ClientConfigError",
     "TokenVerificationError",
     "ConsentRequiredError",
+    "GrantRevokedError",
     "SigninBlockedError",
     "MissingScopeError",
     "UnknownUserError",
@@ -141,6 +143,10 @@ class TokenVerificationError(SigninError):
 
 class ConsentRequiredError(SigninError):
     """The user has no usable refresh token and Google sent none: ask for consent."""
+
+
+class GrantRevokedError(ConsentRequiredError):
+    """A refresh was answered ``invalid_grant`` and the stored grant is now marked revoked: ask for consent."""
 
 
 class SigninBlockedError(SigninError):

@@ -33,6 +33,7 @@ from google.oauth2.credentials import Credentials
 
 from .errors import (
     ConsentRequiredError,
+    GrantRevokedError,
     GoogleUnavailableError,
     InvalidGrantError,
     MissingScopeError,
@@ -40,6 +41,7 @@ from .errors import (
 )
 from .google import GoogleClient, normalize_scopes
 from .grants import GrantGuard
+from .hooks import Revoked, SigninHooks
 from .metrics import Metrics
 from .signin import record_from_tokens
 from .store import TokenRecord, TokenStore
@@ -70,7 +72,9 @@ class OfflineAccess:
 
     def __init__(self, store: TokenStore, google: GoogleClient, workers: WorkerPool,
                  metrics: Metrics | None = None, *, retry_delays: Iterable[float] = REFRESH_RETRY_DELAYS,
-                 grants: GrantGuard | None = None) -> None:
+                 grants: GrantGuard | None = None, hooks: SigninHooks | None = None) -> None:
+        """``hooks``: the host app's (``on_revoked`` when a refresh finds the grant revoked); none by default."""
+        self.hooks = hooks or SigninHooks()
         #: Serialises each user's grant changes with the sign-ins (see :mod:`tornado_signin.grants`).
         self.grants = grants or GrantGuard(None)
         self.store = store
@@ -127,12 +131,17 @@ class OfflineAccess:
             # Under the user's grant lease: a disconnect (or a sign-in's revoke)
             # waits for this refresh, so a late answer cannot re-create a record
             # forgotten meanwhile, nor land on a grant ended meanwhile.
-            async with self.grants.hold(record.sub):
-                current = await self.workers.run(self.store.get, record.sub)
-                if current is None:
-                    raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
-                _require_active(current)
-                result = await self._refresh(current)
+            try:
+                async with self.grants.hold(record.sub):
+                    current = await self.workers.run(self.store.get, record.sub)
+                    if current is None:
+                        raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+                    _require_active(current)
+                    result = await self._refresh(current)
+            except GrantRevokedError:
+                # Told once the lease is released: a slow hook must not hold up the user's sign-ins.
+                await self.hooks.revoked(Revoked(sub=record.sub, reason="invalid_grant", grant_revoked=True))
+                raise
         except BaseException as exc:
             future.set_exception(exc)
             # Mark the exception retrieved: waiters, if any, get it through shield.
@@ -162,8 +171,8 @@ class OfflineAccess:
                     log.warning("refresh token rejected (invalid_grant); the grant is marked revoked")
                 else:
                     log.warning("refresh token rejected (invalid_grant); a newer one is stored meanwhile: kept")
-                raise ConsentRequiredError(
-                    "the refresh token was revoked or expired: the user must sign in again") from exc
+                error = GrantRevokedError if marked else ConsentRequiredError
+                raise error("the refresh token was revoked or expired: the user must sign in again") from exc
             except GoogleUnavailableError as exc:
                 self.metrics.inc("signin_refresh_total", outcome="retryable_error")
                 if delay is None:

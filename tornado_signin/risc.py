@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from .certs import CertCache, _freshness
 from .errors import GoogleError, HubUnavailableError, SigninError, StorageError
 from .google import GoogleClient
+from .hooks import Revoked, SigninHooks
 from .hub import ConfirmationHub
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
@@ -294,9 +295,11 @@ class RiscReceiver:
 
     def __init__(self, verifier: SecurityEventVerifier, store: TokenStore, sessions: SessionRegistry,
                  hub: ConfirmationHub, metrics: Metrics, *, run: Callable[..., Any],
-                 save: Callable[[TokenRecord], Any] | None = None) -> None:
+                 save: Callable[[TokenRecord], Any] | None = None, hooks: SigninHooks | None = None) -> None:
         """``run(fn, *args)`` runs a blocking store call off the IOLoop (WorkerPool.run); ``save(record)``
-        merges a record with retries (SigninService.save_with_retry), by default one ``run(store.save)``."""
+        merges a record with retries (SigninService.save_with_retry), by default one ``run(store.save)``;
+        ``hooks``: the host app's (``on_revoked`` once an event revoked a grant or ended sessions)."""
+        self.hooks = hooks or SigninHooks()
         self.verifier = verifier
         self.store = store
         self.sessions = sessions
@@ -361,6 +364,10 @@ class RiscReceiver:
     async def _end_sessions(self, sub: str, reason: str) -> int:
         return len(await self.sessions.end_all(sub, reason=reason))
 
+    async def _revoked(self, sub: str, name: str, *, grant_revoked: bool, sessions_ended: int) -> None:
+        await self.hooks.revoked(Revoked(sub=sub, reason=f"risc:{name}", grant_revoked=grant_revoked,
+                                         sessions_ended=sessions_ended))
+
     async def apply(self, event: SecurityEvent, at: float) -> str:
         """Apply one verified event (``at``: the SET's iat); return the outcome label for metrics."""
         name = event.name
@@ -386,10 +393,12 @@ class RiscReceiver:
             ended = await self._end_sessions(sub, "risc_sessions_revoked")
             await self._record(sub, at, name)
             log.warning("security event sessions-revoked: ended %d session(s) of the user", ended)
+            await self._revoked(sub, name, grant_revoked=False, sessions_ended=ended)
         elif name == "tokens-revoked":
             await self._record(sub, at, name, revoke=True)
             ended = await self._end_sessions(sub, "risc_tokens_revoked")
             log.warning("security event tokens-revoked: grant marked revoked, ended %d session(s)", ended)
+            await self._revoked(sub, name, grant_revoked=True, sessions_ended=ended)
         elif name == "account-disabled":
             reason = event.reason
             what = f"{name}:{reason}" if reason else name
@@ -400,6 +409,7 @@ class RiscReceiver:
             ended = await self._end_sessions(sub, "risc_account_disabled")
             log.warning("security event account-disabled (reason %s): ended %d session(s)%s", reason or "none",
                         ended, "; grant revoked, sign-in blocked until account-enabled" if reason == "hijacking" else "")
+            await self._revoked(sub, name, grant_revoked=reason == "hijacking", sessions_ended=ended)
         elif name == "account-enabled":
             await self._record(sub, at, name, enabled_at=at)
             log.warning("security event account-enabled: sign-in allowed again")
@@ -439,7 +449,8 @@ class RiscReceiver:
             return "no_match"
         for record in matches:
             await self._record(record.sub, at, "token-revoked", revoke=True)
-            await self._end_sessions(record.sub, "risc_token_revoked")
+            ended = await self._end_sessions(record.sub, "risc_token_revoked")
+            await self._revoked(record.sub, "token-revoked", grant_revoked=True, sessions_ended=ended)
         log.warning("security event token-revoked: the matching grant is marked revoked")
         return "applied"
 

@@ -49,6 +49,8 @@ class SigninOutcome:
     status: str
     claims: IdClaims
     record: TokenRecord
+    #: Whether this exchange brought a refresh token (a first or renewed consent) into the store.
+    refresh_token_received: bool = False
 
 
 def record_from_tokens(sub: str, email: str | None, tokens: TokenResponse) -> TokenRecord:
@@ -149,7 +151,9 @@ class SigninService:
                 await self.save_with_retry(TokenRecord(sub=claims.sub, revoked_at=time.time()))
                 raise SigninBlockedError("a security event blocks sign-in for this user until account-enabled")
             if merged.has_usable_refresh_token:
-                return SigninOutcome(status=SIGNED_IN, claims=claims, record=merged)
+                return SigninOutcome(status=SIGNED_IN, claims=claims, record=merged,
+                                     refresh_token_received=incoming.refresh_token is not None
+                                     and merged.refresh_token == incoming.refresh_token)
             if grant_ended:
                 log.info("the refresh token of this sign-in died with a revoke that crossed it: consent again")
             elif held:

@@ -28,6 +28,7 @@ from .crypto import EncryptingStore, TokenCipher
 from .google import GoogleClient
 from .grants import GrantGuard
 from .health import StoreHealth
+from .hooks import SigninHooks
 from .hub import ConfirmationHub, load_hub
 from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
@@ -85,11 +86,19 @@ def open_google(config: Config) -> GoogleClient:
     return GoogleClient(config.google)
 
 
-def build_context(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None) -> AppContext:
+def build_context(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,
+                  hooks: SigninHooks | None = None) -> AppContext:
     """Build the services of ``config``; ``store`` (plaintext-side) and ``hub`` override the configured ones.
 
+    ``hooks`` are the host app's events (:mod:`tornado_signin.hooks`).
     Install redaction first. Raise ConfigError naming the key for a bad store or hub.
+
+    Example (a host app building its own Application)::
+
+        ctx = build_context(load_config("config.yaml"), hooks=SigninHooks(on_signed_in=remember_user))
+        app = Application([(r"/", Home), *signin_routes(ctx, prefix="/auth")], signin=ctx, ...)
     """
+    hooks = hooks or SigninHooks()
     install_config_redaction(config)
     metrics = Metrics()
     if store is None:
@@ -116,22 +125,25 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         signin=SigninService(google, verifier, store, workers, metrics, grants),
         states=StateSigner(config.server.cookie_secret, config.limits.state_ttl_seconds),
         code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
-        offline=OfflineAccess(store, google, workers, metrics, grants=grants),
+        offline=OfflineAccess(store, google, workers, metrics, grants=grants, hooks=hooks),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
         path_prefix=config.server.path_prefix,
+        hooks=hooks,
     )
     sessions = context.sessions
     context.expiry = AccessExpiry(
         hub, notice=config.limits.access_expiry_notice_seconds,
         is_live=lambda sid, sub: sessions.is_live(Session(sid=sid, sub=sub)))
+    if hooks.has("access_expiring"):
+        context.expiry.add_listener(hooks.access_expiring)
     if config.risc.enabled:
         context.risc = RiscReceiver(
             SecurityEventVerifier(google, config.risc.configuration_url,
                                   (config.google.client_id, *config.risc.client_ids),
                                   clock_skew=config.google.clock_skew_seconds,
                                   on_fetch=lambda result: metrics.inc("signin_certs_cache_total", result=result)),
-            store, context.sessions, hub, metrics, run=workers.run, save=context.signin.save_with_retry)
+            store, context.sessions, hub, metrics, run=workers.run, save=context.signin.save_with_retry, hooks=hooks)
     store_health = StoreHealth(store, workers, interval=config.limits.store_check_interval,
                                recheck=config.limits.store_recheck_interval)
     context.store_health = store_health

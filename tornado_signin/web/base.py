@@ -247,19 +247,21 @@ class BaseHandler(RequestHandler):
             raise self.fail(403, "no session", "request without a session cookie")
         return session
 
-    async def end_session(self, session: Session, *, everywhere: bool = False) -> None:
+    async def end_session(self, session: Session, *, everywhere: bool = False) -> list[str]:
         """Clear the session cookie, end the session's record and close its sockets, in every process.
 
-        With ``everywhere`` every session of the user ends. Raise HTTPError 503 when the hub cannot end it.
+        With ``everywhere`` every session of the user ends. Return the ids of
+        the live sessions ended. Raise HTTPError 503 when the hub cannot end it.
         """
         self.clear_session()
         try:
             ended = await self.ctx.sessions.end_all(session.sub) if everywhere and session.sub else []
-            if session.sid not in ended:
-                await self.ctx.sessions.end(session.sid)
+            if session.sid not in ended and await self.ctx.sessions.end(session.sid):
+                ended.append(session.sid)
         except HubUnavailableError as exc:
             log.error("sign-out could not end the session record: %s", exc)
             raise self.fail_for(exc) from exc
+        return ended
 
     # -- the confirmation channel ----------------------------------------------------
 

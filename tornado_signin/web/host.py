@@ -47,7 +47,8 @@ from typing import Any
 
 from google.oauth2.credentials import Credentials
 from ..context import AppContext
-from ..errors import ConsentRequiredError, UnknownUserError
+from ..errors import ConsentRequiredError, MissingScopeError, UnknownUserError
+from ..hooks import ConsentRequired
 from ..users import SignedInUser
 from .base import BaseHandler, live_session
 
@@ -136,12 +137,22 @@ class SigninMixin:
         (:meth:`consent_url`); GoogleUnavailableError and StorageError pass.
         """
         user = self.get_current_user()
+        hooks = self.signin.hooks
         if user is None:
+            await hooks.consent_required(ConsentRequired(sub=None, reason="signed_out"))
             raise ConsentRequiredError("nobody is signed in on this request")
         try:
             return await self.signin.offline.credentials(user.sub, required_scopes=tuple(scopes))
         except UnknownUserError as exc:
+            await hooks.consent_required(ConsentRequired(sub=user.sub, reason="unknown_user"))
             raise ConsentRequiredError("the signed-in user's tokens were forgotten: sign in again") from exc
+        except MissingScopeError as exc:
+            await hooks.consent_required(ConsentRequired(sub=user.sub, reason="missing_scope",
+                                                         missing_scopes=tuple(sorted(exc.missing))))
+            raise
+        except ConsentRequiredError:
+            await hooks.consent_required(ConsentRequired(sub=user.sub, reason="not_active"))
+            raise
 
     def consent_url(self, scopes: Iterable[str] = (), *, next_url: str | None = None) -> str:
         """Return the login URL with ``scope`` (space-separated) and ``next`` query arguments.

@@ -28,8 +28,10 @@ from ..errors import (
     TokenVerificationError,
     UnknownUserError,
 )
+from ..hooks import ConsentRequired, Revoked, SignedIn, SignedOut
 from ..sessions import Session, new_session_id
 from ..signin import CONSENT_REQUIRED, SIGNED_IN
+from ..users import SignedInUser
 from .base import BaseHandler, error_response
 from . import inputs
 from .gate import origin_of
@@ -170,6 +172,7 @@ class StoreAuthCodeHandler(BaseHandler):
             ctx.metrics.inc("signin_logins_total", outcome=CONSENT_REQUIRED)
             log.info("sign-in needs consent again: no usable refresh token for this user")
             self.write_session(Session(sid=session.sid, needs_consent=True))
+            await ctx.hooks.consent_required(ConsentRequired(sub=claims.sub, reason="no_refresh_token"))
             await self.publish(session.sid, {"type": CONSENT_REQUIRED})
             self.write_json({"status": CONSENT_REQUIRED}, 409)
             return
@@ -193,6 +196,12 @@ class StoreAuthCodeHandler(BaseHandler):
             # Time-limited access: the page learns when it ends, and is told again ahead of it.
             frame["access_expires_at"] = int(expires_at)
             ctx.expiry.watch(new_session.sid, claims.sub, expires_at)
+        # The host's hook runs before the page is told (frame and answer), so
+        # what it writes is there when the page shows "fully logged in".
+        await ctx.hooks.signed_in(SignedIn(
+            user=SignedInUser(sub=claims.sub, email=claims.email, name=claims.name),
+            scopes=tuple(sorted(outcome.record.scopes)), refresh_token_stored=outcome.refresh_token_received,
+            access_expires_at=expires_at))
         await self.publish(new_session.sid, frame)
         await self.publish(session.sid, frame, rebind=new_session.sid)
         log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
@@ -238,9 +247,15 @@ class SignoutHandler(BaseHandler):
             raise self.fail(403, "no session", "request without a session cookie")
         await self.consume_state(session)
         everywhere = inputs.flag(self.get_query_argument("everywhere", None), "everywhere")
-        if everywhere and session.sub and not await self.ctx.sessions.is_live(session):
-            everywhere = False  # an ended cookie must not end the user's other sessions
+        hooks = self.ctx.hooks
+        live = bool(session.sub) and (everywhere or hooks.has("signed_out")) and \
+            await self.ctx.sessions.is_live(session)
+        everywhere = everywhere and live  # an ended cookie must not end the user's other sessions
         await self.end_session(session, everywhere=everywhere)
+        user = SignedInUser.of(session)
+        if live and user is not None:
+            await hooks.signed_out(SignedOut(user=user, reason="signout_everywhere" if everywhere else "signout",
+                                             everywhere=everywhere))
         self.write_json({"status": "signed_out"})
 
 
@@ -263,5 +278,10 @@ class DisconnectHandler(BaseHandler):
             raise self.fail_for(exc) from exc
         except UnknownUserError:
             log.info("disconnect: user already forgotten")
-        await self.end_session(session, everywhere=True)
+        ended = await self.end_session(session, everywhere=True)
+        user = SignedInUser.of(session)
+        assert user is not None
+        await self.ctx.hooks.revoked(Revoked(sub=user.sub, reason="disconnect", grant_revoked=True,
+                                             sessions_ended=len(ended)))
+        await self.ctx.hooks.signed_out(SignedOut(user=user, reason="disconnect", everywhere=True))
         self.write_json({"status": "disconnected"})
