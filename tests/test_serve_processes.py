@@ -133,6 +133,20 @@ def test_workers_that_cannot_start_stop_the_supervisor_with_the_error_once(clust
     assert time.monotonic() - started < 20
 
 
+def test_a_worker_killed_before_it_served_stops_the_supervisor(cluster, tmp_path):
+    """A worker that dies by a signal while starting (here: on importing redis) cannot print why: the supervisor does."""
+    shim = tmp_path / "kill-shim"
+    (shim / "redis").mkdir(parents=True)
+    (shim / "redis" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    result = subprocess.run(cluster.argv(2), capture_output=True, text=True, env=clean_env({"PYTHONPATH": str(shim)}),
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == EXIT_WORKERS, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and re.fullmatch(
+        r"tornado-signin: worker 0 \(pid \d+\) was killed by SIGKILL before it served", lines[0]), result.stderr
+    assert "starting another" not in result.stderr
+
+
 def test_a_worker_killed_after_serving_is_replaced(cluster):
     proc = cluster.start(2)
     victim, survivor = sorted(serving(proc))
