@@ -63,9 +63,10 @@ def store_record(config_file, **changes):
         store.close()
 
 
+#: Each state's changes, computed when the record is stored (a revocation after the token's issue time).
 STATES = {
-    "revoked": {"revoked_at": time.time()},
-    "no_refresh_token": {"refresh_token": None, "refresh_token_issued_at": None},
+    "revoked": lambda: {"revoked_at": time.time()},
+    "no_refresh_token": lambda: {"refresh_token": None, "refresh_token_issued_at": None},
 }
 
 
@@ -77,7 +78,7 @@ def run_cli(*args, env):
 @pytest.mark.parametrize("state", sorted(STATES))
 @pytest.mark.parametrize("json_flag", [(), ("--json",)])
 def test_cli_token_refuses_an_inactive_record(config_file, state, json_flag):
-    assert store_record(config_file, **STATES[state]).state == state
+    assert store_record(config_file, **STATES[state]()).state == state
     path, env = config_file
     for user in (SUB, "ada@example.com"):
         result = run_cli("token", "--config", str(path), user, *json_flag, env=env)
@@ -98,7 +99,7 @@ def test_cli_token_hands_out_an_active_record(config_file):
 
 @pytest.mark.parametrize("state", sorted(STATES))
 def test_credentials_and_get_credentials_refuse_an_inactive_record(config_file, state):
-    store_record(config_file, **STATES[state])
+    store_record(config_file, **STATES[state]())
     path, env = config_file
     config = load_config(path, environ=env)
     from tornado_signin.scripts import get_credentials
