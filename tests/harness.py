@@ -190,6 +190,14 @@ def json_body(response: HTTPResponse) -> Any:
     return json.loads(response.body)
 
 
+def without_state(document: dict[str, Any]) -> dict[str, Any]:
+    """Return ``document`` (an answer of ``/storeauthcode`` or a frame ending an attempt) without its ``state``:
+    the next single-use state, which it must carry."""
+    state = document.get("state")
+    assert isinstance(state, str) and state.count(".") == 2, document
+    return {key: value for key, value in document.items() if key != "state"}
+
+
 class LogCapture(logging.Handler):
     """Collects every formatted record (root at DEBUG) to search for secrets."""
 

@@ -169,7 +169,9 @@ def assert_json_error(response: HTTPResponse, statuses: Iterable[int] | None = N
         assert response.code in set(statuses), (response.code, response.body)
     assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
     document = json.loads(response.body)
-    assert isinstance(document, dict) and set(document) == {"error"}, document
+    # Besides its reason an error may carry only the next single-use state (the code endpoint's answers).
+    assert isinstance(document, dict) and set(document) - {"state"} == {"error"}, document
+    assert isinstance(document.get("state", ""), str), document
     reason = document["error"]
     assert isinstance(reason, str) and _REASON.match(reason), reason
     assert "Access-Control-Allow-Credentials" not in response.headers

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from harness import CLIENT_ID, json_body, start_stack
+from harness import CLIENT_ID, json_body, start_stack, without_state
 from tornado_signin.signin import CONSENT_REQUIRED, SIGNED_IN
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -66,7 +66,7 @@ async def test_full_login_confirms_over_websocket_and_stores_refresh_token(stack
     body = json_body(response)
     assert body["status"] == SIGNED_IN and body["user"]["email"] == "alice@example.com"
     frame = json.loads(await asyncio.wait_for(socket.read_message(), 5))
-    assert frame == {"type": "signed_in", "user": body["user"]}
+    assert without_state(frame) == {"type": "signed_in", "user": body["user"]}
     record = stack.store.get(body["user"]["sub"])
     assert record.refresh_token and record.access_token and record.email == "alice@example.com"
     assert "https://www.googleapis.com/auth/userinfo.email" in record.scopes
@@ -121,9 +121,9 @@ async def test_user_without_stored_refresh_token_gets_consent_required_then_cons
     # The socket first hears the session's recorded outcome (the earlier sign-in).
     assert json.loads(await asyncio.wait_for(socket.read_message(), 5))["type"] == SIGNED_IN
     response = await client.post_code(stack.mint("carol@example.org"))
-    assert response.code == 409 and json_body(response) == {"status": CONSENT_REQUIRED}
+    assert response.code == 409 and without_state(json_body(response)) == {"status": CONSENT_REQUIRED}
     frame = json.loads(await asyncio.wait_for(socket.read_message(), 5))
-    assert frame == {"type": CONSENT_REQUIRED}
+    assert without_state(frame) == {"type": CONSENT_REQUIRED}
     # /state now tells the page to ask with consent.
     state_doc = json_body(await client.fetch("/state"))
     assert state_doc.get("prompt") == "consent"

@@ -152,7 +152,12 @@ class BaseHandler(RequestHandler):
             if reason == "Internal Server Error":
                 reason = "internal error"
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"error": reason.lower()}))
+        self.finish(json.dumps({"error": reason.lower(), **self.error_fields()}))
+
+    def error_fields(self) -> dict[str, Any]:
+        """Return the fields an error answer carries besides ``error`` (none here; the code endpoint adds
+        the next state)."""
+        return {}
 
     def fail(self, status: int, reason: str, log_message: str | None = None) -> HTTPError:
         """Return an HTTPError answered as ``{"error": reason}`` and logged with ``log_message``."""

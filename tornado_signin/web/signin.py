@@ -108,17 +108,28 @@ class StoreAuthCodeHandler(BaseHandler):
     Origin, content type, body size (enforced while streaming, before
     buffering), session, code charset and length, and last the single-use
     state.
+
+    Every answer once the origin gate has passed — success or failure — and
+    every frame that ends the attempt carry the next state (``"state"``) for
+    the session, so a login is one request: the page never needs ``GET
+    /state`` between attempts. The answer and the frame carry the same value
+    (single use either way); an answer is JSON read by script from an allowed
+    origin (no CORS), a frame goes only to that session's sockets.
     """
 
     def prepare(self) -> None:
         super().prepare()
         self._body = bytearray()
+        #: The session of this request once read; the origin gate passed (an answer may carry a state).
+        self._session: Session | None = None
+        self._gated = False
         if self.request.method != "POST":
             return
         if not self.ctx.code_rate_limit.allow(self.request.remote_ip or "?"):
             self.ctx.metrics.inc("signin_logins_total", outcome="rate_limited")
             raise self.fail(429, "too many requests", "code POST rate limit hit")
         self.check_request_origin()
+        self._gated = True
         if inputs.content_type(self.request) != "application/octet-stream":
             raise self.fail(415, "content type must be application/octet-stream")
         cap = self.ctx.config.limits.max_body_bytes
@@ -135,8 +146,16 @@ class StoreAuthCodeHandler(BaseHandler):
     def _code(self) -> str:
         return inputs.code(bytes(self._body), self.ctx.config.limits.max_code_length)
 
+    def error_fields(self) -> dict[str, Any]:
+        # A refused attempt still hands the page its next state (the cookie is
+        # re-read unchecked for refusals before post(): a state only works for a live session).
+        if not self._gated:
+            return {}
+        session = self._session or self.read_session_cookie()
+        return {"state": self.ctx.states.issue(session.sid)} if session is not None else {}
+
     async def post(self) -> None:
-        session = await self.require_session()
+        session = self._session = await self.require_session()
         code = self._code()
         ctx = self.ctx
         if ctx.draining:
@@ -173,8 +192,9 @@ class StoreAuthCodeHandler(BaseHandler):
             log.info("sign-in needs consent again: no usable refresh token for this user")
             self.write_session(Session(sid=session.sid, needs_consent=True))
             await ctx.hooks.consent_required(ConsentRequired(sub=claims.sub, reason="no_refresh_token"))
-            await self.publish(session.sid, {"type": CONSENT_REQUIRED})
-            self.write_json({"status": CONSENT_REQUIRED}, 409)
+            state = ctx.states.issue(session.sid)
+            await self.publish(session.sid, {"type": CONSENT_REQUIRED, "state": state})
+            self.write_json({"status": CONSENT_REQUIRED, "state": state}, 409)
             return
 
         ctx.metrics.inc("signin_logins_total", outcome=SIGNED_IN)
@@ -190,7 +210,9 @@ class StoreAuthCodeHandler(BaseHandler):
             return
         self.write_session(new_session)
         user = claims.public()
-        frame: dict[str, Any] = {"type": SIGNED_IN, "user": user}
+        self._session = new_session
+        state = ctx.states.issue(new_session.sid)
+        frame: dict[str, Any] = {"type": SIGNED_IN, "user": user, "state": state}
         expires_at = outcome.record.refresh_token_expires_at
         if expires_at is not None:
             # Time-limited access: the page learns when it ends, and is told again ahead of it.
@@ -205,7 +227,7 @@ class StoreAuthCodeHandler(BaseHandler):
         await self.publish(new_session.sid, frame)
         await self.publish(session.sid, frame, rebind=new_session.sid)
         log.info("user signed in (scopes: %d)", len(outcome.record.scopes))
-        self.write_json({"status": SIGNED_IN, "user": user,
+        self.write_json({"status": SIGNED_IN, "user": user, "state": state,
                          **({"access_expires_at": int(expires_at)} if expires_at is not None else {})})
 
     async def _failed(self, session: Session, exc: SigninError) -> None:
@@ -228,8 +250,9 @@ class StoreAuthCodeHandler(BaseHandler):
             log.warning("sign-in failed: ID token rejected: %s", exc)
         else:
             log.warning("sign-in failed: %s", exc)
-        await self.publish(session.sid, {"type": "failed", "reason": response.reason})
-        self.write_json({"error": response.reason}, response.status)
+        state = self.ctx.states.issue(session.sid)
+        await self.publish(session.sid, {"type": "failed", "reason": response.reason, "state": state})
+        self.write_json({"error": response.reason, "state": state}, response.status)
 
 class SignoutHandler(BaseHandler):
     """``POST /signout``: end the session in every process (its record, its cookie, its sockets).
