@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI
-from harness import start_stack
+from harness import make_config, start_stack
 
 NODE = Path(__file__).parent / "node"
 TSC = NODE / "node_modules" / ".bin" / "tsc"
@@ -75,11 +75,18 @@ async def test_csp_lets_both_libraries_reach_the_auth_origin_and_names_each_orig
 
 
 def test_csp_in_production_shape_names_google_auth_origin_for_gapi():
-    from tornado_signin.web.signin import _sources
+    from tornado_signin.web.base import csp_header, signin_csp
 
-    assert _sources("self", "wss://app.example", "https://apis.google.com", "https://accounts.google.com") == (
-        "'self' wss://app.example https://apis.google.com https://accounts.google.com")
-    assert _sources("https://accounts.google.com", "https://accounts.google.com") == "https://accounts.google.com"
+    config = make_config("https://app.example", "https://unused.example")
+    config = dataclasses.replace(config, google=dataclasses.replace(
+        config.google, client_library="gapi", client_script_url="https://apis.google.com/js/platform.js",
+        endpoints=dataclasses.replace(config.google.endpoints, auth_uri="https://accounts.google.com/o/oauth2/v2/auth")))
+    csp = signin_csp(config, "n0nce", "https://app.example")
+    assert csp["connect-src"] == ["'self'", "wss://app.example", "https://apis.google.com",
+                                  "https://accounts.google.com"]
+    assert csp["frame-src"] == ["https://accounts.google.com", "https://apis.google.com"]
+    assert csp_header({"frame-src": ["https://accounts.google.com"]}, {"frame-src": ["https://accounts.google.com"]}) \
+        == "frame-src https://accounts.google.com"
 
 
 def _tsc_or_skip() -> Path:

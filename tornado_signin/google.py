@@ -35,7 +35,7 @@ from .errors import (
     InvalidGrantError,
 )
 
-__all__ = ["GoogleClient", "TokenResponse", "make_http_client", "SCOPE_ALIASES", "normalize_scopes", "transport_reason"]
+__all__ = ["GoogleClient", "TokenResponse", "make_http_client", "SCOPE_ALIASES", "normalize_scopes", "expand_scope", "transport_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ SCOPE_ALIASES = {
 SCOPE_BASE = "https://www.googleapis.com/auth/"
 
 
-def _expand_scope(scope: str) -> str:
+def expand_scope(scope: str) -> str:
+    """Return ``scope`` as Google reports it: ``email``/``profile`` as their URLs, a bare name under SCOPE_BASE."""
     if scope in SCOPE_ALIASES:
         return SCOPE_ALIASES[scope]
     if scope == "openid" or ":" in scope or "/" in scope:
@@ -73,7 +74,7 @@ def normalize_scopes(scopes: "str | list[str] | tuple[str, ...] | None") -> froz
     if scopes is None:
         return frozenset()
     items = scopes.split() if isinstance(scopes, str) else list(scopes)
-    return frozenset(_expand_scope(s) for s in items if s)
+    return frozenset(expand_scope(s) for s in items if s)
 
 
 def make_http_client(max_clients: int = 64) -> AsyncHTTPClient:

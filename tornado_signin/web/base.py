@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler
 
+from ..config import Config
 from ..context import AppContext
 from ..errors import (
     ClientConfigError,
@@ -32,8 +34,9 @@ from ..errors import (
 from ..logctx import accept_request_id, request_id
 from ..sessions import Session, new_session_id, read_session_cookie, session_cookie_name
 from . import gate, inputs
+from .gate import origin_of
 
-__all__ = ["BaseHandler", "live_session", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
+__all__ = ["BaseHandler", "live_session", "signin_csp", "csp_header", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,44 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
 )
+
+
+def signin_csp(config: Config, nonce: str, own_origin: str | None = None) -> dict[str, list[str]]:
+    """Return the Content-Security-Policy sources a page running ``signin.js`` needs, by directive.
+
+    ``script-src``: the page's ``nonce`` (signin.js is loaded with it and
+    loads Google's library with the same nonce) and the library's origin;
+    ``connect-src``: ``'self'`` (state, code POST, session), the websocket
+    origin of ``own_origin`` (``ws://``/``wss://``; older browsers do not
+    match it with ``'self'``), and the script and auth origins (Google's FedCM
+    migration of both libraries fetches from ``accounts.google.com``);
+    ``frame-src``: the auth and script origins; ``style-src``: the script
+    origin (GIS styles its own elements). Each source appears once.
+    """
+    script_origin = origin_of(config.google.client_script_url) or ""
+    auth_origin = origin_of(config.google.endpoints.auth_uri) or ""
+    ws_origin = own_origin.replace("http", "ws", 1) if own_origin else ""
+    directives = {
+        "script-src": [f"'nonce-{nonce}'", script_origin],
+        "connect-src": ["'self'", ws_origin, script_origin, auth_origin],
+        "frame-src": [auth_origin, script_origin],
+        "style-src": [script_origin],
+    }
+    return {name: list(dict.fromkeys(s for s in sources if s)) for name, sources in directives.items()}
+
+
+def csp_header(*policies: Mapping[str, Iterable[str]]) -> str:
+    """Return one ``Content-Security-Policy`` value of ``policies`` merged (each directive's sources joined, once).
+
+    Example::
+
+        csp_header({"default-src": ["'self'"]}, signin_csp(config, nonce, origin))
+    """
+    merged: dict[str, dict[str, None]] = {}
+    for policy in policies:
+        for name, sources in policy.items():
+            merged.setdefault(name, {}).update(dict.fromkeys(sources))
+    return "; ".join(" ".join([name, *sources]) for name, sources in merged.items())
 
 
 @dataclass(frozen=True)

@@ -41,20 +41,51 @@ Example::
 from __future__ import annotations
 
 import logging
+import secrets
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.oauth2.credentials import Credentials
+from tornado.escape import xhtml_escape
+from tornado.web import UIModule
 from ..context import AppContext
 from ..errors import ConsentRequiredError, MissingScopeError, UnknownUserError
+from ..google import expand_scope
 from ..hooks import ConsentRequired
 from ..users import SignedInUser
-from .base import BaseHandler, live_session
+from . import inputs
+from .base import BaseHandler, csp_header, live_session
+from .base import signin_csp as _signin_csp
 
-__all__ = ["SessionHandler", "SigninMixin", "SignedInUser"]
+__all__ = ["SessionHandler", "SigninMixin", "SignedInUser", "SigninButton", "UI_MODULES", "signin_csp", "csp_header",
+           "HOST_PAGE_CSP"]
 
 log = logging.getLogger(__name__)
+
+
+#: A strict policy for a host page, which :meth:`SigninMixin.set_signin_csp` extends with what signin.js needs.
+HOST_PAGE_CSP: Mapping[str, list[str]] = {
+    "default-src": ["'self'"], "img-src": ["'self'", "data:", "https:"], "style-src": ["'self'"],
+    "base-uri": ["'none'"], "form-action": ["'self'"], "frame-ancestors": ["'none'"],
+}
+
+
+def signin_csp(ctx: AppContext, nonce: str, *, origin: str | None = None) -> dict[str, list[str]]:
+    """Return the CSP sources, by directive, that a host page running ``<prefix>/signin.js`` needs.
+
+    ``nonce`` is the page's (the script tags carry it); ``origin`` the page's
+    own origin for the websocket's ``ws(s)://`` source (default
+    ``server.public_origin``; without either, ``'self'`` covers it in current
+    browsers). Merge it into the page's own policy with :func:`csp_header`.
+
+    Example::
+
+        nonce = secrets.token_urlsafe(16)
+        self.set_header("Content-Security-Policy",
+                        csp_header({"default-src": ["'self'"]}, signin_csp(ctx, nonce, origin="https://app.example")))
+    """
+    return _signin_csp(ctx.config, nonce, origin or ctx.config.server.public_origin)
 
 
 class SessionHandler(BaseHandler):
@@ -118,6 +149,29 @@ class SigninMixin:
             raise RuntimeError("SigninMixin.prepare() has not run: call `await super().prepare()` "
                                "from your prepare()") from None
 
+    @property
+    def csp_nonce(self) -> str:
+        """Return this response's CSP nonce (made on first use): :class:`SigninButton` puts it on its script tag."""
+        nonce = self.__dict__.get("_signin_csp_nonce")
+        if nonce is None:
+            nonce = self.__dict__["_signin_csp_nonce"] = secrets.token_urlsafe(16)
+        return nonce
+
+    def set_signin_csp(self, *policies: Mapping[str, Iterable[str]]) -> str:
+        """Set a Content-Security-Policy for a page that runs signin.js; return its nonce.
+
+        The policy is :data:`HOST_PAGE_CSP`, plus :func:`signin_csp` for this
+        request's origin, plus ``policies`` (the page's own sources, merged per
+        directive). Also set ``Cross-Origin-Opener-Policy:
+        same-origin-allow-popups``: Google's popup reports back to its opener.
+        """
+        handler: Any = self
+        origin = inputs.own_origin(handler.request, self.signin.config.server)
+        handler.set_header("Content-Security-Policy",
+                           csp_header(HOST_PAGE_CSP, signin_csp(self.signin, self.csp_nonce, origin=origin), *policies))
+        handler.set_header("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
+        return self.csp_nonce
+
     def get_login_url(self) -> str:
         """Return the application's ``login_url``, else the sign-in page under the prefix."""
         handler: Any = self
@@ -169,3 +223,47 @@ class SigninMixin:
             query["scope"] = wanted
         return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(query)
 
+
+
+class SigninButton(UIModule):
+    """``{% module SigninButton() %}``: the sign-in button and the ``<prefix>/signin.js`` tag, for host templates.
+
+    Register it with ``ui_modules=UI_MODULES`` (or ``{"SigninButton":
+    SigninButton}``). It renders::
+
+        <button id="signinButton" type="button" disabled>Sign in with Google</button>
+        <script src="/auth/signin.js" nonce="…" data-client-id="…" data-scope="…"
+                data-library="gis" data-script-url="…"></script>
+
+    The nonce is the handler's :attr:`SigninMixin.csp_nonce` unless given; the
+    page's CSP must allow it (:meth:`SigninMixin.set_signin_csp`). The page's
+    own script then mounts the client:
+    ``TornadoSignin.mount(document.getElementById("signinButton"), {...})``.
+    ``scopes`` adds to ``google.scopes`` (full URLs or short names such as
+    ``drive.readonly``). Raise RuntimeError without a nonce.
+    """
+
+    def render(self, label: str = "Sign in with Google", *, button_id: str = "signinButton",
+               scopes: Iterable[str] = (), nonce: str | None = None) -> str:
+        handler: Any = self.handler
+        ctx = handler.application.settings.get("signin")
+        if not isinstance(ctx, AppContext):
+            raise RuntimeError('SigninButton needs the application\'s settings["signin"] (wiring.build_context)')
+        if nonce is None:
+            nonce = getattr(handler, "csp_nonce", None)
+        if not nonce:
+            raise RuntimeError("SigninButton needs the page's CSP nonce: pass nonce=… or use a SigninMixin handler")
+        google = ctx.config.google
+        wanted = [*google.scopes, *(expand_scope(scope) for scope in scopes)]
+        attributes = {
+            "src": ctx.url("/signin.js"), "nonce": nonce, "data-prefix": ctx.path_prefix,
+            "data-client-id": google.client_id, "data-scope": " ".join(dict.fromkeys(wanted)),
+            "data-library": google.client_library, "data-script-url": google.client_script_url,
+        }
+        tag = " ".join(f'{name}="{xhtml_escape(value)}"' for name, value in attributes.items())
+        return (f'<button id="{xhtml_escape(button_id)}" type="button" disabled>{xhtml_escape(label)}</button>\n'
+                f"<script {tag}></script>")
+
+
+#: The UI modules of tornado-signin, for ``Application(..., ui_modules=UI_MODULES)``.
+UI_MODULES: dict[str, type[UIModule]] = {"SigninButton": SigninButton}

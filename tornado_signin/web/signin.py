@@ -32,9 +32,8 @@ from ..hooks import ConsentRequired, Revoked, SignedIn, SignedOut
 from ..sessions import Session, new_session_id
 from ..signin import CONSENT_REQUIRED, SIGNED_IN
 from ..users import SignedInUser
-from .base import BaseHandler, error_response
+from .base import BaseHandler, csp_header, error_response, signin_csp
 from . import inputs
-from .gate import origin_of
 
 __all__ = [
     "PageHandler",
@@ -47,12 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
-def _sources(*sources: str) -> str:
-    """Return a CSP source list of ``sources``, each once, in order (``'self'`` quoted)."""
-    return " ".join(dict.fromkeys(f"'{s}'" if s == "self" else s for s in sources if s))
-
-
 class PageHandler(BaseHandler):
     """``GET <prefix>/``: the sign-in page (seed steps 1–4); its script's URLs start with the prefix."""
 
@@ -60,19 +53,13 @@ class PageHandler(BaseHandler):
         session = await self.ensure_session()
         config = self.ctx.config
         nonce = secrets.token_urlsafe(16)
-        script_origin = origin_of(config.google.client_script_url) or ""
-        auth_origin = origin_of(config.google.endpoints.auth_uri) or ""
-        ws_origin = self.own_origin().replace("http", "ws", 1)
-        # connect-src has the auth origin for both libraries: Google's FedCM
-        # migration of the platform library fetches from accounts.google.com.
-        self.set_header(
-            "Content-Security-Policy",
-            f"default-src 'self'; script-src 'nonce-{nonce}' {script_origin}; "
-            f"connect-src {_sources('self', ws_origin, script_origin, auth_origin)}; "
-            f"frame-src {_sources(auth_origin, script_origin)}; "
-            f"img-src 'self' data: https:; style-src 'self' 'unsafe-inline' {script_origin}; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        )
+        # What signin.js needs (signin_csp, shared with host pages), within this page's own strict policy.
+        self.set_header("Content-Security-Policy", csp_header(
+            {"default-src": ["'self'"]},
+            signin_csp(config, nonce, self.own_origin()),
+            {"img-src": ["'self'", "data:", "https:"], "style-src": ["'self'", "'unsafe-inline'"],
+             "base-uri": ["'none'"], "form-action": ["'self'"], "frame-ancestors": ["'none'"]},
+        ))
         self.set_header("Cross-Origin-Opener-Policy", "same-origin-allow-popups")
         self.render(
             "index.html",
