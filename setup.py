@@ -55,6 +55,7 @@ setup(
         "tornado_signin.web",
         "tornado_signin.templates",
         "tornado_signin_backends",
+        "tornado_signin_backends.redis_hub",
     ],
     package_dir={
         "tornado_signin": "tornado_signin",
