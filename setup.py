@@ -56,6 +56,7 @@ setup(
         "tornado_signin.templates",
         "tornado_signin_backends",
         "tornado_signin_backends.redis_hub",
+        "tornado_signin_backends.sql",
     ],
     package_dir={
         "tornado_signin": "tornado_signin",

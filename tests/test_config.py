@@ -176,7 +176,7 @@ def test_templates_ship_in_the_wheel(tmp_path):
     assert "tornado_signin/templates/index.html" in names
     assert "tornado_signin/emulator/templates/consent.html" in names
     assert "tornado_signin/emulator/templates/gsi_client.js" in names
-    assert "tornado_signin_backends/sql.py" in names
+    assert "tornado_signin_backends/sql/store.py" in names
     assert "tornado_signin_backends/redis_hub/hub.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[tornado_signin.backends]" in entry_points and "sql = tornado_signin_backends.sql" in entry_points

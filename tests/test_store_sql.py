@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from tornado_signin.errors import ConfigError, StorageError
 from tornado_signin.store import TokenRecord, load_store
 from tornado_signin.testing import TokenStoreContract, full_record
-from tornado_signin_backends import sql as sql_module
+from tornado_signin_backends.sql import store as sql_store
 from tornado_signin_backends.sql import SQLTokenStore
 
 
@@ -182,7 +182,7 @@ def test_closed_store_raises_storage_error(sqlite_url):
 
 
 def test_records_pages_through_large_tables(sqlite_url, monkeypatch):
-    monkeypatch.setattr(sql_module, "_PAGE_SIZE", 4)
+    monkeypatch.setattr(sql_store, "_PAGE_SIZE", 4)
     store = SQLTokenStore(url=sqlite_url)
     subs = {f"user-{i}" for i in range(13)}
     for sub in subs:
@@ -200,44 +200,19 @@ def test_sqlite_file_is_a_real_file(sqlite_url, tmp_path):
     assert stat.S_ISREG(os.stat(path).st_mode)
 
 
-def spy_statements(monkeypatch, store: SQLTokenStore) -> list[str]:
-    """Record every SQL statement ``store`` executes: through Core (engine events) and on raw DBAPI connections."""
+def spy_statements(store: SQLTokenStore) -> list[str]:
+    """Record every SQL statement ``store`` executes (every one goes through Core: engine events see it)."""
     seen: list[str] = []
-    engine = store.engine
-    event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
-
-    class Cursor:
-        def __init__(self, cursor):
-            self._cursor = cursor
-
-        def execute(self, sql, *args):
-            seen.append(sql)
-            return self._cursor.execute(sql, *args)
-
-        def __getattr__(self, name):
-            return getattr(self._cursor, name)
-
-    class RawConnection:
-        def __init__(self, connection):
-            self._connection = connection
-
-        def cursor(self):
-            return Cursor(self._connection.cursor())
-
-        def __getattr__(self, name):
-            return getattr(self._connection, name)
-
-    checkout = engine.raw_connection
-    monkeypatch.setattr(engine, "raw_connection", lambda: RawConnection(checkout()))
+    event.listen(store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
     return seen
 
 
 @pytest.mark.parametrize("server", ["sqlite", "postgres", "mariadb"])
-def test_merge_is_one_statement_on_the_server(server, request, unique_name, monkeypatch):
+def test_merge_is_one_statement_on_the_server(server, request, unique_name):
     """A save runs one upsert, not a SELECT then UPDATE (and, on MySQL, reads the row back)."""
     url = request.getfixturevalue(f"{server}_url")
     store = SQLTokenStore(url=url, table=unique_name)
-    seen = spy_statements(monkeypatch, store)
+    seen = spy_statements(store)
     try:
         store.save(full_record())
         seen.clear()
@@ -349,14 +324,14 @@ def test_sqlite_lock_file_of_a_uri_and_none_in_memory(tmp_path):
     assert (tmp_path / "uri db.sqlite3.lock").exists()
     memory = SQLTokenStore(url="sqlite://")
     memory.save(full_record())
-    assert memory._lock_path is None and memory._lock_fd is None
+    assert memory._writes.path is None and memory._writes.fd is None
     memory.close()
 
 
 def test_closed_store_releases_its_lock_file(sqlite_url):
     store = SQLTokenStore(url=sqlite_url)
     store.save(full_record())
-    lock_path = os.path.realpath(store._lock_path)
+    lock_path = os.path.realpath(store._writes.path)
 
     def open_on_lock_file() -> list[str]:
         return [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == lock_path]
@@ -366,14 +341,14 @@ def test_closed_store_releases_its_lock_file(sqlite_url):
     assert open_on_lock_file() == []
 
 
-# -- save's DBAPI path: the pool's behaviour on lost connections ------------------------
+# -- save on lost connections, and the errors of a save ---------------------------------
 
 _BACKEND_ID = {"postgres": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
 _KILL = {"postgres": "SELECT pg_terminate_backend({})", "mariadb": "KILL {}"}
 
 
 @pytest.mark.parametrize("server", ["postgres", "mariadb"])
-def test_save_replaces_a_pooled_connection_the_server_closed(server, request, unique_name, monkeypatch):
+def test_save_replaces_a_pooled_connection_the_server_closed(server, request, unique_name):
     """A connection killed while idle in the pool is pre-pinged and replaced; one killed mid-save is discarded."""
     url = request.getfixturevalue(f"{server}_url")
     store = SQLTokenStore(url=url, table=unique_name, engine_options={"pool_size": 1, "max_overflow": 0})
@@ -392,21 +367,17 @@ def test_save_replaces_a_pooled_connection_the_server_closed(server, request, un
 
         # Killed after the checkout's ping, before the upsert: the save fails
         # cleanly and the dead connection does not go back to the pool.
-        checkout = store.engine.raw_connection
-
-        def checkout_then_kill():
-            connection = checkout()
+        def kill_on_checkout(dbapi_connection, _record, _proxy):
             with admin.begin() as conn:
-                conn.execute(text(_KILL[server].format(int(_backend_of(connection, server)))))
-            return connection
+                conn.execute(text(_KILL[server].format(int(_backend_of(dbapi_connection, server)))))
 
-        monkeypatch.setattr(store.engine, "raw_connection", checkout_then_kill)
+        event.listen(store.engine, "checkout", kill_on_checkout)
         record = full_record(email="mid-save@example.com")
         with pytest.raises(StorageError) as info:
             store.save(record)
         assert isinstance(info.value.__cause__, DBAPIError) and info.value.__cause__.connection_invalidated
         assert record.refresh_token not in str(info.value)
-        monkeypatch.setattr(store.engine, "raw_connection", checkout)
+        event.remove(store.engine, "checkout", kill_on_checkout)
         assert store.save(full_record(email="recovered@example.com")).email == "recovered@example.com"
         assert store.get(full_record().sub).email == "recovered@example.com"
     finally:
@@ -443,22 +414,28 @@ def test_save_converts_values_as_the_column_types_would(mariadb_url, unique_name
 
 
 def test_transient_driver_errors_of_save_are_retried(sqlite_url, monkeypatch):
-    """The raw driver's "database is locked" is wrapped as Core wraps it, so save retries it."""
+    """The driver's "database is locked" on the upsert rolls back and is retried; other errors are not."""
     store = SQLTokenStore(url=sqlite_url)
     store.save(full_record())
-    checkout = store.engine.raw_connection
-    failures = iter([True, True])
+    failures = iter([sqlite3.OperationalError("database is locked")] * 2)
+    attempts: list[str] = []
 
-    def flaky():
-        connection = checkout()
-        if next(failures, False):
-            connection.close()
-            raise sqlite3.OperationalError("database is locked")
-        return connection
+    def flaky(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT"):
+            attempts.append(statement)
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
 
-    monkeypatch.setattr(store.engine, "raw_connection", flaky)
-    monkeypatch.setattr(sql_module.time, "sleep", lambda _seconds: None)
+    event.listen(store.engine, "before_cursor_execute", flaky)
+    monkeypatch.setattr(sql_store.time, "sleep", lambda _seconds: None)
     assert store.save(full_record(email="retried@example.com")).email == "retried@example.com"
+    assert len(attempts) == 3
+    failures = iter([sqlite3.OperationalError("disk I/O error")])
+    with pytest.raises(StorageError):
+        store.save(full_record(email="not-retried@example.com"))
+    assert len(attempts) == 4
+    assert store.get(full_record().sub).email == "retried@example.com"
     store.close()
 
 
