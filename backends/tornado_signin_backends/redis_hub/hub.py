@@ -99,7 +99,8 @@ class RedisHub(ConfirmationHub):
             raise ConfigError("hub.url", "is required for the redis hub")
         options: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout, "decode_responses": True,
-            # RESP2: pub/sub messages come back as replies on the subscribed connection.
+            # RESP2, what the hub is tested on: there the listener's PING comes
+            # back as a pub/sub "pong" (PubSub misreads RESP3's plain PONG).
             "protocol": 2,
             # One immediate resend on a new connection when the pooled one was
             # closed (Redis restarted); a timeout is not retried (it would
