@@ -52,13 +52,14 @@ redis-py's asyncio client:
   not taken as live.
 - ``check``: ``PING``.
 
-Connections: commands go through a bounded redis-py ``BlockingConnectionPool``
-(:data:`~.hub.MAX_CONNECTIONS`; a burst beyond it waits up to ``timeout`` for a
-free one); the pub/sub connection comes from a pool of its own. Every read and
-write has the ``timeout`` deadline. A command that finds its pooled connection
-closed (Redis restarted) is sent once more on a new one (redis-py's ``Retry``,
-connection errors only; a timeout is not retried); a connection idle for 30 s
-is pinged before use (redis-py's ``health_check_interval``).
+Connections: commands go through redis-py's connection pool, at most
+:data:`~.hub.MAX_CONNECTIONS` at once (a burst beyond it waits for a turn),
+each under one deadline (``timeout``) covering the wait, connect, write and
+read; the pub/sub connection comes from a pool of its own. A command that
+finds its pooled connection closed (Redis restarted) is sent once more on a
+new one (redis-py's ``Retry``, connection errors only; a timeout is not
+retried); a connection idle for 30 s is pinged before use (redis-py's
+``health_check_interval``).
 
 Redis down. Logins must not depend on the hub, so no method raises for an
 unreachable Redis: ``publish`` delivers to this process's subscribers at once

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from tornado_signin.errors import ConfigError, HubUnavailableError
 from tornado_signin.hub import Callback, ConfirmationHub, Message, SessionRecord, Subscription
@@ -19,8 +20,15 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra path of load_hub
     raise ImportError("the redis hub needs redis-py: pip install 'tornado-signin[redis]'", name="redis") from exc
+
+# As redis-py chooses: asyncio.timeout is broken before 3.11.3, where redis-py requires async-timeout.
+if sys.version_info >= (3, 11, 3):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - older Pythons
+    from async_timeout import timeout as _deadline
 
 from .envelope import Envelopes
 from .outbox import Outbox
@@ -41,6 +49,35 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 2.0
 _QUIET = 1.0
 #: A pooled command connection idle this long is pinged before it is used again.
 _HEALTH_CHECK_INTERVAL = 30
+
+
+T = TypeVar("T")
+
+
+class _Turns:
+    """At most ``size`` Redis commands of this hub at once, each under one deadline of ``timeout`` seconds.
+
+    The command pool is redis-py's, bounded by this semaphore (so it never
+    opens more than ``size`` connections, and a burst waits for a free one
+    instead of failing); the deadline covers the wait, connect, write and read.
+    Measured against redis-py's own ways: a ``BlockingConnectionPool`` with a
+    ``socket_timeout`` (a Condition per checkout, and a task per write for
+    ``asyncio.wait_for``) cost 72 us of CPU per command here, this 48 us.
+    A cancelled command leaves redis-py's connection disconnected, not dirty.
+    """
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self._semaphore = asyncio.Semaphore(size)
+        self.timeout = timeout
+
+    async def run(self, command: Coroutine[Any, Any, T]) -> T:
+        """Await ``command`` in its turn; raise TimeoutError past the deadline, or what it raises."""
+        try:
+            async with _deadline(self.timeout):
+                async with self._semaphore:
+                    return await command
+        finally:
+            command.close()  # never started if the deadline passed in the queue: no "never awaited" warning
 
 
 class _RedisSubscription(Subscription):
@@ -67,13 +104,13 @@ class _Writes:
         await self.hub._record(channel, raw, ttl)
 
     async def start_session(self, record: SessionRecord, ttl: float) -> None:
-        await self.hub._sessions.start(record, ttl)
+        await self.hub._command(self.hub._sessions.start(record, ttl))
 
     async def end_session(self, sid: str) -> object:
-        return await self.hub._sessions.end(sid)
+        return await self.hub._command(self.hub._sessions.end(sid))
 
     async def end_sessions(self, sub: str, started_before: float) -> object:
-        return await self.hub._sessions.end_all(sub, started_before)
+        return await self.hub._command(self.hub._sessions.end_all(sub, started_before))
 
 
 class RedisHub(ConfirmationHub):
@@ -98,7 +135,9 @@ class RedisHub(ConfirmationHub):
         if not url:
             raise ConfigError("hub.url", "is required for the redis hub")
         options: dict[str, Any] = {
-            "socket_timeout": timeout, "socket_connect_timeout": timeout, "decode_responses": True,
+            # No socket_timeout: the hub puts one deadline on each command (_Turns)
+            # and on each pub/sub write; with one, redis-py runs every write in a task.
+            "socket_timeout": None, "socket_connect_timeout": timeout, "decode_responses": True,
             # RESP2, what the hub is tested on: there the listener's PING comes
             # back as a pub/sub "pong" (PubSub misreads RESP3's plain PONG).
             "protocol": 2,
@@ -109,8 +148,7 @@ class RedisHub(ConfirmationHub):
             "health_check_interval": _HEALTH_CHECK_INTERVAL,
         }
         try:
-            commands = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=timeout, **options)
+            commands = aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **options)
             # The listener's own pool, without retries or health checks: a lost
             # pub/sub connection is the reconnect loop's (it catches up on the
             # records), and the loop pings it itself (redis-py's pub/sub health
@@ -125,6 +163,7 @@ class RedisHub(ConfirmationHub):
         self.clock = clock
         self.timeout = timeout
         self._redis = aioredis.Redis(connection_pool=commands)
+        self._command = _Turns(max_connections, timeout).run
         self._listener_client = aioredis.Redis(connection_pool=listener)
         self._scripts = Scripts(self._redis)
         self._envelopes = Envelopes()
@@ -158,10 +197,10 @@ class RedisHub(ConfirmationHub):
         return f"{self.prefix}lease:{key}"
 
     async def _record(self, channel: str, raw: str, ttl: int) -> None:
-        await self._scripts.record_and_publish(self._last_key(channel), self._channel_key(channel), raw, ttl)
+        await self._command(self._scripts.record_and_publish(self._last_key(channel), self._channel_key(channel), raw, ttl))
 
     async def _mark_consumed(self, key: str, ttl: int) -> object:
-        return await self._redis.set(self._once_key(key), "1", nx=True, ex=ttl)
+        return await self._command(self._redis.set(self._once_key(key), "1", nx=True, ex=ttl))
 
     # -- the background loop ---------------------------------------------
 
@@ -204,10 +243,11 @@ class RedisHub(ConfirmationHub):
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _connect(self, *, catch_up: bool) -> None:
-        await self._redis.ping()
+        await self._command(self._redis.ping())
         pubsub = self._listener_client.pubsub()
         try:
-            await pubsub.connect()  # before anyone else may use it: one connection, one connect
+            async with _deadline(self.timeout):
+                await pubsub.connect()  # before anyone else may use it: one connection, one connect
         except BaseException:
             await pubsub.aclose()
             raise
@@ -217,7 +257,8 @@ class RedisHub(ConfirmationHub):
         channels = list(self._subscribers)
         if channels:
             self._listening.update(channels)
-            await pubsub.subscribe(*map(self._channel_key, channels))
+            async with _deadline(self.timeout):
+                await pubsub.subscribe(*map(self._channel_key, channels))
         if await self._outbox.flush(_Writes(self)):
             log.info("redis hub: outcomes kept during the outage are recorded again")
         if not self._available:
@@ -226,7 +267,7 @@ class RedisHub(ConfirmationHub):
         self._wake.clear()
         channels = list(self._subscribers)
         if catch_up and channels:
-            raws = await self._redis.mget([self._last_key(channel) for channel in channels])
+            raws = await self._command(self._redis.mget([self._last_key(channel) for channel in channels]))
             for channel, raw in zip(channels, raws):
                 found = None if raw is None or self._envelopes.is_own(raw) else self._envelopes.unwrap(raw)
                 if found is not None:
@@ -246,7 +287,8 @@ class RedisHub(ConfirmationHub):
             if message is None:  # a quiet second
                 if pinged is None:
                     pinged = loop.time()
-                    await pubsub.ping()
+                    async with _deadline(self.timeout):
+                        await pubsub.ping()
                 elif loop.time() - pinged >= self.timeout:
                     raise RedisConnectionError("the pub/sub connection stopped answering")
                 if self._abandoned:
@@ -275,12 +317,14 @@ class RedisHub(ConfirmationHub):
         if self._abandoned:
             await self._unsubscribe_abandoned(pubsub)
         self._listening.add(channel)
-        await pubsub.subscribe(self._channel_key(channel))
+        async with _deadline(self.timeout):
+            await pubsub.subscribe(self._channel_key(channel))
 
     async def _unsubscribe_abandoned(self, pubsub: PubSub) -> None:
         abandoned, self._abandoned = self._abandoned, set()
         self._listening -= abandoned
-        await pubsub.unsubscribe(*map(self._channel_key, abandoned))
+        async with _deadline(self.timeout):
+            await pubsub.unsubscribe(*map(self._channel_key, abandoned))
 
     async def _reset_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -322,7 +366,7 @@ class RedisHub(ConfirmationHub):
             if record:
                 await self._record(channel, raw, int(self.record_ttl))
             else:
-                await self._redis.publish(self._channel_key(channel), raw)
+                await self._command(self._redis.publish(self._channel_key(channel), raw))
         except _FAILURES as exc:
             self._mark_down(exc)
             if record:
@@ -363,7 +407,7 @@ class RedisHub(ConfirmationHub):
         raw = self._outbox.record(channel)
         if raw is None:
             try:
-                raw = await self._redis.get(self._last_key(channel))
+                raw = await self._command(self._redis.get(self._last_key(channel)))
             except _FAILURES as exc:
                 self._mark_down(exc)
                 return None
@@ -387,7 +431,7 @@ class RedisHub(ConfirmationHub):
         self._ensure_running()
         self._outbox.session_starting(record.sid)
         try:
-            await self._sessions.start(record, ttl)
+            await self._command(self._sessions.start(record, ttl))
         except _FAILURES as exc:
             self._mark_down(exc)
             # Valid on this process now, on every process once Redis returns.
@@ -398,7 +442,7 @@ class RedisHub(ConfirmationHub):
         if self._outbox.session_ended(sid):
             return False
         try:
-            return await self._sessions.exists(sid)
+            return await self._command(self._sessions.exists(sid))
         except _FAILURES as exc:
             self._mark_down(exc)
             if self._outbox.session_started(sid):
@@ -408,7 +452,7 @@ class RedisHub(ConfirmationHub):
     async def sessions_of(self, sub: str) -> list[SessionRecord]:
         self._ensure_running()
         try:
-            return await self._sessions.of(sub)
+            return await self._command(self._sessions.of(sub))
         except _FAILURES as exc:
             self._mark_down(exc)
             raise HubUnavailableError("redis hub: cannot list sessions") from exc
@@ -417,7 +461,7 @@ class RedisHub(ConfirmationHub):
         self._ensure_running()
         local_sub = self._outbox.forget_session(sid)
         try:
-            return await self._sessions.end(sid)
+            return await self._command(self._sessions.end(sid))
         except _FAILURES as exc:
             self._mark_down(exc)
             # Ended here now, everywhere once Redis returns.
@@ -428,7 +472,7 @@ class RedisHub(ConfirmationHub):
         self._ensure_running()
         local = self._outbox.forget_sessions_of(sub)
         try:
-            return sorted({*local, *await self._sessions.end_all(sub)})
+            return sorted({*local, *await self._command(self._sessions.end_all(sub))})
         except _FAILURES as exc:
             self._mark_down(exc)
             self._outbox.end_sessions(sub, local)
@@ -441,7 +485,7 @@ class RedisHub(ConfirmationHub):
         self._ensure_running()
         token = secrets.token_urlsafe(16)
         try:
-            taken = await self._redis.set(self._lease_key(key), token, nx=True, px=max(1, int(ttl * 1000)))
+            taken = await self._command(self._redis.set(self._lease_key(key), token, nx=True, px=max(1, int(ttl * 1000))))
         except _FAILURES as exc:
             self._mark_down(exc)
             raise HubUnavailableError(f"Redis hub: cannot take a lease ({type(exc).__name__})") from exc
@@ -451,16 +495,19 @@ class RedisHub(ConfirmationHub):
         """Delete the lease key only if it still holds ``token`` (a script: compare and delete atomically)."""
         self._ensure_running()
         try:
-            return await self._scripts.release_lease(self._lease_key(key), token)
+            return await self._command(self._scripts.release_lease(self._lease_key(key), token))
         except _FAILURES as exc:
             self._mark_down(exc)
             raise HubUnavailableError(f"Redis hub: cannot release a lease ({type(exc).__name__})") from exc
 
     async def check(self) -> None:
-        """Raise redis-py's ConnectionError or TimeoutError unless Redis answers PING."""
+        """Raise redis-py's ConnectionError or TimeoutError unless Redis answers PING within the timeout."""
         self._ensure_running()
         try:
-            await self._redis.ping()
+            await self._command(self._redis.ping())
+        except asyncio.TimeoutError as exc:  # the hub's deadline: said as redis-py says its own
+            self._mark_down(exc)
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout} s") from exc
         except _FAILURES as exc:
             self._mark_down(exc)
             raise
