@@ -52,3 +52,36 @@ async def test_the_kit_fails_a_hub_whose_single_use_keys_can_be_reused():
 
     with pytest.raises(AssertionError):
         await ConfirmationHubContract().test_consume_once_is_true_once_per_key(Forgetful(), None)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_kit_fails_a_hub_that_replays_the_record_to_a_new_subscriber():
+    from tornado_signin_backends.memory_hub import MemoryHub
+
+    class Replays(MemoryHub):
+        async def subscribe(self, channel, callback):
+            subscription = await super().subscribe(channel, callback)
+            recorded = await self.last(channel)
+            if recorded is not None:
+                callback(recorded)
+            return subscription
+
+    with pytest.raises(AssertionError):
+        await ConfirmationHubContract().test_a_subscription_is_told_only_what_is_published_after_it(Replays(), None)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_kit_fails_a_hub_that_delivers_out_of_order():
+    from tornado_signin_backends.memory_hub import MemoryHub
+
+    class Lifo(MemoryHub):
+        held: list = []
+
+        async def publish(self, channel, message, *, record=True):
+            self.held.append((channel, message, record))
+            if len(self.held) == 5:
+                for args in reversed(self.held):
+                    await super().publish(args[0], args[1], record=args[2])
+
+    with pytest.raises(AssertionError):
+        await ConfirmationHubContract().test_one_publishers_messages_arrive_in_publish_order(Lifo(), None)

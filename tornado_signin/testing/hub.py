@@ -18,8 +18,10 @@ test sees (for a shared hub, a unique key prefix), closed at teardown::
 
 A hub shared between processes should also give ``peer``: a second instance
 on the same storage and prefix (another process's view); the cross-instance
-tests skip without it. pytest then runs every ``test_*`` below: delivery,
-records, ``record=False``, channels kept apart, a closed subscription, async
+tests skip without it. pytest then runs every ``test_*`` below: delivery
+(to every subscriber of the channel once, in publish order, only what is
+published after subscribing), records (read by a late subscriber of another
+instance), ``record=False``, channels kept apart, a closed subscription, async
 callbacks, single-use keys across instances, expiry, leases (one holder,
 released by its token only, ended by their ttl), and the session records.
 
@@ -131,6 +133,43 @@ class ConfirmationHubContract:
         await asyncio.sleep(0.1)
         assert got == [{"n": 1}]
         assert await hub.last(channel) == {"n": 1}
+
+    async def test_every_subscriber_of_the_channel_is_told_once(self, hub, peer):
+        channel, first, second = _name("chan"), [], []
+        await hub.subscribe(channel, first.append)
+        await hub.subscribe(channel, second.append)
+        await asyncio.sleep(self.subscribe_settle if peer is not None else 0)
+        await (peer or hub).publish(channel, {"n": 1})
+        await until(lambda: first and second)
+        await asyncio.sleep(0.1)
+        assert first == second == [{"n": 1}]
+
+    async def test_one_publishers_messages_arrive_in_publish_order(self, hub, peer):
+        channel, got = _name("chan"), []
+        await hub.subscribe(channel, got.append)
+        await asyncio.sleep(self.subscribe_settle if peer is not None else 0)
+        for n in range(5):
+            await (peer or hub).publish(channel, {"n": n}, record=n % 2 == 0)
+        await until(lambda: len(got) >= 5)
+        assert got == [{"n": n} for n in range(5)]
+
+    async def test_a_subscription_is_told_only_what_is_published_after_it(self, hub, peer):
+        channel, got = _name("chan"), []
+        await (peer or hub).publish(channel, {"n": "before"})
+        await hub.subscribe(channel, got.append)
+        await asyncio.sleep(self.subscribe_settle if peer is not None else 0)
+        await (peer or hub).publish(channel, {"n": "after"})
+        await until(lambda: got)
+        await asyncio.sleep(0.1)
+        assert got == [{"n": "after"}]
+
+    async def test_a_late_subscriber_of_another_instance_reads_the_recorded_outcome(self, hub, peer):
+        if peer is None:
+            pytest.skip("a one-process hub")
+        channel = _name("chan")
+        await peer.publish(channel, {"frame": {"type": "signed_in", "user": {"name": "Zoë 🎉"}}})  # nobody listens
+        assert await hub.last(channel) == {"frame": {"type": "signed_in", "user": {"name": "Zoë 🎉"}}}
+        assert await hub.last(_name("chan")) is None
 
     # -- records -----------------------------------------------------------------------
 
