@@ -135,7 +135,9 @@ class ConfirmationHubContract:
         assert await hub.last(channel) == {"n": 1}
 
     async def test_every_subscriber_of_the_channel_is_told_once(self, hub, peer):
-        channel, first, second = _name("chan"), [], []
+        channel = _name("chan")
+        first: list[dict[str, Any]] = []
+        second: list[dict[str, Any]] = []
         await hub.subscribe(channel, first.append)
         await hub.subscribe(channel, second.append)
         await asyncio.sleep(self.subscribe_settle if peer is not None else 0)
@@ -145,7 +147,8 @@ class ConfirmationHubContract:
         assert first == second == [{"n": 1}]
 
     async def test_one_publishers_messages_arrive_in_publish_order(self, hub, peer):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[dict[str, Any]] = []
         await hub.subscribe(channel, got.append)
         await asyncio.sleep(self.subscribe_settle if peer is not None else 0)
         for n in range(5):
@@ -154,7 +157,8 @@ class ConfirmationHubContract:
         assert got == [{"n": n} for n in range(5)]
 
     async def test_a_subscription_is_told_only_what_is_published_after_it(self, hub, peer):
-        channel, got = _name("chan"), []
+        channel = _name("chan")
+        got: list[dict[str, Any]] = []
         await (peer or hub).publish(channel, {"n": "before"})
         await hub.subscribe(channel, got.append)
         await asyncio.sleep(self.subscribe_settle if peer is not None else 0)

@@ -7,8 +7,8 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from tornado_signin.errors import ConfigError, HubUnavailableError
 from tornado_signin.hub import Callback, ConfirmationHub, Message, SessionRecord, Subscription
@@ -24,10 +24,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra path of load_hub
     raise ImportError("the redis hub needs redis-py: pip install 'tornado-signin[redis]'", name="redis") from exc
 
-# As redis-py chooses: asyncio.timeout is broken before 3.11.3, where redis-py requires async-timeout.
-if sys.version_info >= (3, 11, 3):
+if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
-else:  # pragma: no cover - older Pythons
+else:  # pragma: no cover - Python 3.10, where redis-py depends on async-timeout
     from async_timeout import timeout as _deadline
 
 from .envelope import Envelopes
@@ -70,14 +69,16 @@ class _Turns:
         self._semaphore = asyncio.Semaphore(size)
         self.timeout = timeout
 
-    async def run(self, command: Coroutine[Any, Any, T]) -> T:
-        """Await ``command`` in its turn; raise TimeoutError past the deadline, or what it raises."""
+    async def run(self, command: Awaitable[T]) -> T:
+        """Await ``command`` (a coroutine) in its turn; raise TimeoutError past the deadline, or what it raises."""
         try:
             async with _deadline(self.timeout):
                 async with self._semaphore:
                     return await command
         finally:
-            command.close()  # never started if the deadline passed in the queue: no "never awaited" warning
+            close = getattr(command, "close", None)
+            if close is not None:
+                close()  # never started if the deadline passed in the queue: no "never awaited" warning
 
 
 class _RedisSubscription(Subscription):
@@ -267,8 +268,10 @@ class RedisHub(ConfirmationHub):
         self._wake.clear()
         channels = list(self._subscribers)
         if catch_up and channels:
-            raws = await self._command(self._redis.mget([self._last_key(channel) for channel in channels]))
-            for channel, raw in zip(channels, raws):
+            # decode_responses: replies are str.
+            raws = cast("list[str | None]",
+                        await self._command(self._redis.mget([self._last_key(channel) for channel in channels])))
+            for channel, raw in zip(channels, raws, strict=True):
                 found = None if raw is None or self._envelopes.is_own(raw) else self._envelopes.unwrap(raw)
                 if found is not None:
                     await self._dispatch(channel, *found)
@@ -407,7 +410,7 @@ class RedisHub(ConfirmationHub):
         raw = self._outbox.record(channel)
         if raw is None:
             try:
-                raw = await self._command(self._redis.get(self._last_key(channel)))
+                raw = cast("str | None", await self._command(self._redis.get(self._last_key(channel))))
             except _FAILURES as exc:
                 self._mark_down(exc)
                 return None

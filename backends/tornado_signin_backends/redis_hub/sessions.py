@@ -53,7 +53,7 @@ class SessionRecords:
         if not sids:
             return []
         raws = await self._client.mget([self._key(sid) for sid in sids])
-        gone = [sid for sid, raw in zip(sids, raws) if raw is None]
+        gone = [sid for sid, raw in zip(sids, raws, strict=True) if raw is None]
         if gone:
             await self._client.srem(index, *gone)
         records = [r for r in map(SessionRecord.from_json, raws) if r is not None and r.sub == sub]
@@ -83,7 +83,7 @@ class SessionRecords:
         keys = [self._key(sid) for sid in sids]
         raws = await self._client.mget(keys)
         doomed, gone = [], []
-        for sid, key, raw in zip(sids, keys, raws):
+        for sid, key, raw in zip(sids, keys, raws, strict=True):
             record = SessionRecord.from_json(raw)
             if record is None:
                 gone.append(sid)

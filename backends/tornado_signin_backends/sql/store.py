@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -35,6 +36,10 @@ _MAX_ATTEMPTS = 6
 _PAGE_SIZE = 500
 
 T = TypeVar("T")
+
+
+def _all(query: Any, conn: Connection) -> Any:
+    return conn.execute(query).all()
 
 
 class SQLTokenStore(TokenStore):
@@ -311,7 +316,7 @@ class SQLTokenStore(TokenStore):
             if last is not None:
                 query = query.where(table.c.sub > last)
             with self._translate("list records"):
-                rows = self._run(lambda conn: conn.execute(query).all(), write=False)
+                rows = self._run(functools.partial(_all, query), write=False)
             for row in rows:
                 yield record_from_row(row)
             if len(rows) < _PAGE_SIZE:
