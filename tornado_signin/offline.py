@@ -15,6 +15,11 @@ through the store's merge (a rotated refresh token included).
 * Retryable failures (5xx, timeouts) are retried with backoff, then raised
   as GoogleUnavailableError.
 
+* :meth:`OfflineAccess.credentials_for_all` is the bulk job: every stored
+  user (or the ones given) on one IOLoop, at most ``concurrency`` refreshes
+  in flight, each user's outcome yielded as it completes, one user's failure
+  never stopping the others.
+
 For scripts, :func:`tornado_signin.scripts.get_credentials` and
 :func:`tornado_signin.scripts.authorized_session` wrap the same code path
 without an IOLoop of their own.
@@ -24,19 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
 
 from .errors import (
+    ClientConfigError,
     ConsentRequiredError,
     GrantRevokedError,
     GoogleUnavailableError,
     InvalidGrantError,
     MissingScopeError,
+    SigninError,
     UnknownUserError,
 )
 from .google import GoogleClient, normalize_scopes
@@ -47,7 +56,7 @@ from .signin import record_from_tokens
 from .store import TokenRecord, TokenStore
 from .workers import WorkerPool
 
-__all__ = ["OfflineAccess", "REFRESH_MARGIN"]
+__all__ = ["OfflineAccess", "OfflineOutcome", "REFRESH_MARGIN"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,33 @@ log = logging.getLogger(__name__)
 #: out are ``valid`` in google-auth's eyes too.
 REFRESH_MARGIN = 300.0
 REFRESH_RETRY_DELAYS = (0.2, 1.0, 3.0)
+#: Records read per worker call while :meth:`OfflineAccess.credentials_for_all` walks the store.
+BULK_PAGE = 256
+
+T = TypeVar("T")
+#: How a blocking store call leaves the IOLoop (the worker pool's ``run``, or a bounded wrapper of it).
+Runner = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class OfflineOutcome:
+    """One user's outcome in :meth:`OfflineAccess.credentials_for_all`.
+
+    Exactly one of ``credentials`` and ``error`` is set. ``user`` is the
+    stored ``sub`` when the user was found, else what the caller passed;
+    ``refreshed`` says whether a refresh (persisted through the store's
+    merge) was needed.
+    """
+
+    user: str
+    credentials: Credentials | None = None
+    error: SigninError | None = None
+    refreshed: bool = False
+
+
+def _valid_for(record: TokenRecord, min_valid: float) -> bool:
+    """Return True when ``record``'s stored access token is valid for ``min_valid`` seconds more."""
+    return bool(record.access_token) and (record.access_token_expiry or 0) - time.time() > min_valid
 
 
 def _require_active(record: TokenRecord) -> None:
@@ -115,12 +151,17 @@ class OfflineAccess:
         access token stored — or Google answered invalid_grant),
         GoogleUnavailableError.
         """
-        record = await self.find(user)
+        return await self._fresh(await self.find(user), min_valid=min_valid, force=force)
+
+    async def _fresh(self, record: TokenRecord, *, min_valid: float = REFRESH_MARGIN, force: bool = False,
+                     run: Runner | None = None) -> TokenRecord:
+        """:meth:`fresh_record` for a record already read; blocking calls go through ``run``."""
+        run = run or self.workers.run
         # A stored access token is handed out only while the record is active:
         # once the grant is revoked (or was never offline), Google has most
         # likely ended that token too, and the caller must learn it now.
         _require_active(record)
-        if not force and record.access_token and (record.access_token_expiry or 0) - time.time() > min_valid:
+        if not force and _valid_for(record, min_valid):
             return record
         pending = self._refreshing.get(record.sub)
         if pending is not None:
@@ -133,11 +174,11 @@ class OfflineAccess:
             # forgotten meanwhile, nor land on a grant ended meanwhile.
             try:
                 async with self.grants.hold(record.sub):
-                    current = await self.workers.run(self.store.get, record.sub)
+                    current = await run(self.store.get, record.sub)
                     if current is None:
                         raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
                     _require_active(current)
-                    result = await self._refresh(current)
+                    result = await self._refresh(current, run)
             except GrantRevokedError:
                 # Told once the lease is released: a slow hook must not hold up the user's sign-ins.
                 await self.hooks.revoked(Revoked(sub=record.sub, reason="invalid_grant", grant_revoked=True))
@@ -153,7 +194,7 @@ class OfflineAccess:
         finally:
             del self._refreshing[record.sub]
 
-    async def _refresh(self, record: TokenRecord) -> TokenRecord:
+    async def _refresh(self, record: TokenRecord, run: Runner) -> TokenRecord:
         assert record.refresh_token is not None
         for attempt, delay in enumerate((*self.retry_delays, None)):
             sent_at = time.time()
@@ -165,8 +206,8 @@ class OfflineAccess:
                 # stored while the refresh was in flight, it stays usable. And the
                 # mark is dated when the request left: a token Google issued after
                 # that (a new consent waiting to be stored) outranks it.
-                marked = await self.workers.run(self.store.mark_revoked, record.sub, sent_at,
-                                                if_refresh_token=record.refresh_token)
+                marked = await run(self.store.mark_revoked, record.sub, sent_at,
+                                   if_refresh_token=record.refresh_token)
                 if marked:
                     log.warning("refresh token rejected (invalid_grant); the grant is marked revoked")
                 else:
@@ -185,7 +226,7 @@ class OfflineAccess:
             incoming = record_from_tokens(record.sub, None, tokens)
             if not tokens.scopes:
                 incoming = incoming.replace(scopes=record.scopes)
-            return await self.workers.run(self.store.save, incoming)
+            return await run(self.store.save, incoming)
         raise AssertionError("unreachable")
 
     def _credentials(self, record: TokenRecord) -> Credentials:
@@ -218,7 +259,8 @@ class OfflineAccess:
         missing = normalize_scopes(tuple(required_scopes)) - normalize_scopes(record.scopes)
         if missing:
             raise MissingScopeError(missing)
-        return self._credentials(await self.fresh_record(user, min_valid=min_valid))
+        # The record just read serves the freshness check (one store read less than fresh_record).
+        return self._credentials(await self._fresh(record, min_valid=min_valid))
 
     async def call_userinfo(self, user: str) -> dict[str, Any]:
         """Call Google's userinfo API for ``user`` with stored credentials (the offline path end to end)."""
@@ -229,6 +271,124 @@ class OfflineAccess:
             # The access token died early (revoked at Google): refresh once.
             record = await self.fresh_record(user, force=True)
             return await self.google.userinfo(record.access_token or "")
+
+    # -- the bulk job -------------------------------------------------------------------
+
+    async def credentials_for_all(self, users: Iterable[str] | None = None, *, concurrency: int = 64,
+                                  required_scopes: Iterable[str] = (),
+                                  min_valid: float = REFRESH_MARGIN) -> AsyncIterator[OfflineOutcome]:
+        """Yield an :class:`OfflineOutcome` for each of ``users`` (subs or emails; None: every stored user),
+        in the order they complete: valid Credentials, refreshed and persisted as :meth:`credentials` does, or
+        the user's error.
+
+        At most ``concurrency`` users are in progress at once, and the job's
+        blocking store calls take at most half of the worker pool, so a job
+        run inside a server leaves room for its sign-ins. One user's
+        ConsentRequiredError (revoked, expired, never offline),
+        MissingScopeError, UnknownUserError, GoogleUnavailableError (after
+        the retries), StorageError or OverloadedError is that user's outcome
+        and the job goes on. Raise ClientConfigError (Google refused this
+        client: every user would fail), StorageError when the store cannot be
+        listed, and ValueError for ``concurrency`` < 1.
+        With ``users`` None the store is read page by page (each record once,
+        and again under its grant lease only when it needs a refresh); a
+        record's access token valid for ``min_valid`` seconds more is handed
+        out without a refresh. Leaving the loop early cancels the users in
+        progress.
+
+        Example (a nightly job: every user's Drive files, 64 refreshes in flight)::
+
+            from tornado_signin.config import load_config
+            from tornado_signin.scripts import run_offline
+
+            async def job(offline):
+                done = failed = 0
+                async for outcome in offline.credentials_for_all(concurrency=64,
+                                                                 required_scopes=["drive.readonly"]):
+                    if outcome.error is not None:
+                        failed += 1  # the user must sign in again (or Google was down)
+                    else:
+                        done += 1
+                        sync_drive(outcome.user, outcome.credentials)  # your code
+                    if (done + failed) % 1000 == 0:
+                        print(f"{done} users done, {failed} failed")
+                return done, failed
+
+            done, failed = run_offline(load_config("config.yaml"), job)
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        wanted = normalize_scopes(tuple(required_scopes))
+        slots = asyncio.Semaphore(max(1, self.workers.capacity // 2))
+
+        async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+            async with slots:
+                return await self.workers.run(fn, *args, **kwargs)
+
+        gate = asyncio.Semaphore(concurrency)
+        done: asyncio.Queue[OfflineOutcome | BaseException] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(user: str, record: TokenRecord | None) -> None:
+            try:
+                done.put_nowait(await self._bulk_one(user, record, wanted, min_valid, run))
+            except Exception as exc:  # a bug or ClientConfigError: handed to the loop below, which raises it
+                done.put_nowait(exc)
+            finally:
+                gate.release()
+
+        started = 0
+        try:
+            async for user, record in self._bulk_source(users, run):
+                await gate.acquire()
+                task = asyncio.create_task(one(user, record))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                started += 1
+                while not done.empty():
+                    started -= 1
+                    yield _outcome(done.get_nowait())
+            while started:
+                started -= 1
+                yield _outcome(await done.get())
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _bulk_source(self, users: Iterable[str] | None,
+                           run: Runner) -> AsyncIterator[tuple[str, TokenRecord | None]]:
+        """Yield (user, its record read from the store, or None: look it up) for the bulk job."""
+        if users is not None:
+            for user in users:
+                yield user, None
+            return
+        records: Iterator[TokenRecord] = iter(self.store.records())
+        while True:
+            # The store's iterator is resumed by one worker at a time, page by page.
+            page = await run(lambda: list(itertools.islice(records, BULK_PAGE)))
+            for record in page:
+                yield record.sub, record
+            if len(page) < BULK_PAGE:
+                return
+
+    async def _bulk_one(self, user: str, record: TokenRecord | None, wanted: frozenset[str], min_valid: float,
+                        run: Runner) -> OfflineOutcome:
+        try:
+            if record is None:
+                record = await run(self._find_blocking, user)
+            user = record.sub
+            missing = wanted - normalize_scopes(record.scopes)
+            if missing:
+                raise MissingScopeError(missing)
+            refreshed = not _valid_for(record, min_valid)
+            fresh = await self._fresh(record, min_valid=min_valid, run=run)
+        except ClientConfigError:
+            raise
+        except SigninError as exc:
+            return OfflineOutcome(user, error=exc)
+        return OfflineOutcome(user, credentials=self._credentials(fresh), refreshed=refreshed)
 
     # -- revocation --------------------------------------------------------------------
 
@@ -273,3 +433,9 @@ class OfflineAccess:
                 log.warning("revoke failed (attempt %d), retrying: %s", attempt + 1, exc)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _outcome(item: OfflineOutcome | BaseException) -> OfflineOutcome:
+    if isinstance(item, BaseException):
+        raise item
+    return item

@@ -39,6 +39,11 @@ class WorkerPool:
         return self._in_flight
 
     @property
+    def capacity(self) -> int:
+        """Return how many calls may be running or queued at once (threads plus queue slots)."""
+        return self._capacity
+
+    @property
     def saturated(self) -> bool:
         """Return True when a call now would be refused (every worker and queue slot taken)."""
         return self._in_flight >= self._capacity

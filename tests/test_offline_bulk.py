@@ -1,0 +1,143 @@
+"""The offline bulk job: OfflineAccess.credentials_for_all (issue 16), against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from harness import CLIENT_ID, start_stack
+from tornado_signin.emulator import TestAccount
+from tornado_signin.errors import ConsentRequiredError, MissingScopeError, UnknownUserError
+from tornado_signin.offline import OfflineAccess
+from tornado_signin.store import TokenRecord
+from tornado_signin.workers import WorkerPool
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+SCOPE = "openid email profile"
+
+
+@pytest.fixture
+def stack(io_loop):
+    stack = io_loop.run_sync(start_stack)
+    stack.ctx.offline.retry_delays = (0.01, 0.01, 0.01)
+    yield stack
+    io_loop.run_sync(stack.close)
+
+
+def seed(stack, count: int, *, expired: bool = True) -> list[str]:
+    """Store ``count`` new users with a live offline grant at the emulator; return their subs."""
+    state = stack.emulator.state
+    first = len(state.accounts)
+    accounts = tuple(TestAccount(f"bulk{i}@example.com", f"Bulk {i}", f"3{i:020d}") for i in range(first, first + count))
+    state.accounts = state.accounts + accounts
+    client = state.client(CLIENT_ID)
+    now = time.time()
+    for account in accounts:
+        issued = state.exchange_code(client, stack.mint(account.email, SCOPE, prompt="consent"), "postmessage")
+        stack.store.save(TokenRecord(
+            sub=account.sub, email=account.email, refresh_token=issued.refresh_token, refresh_token_issued_at=now,
+            access_token=issued.access_token, access_token_issued_at=now,
+            access_token_expiry=now - 10 if expired else now + 3000, scopes=issued.scopes))
+    return [account.sub for account in accounts]
+
+
+async def collect(offline: OfflineAccess, users=None, **kw) -> dict:
+    return {outcome.user: outcome async for outcome in offline.credentials_for_all(users, **kw)}
+
+
+async def test_every_stored_user_gets_credentials_and_one_failure_does_not_stop_the_job(stack):
+    expired = seed(stack, 5)
+    valid = seed(stack, 2, expired=False)
+    revoked = expired[2]
+    stack.emulator.state.revoke_grant(CLIENT_ID, revoked)
+    before = {sub: stack.store.get(sub) for sub in expired + valid}
+
+    outcomes = await collect(stack.ctx.offline, concurrency=3)
+
+    assert set(outcomes) == set(expired + valid)
+    assert isinstance(outcomes[revoked].error, ConsentRequiredError) and outcomes[revoked].credentials is None
+    assert stack.store.get(revoked).state == "revoked"
+    for sub in set(expired) - {revoked}:
+        outcome, stored = outcomes[sub], stack.store.get(sub)
+        assert outcome.error is None and outcome.refreshed and outcome.credentials.valid
+        # Persisted through the store's merge: the new access token, the refresh token kept.
+        assert outcome.credentials.token == stored.access_token != before[sub].access_token
+        assert stored.refresh_token == before[sub].refresh_token
+    for sub in valid:
+        assert not outcomes[sub].refreshed and outcomes[sub].credentials.token == before[sub].access_token
+    assert stack.emulator.stats["token.refresh_token"] == 5  # the valid ones were not refreshed
+
+
+async def test_at_most_concurrency_refreshes_are_in_flight(stack):
+    subs = seed(stack, 8)
+    google = stack.ctx.offline.google
+    original, flying, most = google.refresh, 0, 0
+
+    async def counted(*args, **kwargs):
+        nonlocal flying, most
+        flying += 1
+        most = max(most, flying)
+        try:
+            await asyncio.sleep(0.05)
+            return await original(*args, **kwargs)
+        finally:
+            flying -= 1
+
+    google.refresh = counted
+    outcomes = await collect(stack.ctx.offline, concurrency=3)
+    assert len(outcomes) == 8 and all(o.error is None for o in outcomes.values())
+    assert most == 3
+    assert set(outcomes) == set(subs)
+
+
+async def test_a_small_worker_pool_is_waited_for_not_overloaded(stack):
+    # 40 users in flight on a pool of 1 thread and 1 queue slot: the job waits for room instead of
+    # failing users with OverloadedError (a bare gather of credentials() would).
+    subs = seed(stack, 40)
+    ctx = stack.ctx
+    workers = WorkerPool(1, 1)
+    try:
+        offline = OfflineAccess(ctx.store, ctx.google, workers, retry_delays=(0.01,))
+        outcomes = await collect(offline, concurrency=40)
+    finally:
+        workers.shutdown()
+    assert {sub: outcomes[sub].error for sub in subs} == {sub: None for sub in subs}
+
+
+async def test_given_users_by_sub_or_email_and_unknown_ones(stack):
+    first, second = seed(stack, 2)
+    outcomes = await collect(stack.ctx.offline, [first, stack.store.get(second).email, "nobody@example.com"])
+    assert outcomes[first].credentials.valid and outcomes[second].credentials.valid  # the email named its sub
+    assert isinstance(outcomes["nobody@example.com"].error, UnknownUserError)
+
+
+async def test_missing_scope_is_the_users_outcome(stack):
+    (sub,) = seed(stack, 1)
+    outcomes = await collect(stack.ctx.offline, required_scopes=["drive.appdata"])
+    assert isinstance(outcomes[sub].error, MissingScopeError)
+    assert stack.emulator.stats["token.refresh_token"] == 0
+
+
+async def test_closing_the_iterator_early_cancels_the_users_in_progress(stack):
+    (valid,) = seed(stack, 1, expired=False)
+    seed(stack, 5)
+    stack.emulator.faults.add("token.refresh_token", "delay", count=-1, seconds=5)
+    offline = stack.ctx.offline
+    began = time.monotonic()
+    async with contextlib.aclosing(offline.credentials_for_all([valid, *[r.sub for r in stack.store.records()
+                                                                         if r.sub != valid]])) as outcomes:
+        async for outcome in outcomes:
+            assert outcome.user == valid and not outcome.refreshed
+            assert offline._refreshing  # the others are in flight
+            break
+    assert offline._refreshing == {}  # cancelled, not waited for
+    assert time.monotonic() - began < 2
+
+
+async def test_concurrency_below_one_is_refused(stack):
+    with pytest.raises(ValueError, match="concurrency"):
+        await collect(stack.ctx.offline, concurrency=0)
