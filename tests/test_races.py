@@ -72,6 +72,26 @@ async def test_new_user_two_tabs_the_tab_with_the_refresh_token_answers_late(sta
     assert_logs_clean(stack)
 
 
+async def test_new_user_two_tabs_of_one_browser_both_sign_in(stack):
+    """Two tabs of one browser share its session: their code POSTs are completed one after the other, so the
+    tab without a refresh token finds the other's stored and nobody revokes the grant."""
+    from harness import PageClient
+
+    tab1 = stack.client()
+    await tab1.fetch("/")
+    tab2 = PageClient(stack.app_url, stack.app_url)
+    tab2.cookies = dict(tab1.cookies)  # the same browser: one cookie jar
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)
+    late(stack, "token.authorization_code", after=True)
+    first = asyncio.ensure_future(tab1.post_code(code1))
+    await asyncio.sleep(HEAD_START)
+    second = await tab2.post_code(code2)
+    answer = await first
+    assert (answer.code, second.code) == (200, 200), (answer.body, second.body)
+    assert not stack.emulator.grant_revoked(CLIENT_ID, ALICE), "the grant was revoked while a sign-in was in flight"
+    assert await stored_refresh_token_works(stack, sub_of(stack))
+
+
 async def test_new_user_two_tabs_the_tab_without_refresh_token_answers_late(stack):
     tab1, tab2 = stack.client(), stack.client()
     code1, code2 = stack.mint(ALICE), stack.mint(ALICE)

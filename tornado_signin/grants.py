@@ -14,8 +14,11 @@ store's conditional writes (:meth:`~tornado_signin.store.TokenStore.mark_revoked
   in: the delete applies only to the refresh token that was revoked.
 
 :class:`GrantGuard` serialises, per ``sub``, what follows an exchange (save,
-decide, revoke) and every revoke of the server (disconnect, CLI ``revoke``),
-through a hub lease (:meth:`~tornado_signin.hub.ConfirmationHub.acquire_lease`).
+decide, revoke), every refresh and every revoke of the server (disconnect,
+CLI ``revoke``), through a hub lease
+(:meth:`~tornado_signin.hub.ConfirmationHub.acquire_lease`); and the code
+POSTs of one browser session (two tabs), whole, exchange included: the sub of
+an exchange in flight is unknown until Google answers, the session is not.
 Whoever revokes a grant leaves a note in the hub (the time the revoke
 ended, kept :attr:`~tornado_signin.hub.ConfirmationHub.record_ttl` seconds on the
 channel ``grant-revoked:<sub>``, which no browser session can name). A sign-in
@@ -81,9 +84,25 @@ class GrantGuard:
             return self._leases.release(key, token)
         return await self.hub.release_lease(key, token)
 
+    def hold(self, sub: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold ``sub``'s grant lease for the block; yield True when held, False when it could not be had.
+
+        See :meth:`hold_key`.
+        """
+        return self.hold_key(f"grant:{sub}")
+
+    def hold_session(self, sid: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the sign-in lease of browser session ``sid`` (its code POSTs, one at a time); see :meth:`hold_key`.
+
+        Two tabs of one browser share its session: the second tab's sign-in
+        then starts after the first one's is stored, so it finds the refresh
+        token the first one brought instead of revoking the grant under it.
+        """
+        return self.hold_key(f"signin-session:{sid}")
+
     @contextlib.asynccontextmanager
-    async def hold(self, sub: str) -> AsyncIterator[bool]:
-        """Hold ``sub``'s lease for the block; yield True when held, False when it could not be had.
+    async def hold_key(self, key: str) -> AsyncIterator[bool]:
+        """Hold the lease ``key`` for the block; yield True when held, False when it could not be had.
 
         Waits up to :attr:`wait` seconds for another holder (polling with a
         growing pause, at most 0.1 s). False means the hub did not answer or
@@ -92,7 +111,6 @@ class GrantGuard:
         its log. The lease is released at the end of the block, even on an
         error or a cancellation.
         """
-        key = f"grant:{sub}"
         deadline = time.monotonic() + self.wait
         pause = 0.005
         token: str | None = None
@@ -107,7 +125,7 @@ class GrantGuard:
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(pause * 2, 0.1)
         if token is None:
-            log.warning("could not hold the user's grant lease: going on without it (no grant is revoked)")
+            log.warning("could not hold a grant lease: going on without it (no grant is revoked)")
         try:
             yield token is not None
         finally:

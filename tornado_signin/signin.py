@@ -111,7 +111,7 @@ class SigninService:
             return merged
         raise AssertionError("unreachable")
 
-    async def complete(self, code: str) -> SigninOutcome:
+    async def complete(self, code: str, *, session_id: str | None = None) -> SigninOutcome:
         """Exchange ``code`` and store the user's tokens.
 
         Return CONSENT_REQUIRED (after revoking the stale grant at Google,
@@ -120,8 +120,18 @@ class SigninService:
         (exchange), TokenVerificationError, SigninBlockedError (a security
         event blocks this user), StorageError or OverloadedError;
         the code is spent once the exchange was attempted, so nothing here
-        retries it.
+        retries it. ``session_id`` (the browser session that posted the code)
+        makes the sign-ins of one session run one at a time.
         """
+        if session_id is None:
+            return await self._complete(code)
+        # One browser session's code POSTs (its tabs) one at a time, exchange
+        # included: the first tab's refresh token is stored before the second
+        # tab decides whether the grant needs revoking.
+        async with self.grants.hold_session(session_id):
+            return await self._complete(code)
+
+    async def _complete(self, code: str) -> SigninOutcome:
         started = time.perf_counter()
         exchange_started = self.grants.clock()
         tokens = await self.google.exchange_code(code)

@@ -168,7 +168,7 @@ class StoreAuthCodeHandler(BaseHandler):
     async def _complete(self, session: Session, code: str) -> None:
         ctx = self.ctx
         try:
-            outcome = await ctx.signin.complete(code)
+            outcome = await ctx.signin.complete(code, session_id=session.sid)
         except (TokenVerificationError, GoogleError, StorageError, OverloadedError, SigninBlockedError) as exc:
             await self._failed(session, exc)
             return
