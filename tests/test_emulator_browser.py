@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -32,6 +33,32 @@ HOST_PAGE = """<!DOCTYPE html>
       error_callback: function (e) {{ results.push({{error_callback: e}}); }}
     }}).requestCode();
   }}
+  function gisIgnored() {{
+    // prompt and nonce are not CodeClientConfig fields, and requestCode takes no arguments: Google ignores them.
+    google.accounts.oauth2.initCodeClient({{
+      client_id: "{client_id}", scope: "openid email", ux_mode: "popup", state: "s-2", prompt: "consent", nonce: "n-1",
+      callback: function (r) {{ results.push({{callback: r}}); }}
+    }}).requestCode({{scope: "openid email profile", prompt: "consent", state: "other"}});
+  }}
+  function gapiMore() {{
+    gapi.load("auth2", function () {{
+      // login_hint is not a ClientConfig field; the options' scope is what is asked for.
+      var auth = gapi.auth2.init({{client_id: "{client_id}", scope: "openid email", login_hint: "bob@gmail.com"}});
+      auth.then(function () {{
+        auth.grantOfflineAccess({{scope: "openid https://www.googleapis.com/auth/drive.appdata",
+                                  login_hint: "bob@gmail.com", redirect_uri: "https://evil.example/"}}).then(
+          function (r) {{ results.push({{resolved: r}}); }},
+          function (e) {{ results.push({{rejected: e}}); }});
+      }});
+    }});
+  }}
+  function gapiInit() {{
+    gapi.load("auth2", function () {{
+      gapi.auth2.init({{client_id: "{client_id}", scope: "openid email"}}).then(
+        function () {{ results.push({{initialized: true}}); }},
+        function (reason) {{ results.push({{initFailed: reason}}); }});
+    }});
+  }}
   function gapiGrant() {{
     gapi.load("auth2", function () {{
       var auth = gapi.auth2.init({{client_id: "{client_id}", scope: "openid email"}});
@@ -43,7 +70,9 @@ HOST_PAGE = """<!DOCTYPE html>
     }});
   }}
 </script></head>
-<body><button id="gis" onclick="gis()">GIS</button><button id="gapi" onclick="gapiGrant()">gapi</button></body></html>
+<body><button id="gis" onclick="gis()">GIS</button><button id="gapi" onclick="gapiGrant()">gapi</button>
+<button id="gisIgnored" onclick="gisIgnored()">GIS ignored</button><button id="gapiMore" onclick="gapiMore()">gapi more</button>
+<button id="gapiInit" onclick="gapiInit()">gapi init</button></body></html>
 """
 
 
@@ -123,9 +152,9 @@ def test_gis_code_client_delivers_a_working_code(page, host_and_emulator):
     popup.click("#approve")
     (answer,) = results(page)
     response = answer["callback"]
+    # Only CodeResponse's fields (@types/google.accounts): no authuser, prompt or hd.
+    assert set(response) == {"code", "scope", "state"}
     assert response["state"] == "s-1"
-    assert response["authuser"] == "0"
-    assert response["prompt"] in ("consent", "none")
     assert "openid" in response["scope"].split()
     body = exchange(emulator, response["code"]).json()
     assert body["id_token"] and body["access_token"].startswith("ya29.")
@@ -157,7 +186,50 @@ def test_gapi_onload_and_grant_offline_access(page, host_and_emulator):
     assert "access_type=offline" in popup.url
     popup.click("#approve")
     (answer,) = results(page)
+    assert set(answer["resolved"]) == {"code"}  # grantOfflineAccess resolves {code} (@types/gapi.auth2)
     assert exchange(emulator, answer["resolved"]["code"]).status_code == 200
+
+
+def test_gis_ignores_what_codeclientconfig_does_not_have_and_requestcode_arguments(page):
+    popup = open_popup(page, "#gisIgnored")
+    query = parse_qs(urlsplit(popup.url).query)
+    assert "prompt" not in query and "nonce" not in query
+    assert query["scope"] == ["openid email"] and query["state"] == ["s-2"]
+    popup.click("#approve")
+    (answer,) = results(page)
+    assert set(answer["callback"]) == {"code", "scope", "state"} and answer["callback"]["state"] == "s-2"
+
+
+def test_gapi_honours_only_gapis_options_and_asks_for_exactly_the_options_scope(page):
+    page.wait_for_function("window.gapiLoaded === true", polling=100, timeout=10000)
+    popup = open_popup(page, "#gapiMore")
+    query = parse_qs(urlsplit(popup.url).query)
+    # No base scopes added silently, no login_hint (neither ClientConfig nor OfflineAccessOptions has one).
+    assert query["scope"] == ["openid https://www.googleapis.com/auth/drive.appdata"]
+    assert "login_hint" not in query and query["redirect_uri"] == ["postmessage"]
+    popup.click("#approve")
+    (answer,) = results(page)
+    assert set(answer["resolved"]) == {"code"}
+
+
+def test_gapi_init_fails_with_the_emulators_switch(browser, host_and_emulator):
+    host_origin, emulator = host_and_emulator
+    settings = emulator.base_url + "/emulator/settings"
+    assert requests.post(settings, json={"gapi_init_error": "idpiframe_initialization_failed"}, timeout=10).ok
+    context = browser.new_context()
+    try:
+        tab = context.new_page()
+        tab.goto(host_origin + "/")
+        tab.wait_for_function("window.gapiLoaded === true", polling=100, timeout=10000)
+        tab.click("#gapiInit")
+        (answer,) = results(tab)
+        reason = answer["initFailed"]
+        assert reason["error"] == "idpiframe_initialization_failed" and reason["details"]
+    finally:
+        context.close()
+        requests.post(settings, json={"gapi_init_error": ""}, timeout=10)
+    bad = requests.post(settings, json={"gapi_init_error": "<script>"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
 
 
 def test_gapi_deny_rejects(page):

@@ -58,6 +58,9 @@ answers all of them; an unknown name or a bad value is a 400;
     rotate_refresh_tokens  bool (default false): a refresh returns a new refresh token and the
                            old one answers invalid_grant from then on
     issuer_without_scheme  bool (default false): ID tokens say ``iss: accounts.google.com``
+    gapi_init_error        "" (default) or an error code: /js/platform.js's gapi.auth2.init fails with it
+                           (``idpiframe_initialization_failed``, what Google answers for a client id
+                           created after July 2022), so a page's handling of that failure is testable
 
 Drive v3 (:mod:`.drive`): a few fake files per test account and an app data
 folder per client; what a token sees follows its scopes (``drive.appdata``

@@ -13,6 +13,7 @@ import collections
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +38,7 @@ __all__ = ["Emulator", "start_emulator", "GOOGLE_ISSUER"]
 log = logging.getLogger(__name__)
 
 
-_SETTINGS = ("rotate_refresh_tokens", "access_token_ttl", "code_ttl", "issuer_without_scheme")
+_SETTINGS = ("rotate_refresh_tokens", "access_token_ttl", "code_ttl", "issuer_without_scheme", "gapi_init_error")
 
 
 def _load_templates() -> tornado.template.DictLoader:
@@ -123,6 +124,8 @@ class Emulator:
         self.stats: collections.Counter[str] = collections.Counter()
         self.templates = _load_templates()
         self.issuer_without_scheme = False
+        #: The error platform.js's gapi.auth2.init reports ("" = init succeeds); not persisted.
+        self.gapi_init_error = ""
         self._defaults = {"code_ttl": code_ttl, "access_token_ttl": access_token_ttl}
         self._base_url: str | None = None
         self.base_url = base_url
@@ -261,7 +264,7 @@ class Emulator:
         """Clear the stats, the faults and the switches (grants, codes and tokens stay)."""
         self.stats.clear()
         self.faults.clear()
-        self.configure(rotate_refresh_tokens=False, issuer_without_scheme=False, **self._defaults)
+        self.configure(rotate_refresh_tokens=False, issuer_without_scheme=False, gapi_init_error="", **self._defaults)
 
     def grant_revoked(self, client_id: str, email_or_sub: str) -> bool:
         """Return True when that user has no live grant for ``client_id`` (revoked, or never given)."""
@@ -281,6 +284,7 @@ class Emulator:
             "access_token_ttl": self.state.access_token_ttl,
             "code_ttl": self.state.code_ttl,
             "issuer_without_scheme": self.issuer_without_scheme,
+            "gapi_init_error": self.gapi_init_error,
         }
 
     def configure(
@@ -290,6 +294,7 @@ class Emulator:
         access_token_ttl: float | None = None,
         code_ttl: float | None = None,
         issuer_without_scheme: bool | None = None,
+        gapi_init_error: str | None = None,
     ) -> dict[str, Any]:
         """Change the given switches; return all of them.
 
@@ -297,7 +302,11 @@ class Emulator:
         token and the old one stops working. ``access_token_ttl`` /
         ``code_ttl``: lifetimes in seconds for tokens and codes issued from
         now on. ``issuer_without_scheme``: ID tokens say
-        ``iss: accounts.google.com``. Raise TypeError/ValueError for a bad value.
+        ``iss: accounts.google.com``. ``gapi_init_error``: platform.js's
+        ``gapi.auth2.init(...).then(ok, fail)`` calls ``fail({error, details})``
+        with this error (``"idpiframe_initialization_failed"``, what Google
+        answers for a client id created after July 2022); ``""`` lets init
+        succeed. Raise TypeError/ValueError for a bad value.
         """
         for name, value, kind in (
             ("rotate_refresh_tokens", rotate_refresh_tokens, bool),
@@ -305,6 +314,9 @@ class Emulator:
         ):
             if value is not None and not isinstance(value, kind):
                 raise TypeError(f"{name}: expected a boolean")
+        if gapi_init_error is not None and (not isinstance(gapi_init_error, str)
+                                            or not re.fullmatch(r"[a-z_]{0,64}", gapi_init_error)):
+            raise ValueError("gapi_init_error: expected an error code (lower case and _) or \"\"")
         for name, seconds in (("access_token_ttl", access_token_ttl), ("code_ttl", code_ttl)):
             if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                         or seconds <= 0):
@@ -313,6 +325,8 @@ class Emulator:
             self.state.rotate_refresh_tokens = rotate_refresh_tokens
         if issuer_without_scheme is not None:
             self.issuer_without_scheme = issuer_without_scheme
+        if gapi_init_error is not None:
+            self.gapi_init_error = gapi_init_error
         if access_token_ttl is not None:
             self.state.access_token_ttl = access_token_ttl
         if code_ttl is not None:

@@ -700,6 +700,7 @@ class ScriptHandler(EmulatorHandler):
                 self.template,
                 origin_json=_script_json(self.emulator_origin()),
                 onload_json=_script_json(onload),
+                init_error_json=_script_json(self.emulator.gapi_init_error),
             )
         )
 

@@ -1,26 +1,24 @@
 {% autoescape None %}/* Google Identity Services code client, as served by the tornado-signin emulator.
  *
- * Offers google.accounts.oauth2.initCodeClient(config).requestCode(overrides)
- * with Google's popup semantics: the popup answers through postMessage, and
- * only messages from the emulator's origin and from that very popup count.
+ * Offers google.accounts.oauth2.initCodeClient(config).requestCode() with
+ * Google's popup semantics: the popup answers through postMessage, and only
+ * messages from the emulator's origin and from that very popup count.
+ *
+ * Exactly Google's surface (@types/google.accounts, CodeClientConfig):
+ * options that are not CodeClientConfig fields (prompt, nonce, ...) are
+ * ignored as Google ignores them, requestCode() takes no arguments, and the
+ * callback's response has only CodeResponse's fields.
  */
 (function () {
   "use strict";
   var EMULATOR_ORIGIN = {{ origin_json }};
   var AUTH_URL = EMULATOR_ORIGIN + "/o/oauth2/v2/auth";
-  var PASSED_PARAMS = ["scope", "state", "login_hint", "hd", "prompt", "include_granted_scopes", "nonce"];
+  // CodeClientConfig fields that become parameters of the authorization request.
+  var PASSED_PARAMS = ["scope", "state", "login_hint", "hd", "include_granted_scopes"];
 
   var google = window.google = window.google || {};
   google.accounts = google.accounts || {};
   google.accounts.oauth2 = google.accounts.oauth2 || {};
-
-  function merged(config, overrides) {
-    var result = {};
-    var key;
-    for (key in config) { if (Object.prototype.hasOwnProperty.call(config, key)) { result[key] = config[key]; } }
-    for (key in overrides || {}) { if (Object.prototype.hasOwnProperty.call(overrides, key)) { result[key] = overrides[key]; } }
-    return result;
-  }
 
   function authUrl(config) {
     var params = new URLSearchParams();
@@ -34,7 +32,10 @@
       if (value === undefined || value === null || value === "") { return; }
       params.set(name, typeof value === "boolean" ? String(value) : value);
     });
-    if (!params.has("prompt") && config.select_account) { params.set("prompt", "select_account"); }
+    // Google's aliases: hint for login_hint, hosted_domain for hd.
+    if (!params.has("login_hint") && config.hint) { params.set("login_hint", config.hint); }
+    if (!params.has("hd") && config.hosted_domain) { params.set("hd", config.hosted_domain); }
+    if (config.select_account) { params.set("prompt", "select_account"); }
     return AUTH_URL + "?" + params.toString();
   }
 
@@ -47,8 +48,9 @@
     this._cleanup = null;
   }
 
-  CodeClient.prototype.requestCode = function (overrides) {
-    var config = merged(this._config, overrides);
+  // Google's requestCode takes no arguments: anything passed is ignored.
+  CodeClient.prototype.requestCode = function () {
+    var config = this._config;
     var self = this;
     if (self._cleanup) { self._cleanup(); }
     var popup = window.open(authUrl(config), "g_auth_code_window", "width=500,height=640,popup=yes");
@@ -72,10 +74,11 @@
       answered = true;
       cleanup();
       var response;
+      // Only CodeResponse's fields.
       if (data.error) {
         response = {error: data.error, error_description: data.error_description, error_uri: data.error_uri, state: data.state};
       } else {
-        response = {code: data.code, scope: data.scope, state: data.state, authuser: data.authuser, prompt: data.prompt, hd: data.hd};
+        response = {code: data.code, scope: data.scope, state: data.state};
       }
       if (typeof config.callback === "function") { config.callback(response); }
     }

@@ -3,11 +3,20 @@
  * Offers gapi.load("auth2", cb) and gapi.auth2.init({...}).grantOfflineAccess()
  * with Google's popup semantics, and calls window[onload]() when the script
  * URL carries ?onload=fnName, as Google's platform.js does.
+ *
+ * Exactly gapi's surface (@types/gapi.auth2): init honours ClientConfig's
+ * client_id, scope, fetch_basic_profile and hosted_domain;
+ * grantOfflineAccess honours OfflineAccessOptions' scope and prompt (its
+ * scope, when given, is what is asked for) and resolves {code}. With the
+ * emulator's gapi_init_error switch (/emulator/settings), init fails as
+ * Google's does for client ids created after July 2022:
+ * then(ok, fail) calls fail({error, details}).
  */
 (function () {
   "use strict";
   var EMULATOR_ORIGIN = {{ origin_json }};
   var ONLOAD = {{ onload_json }};
+  var INIT_ERROR = {{ init_error_json }};
   var AUTH_URL = EMULATOR_ORIGIN + "/o/oauth2/v2/auth";
   var BASIC_SCOPES = ["openid", "email", "profile"];
 
@@ -40,7 +49,7 @@
         if (!data || typeof data !== "object") { return; }
         answered = true;
         cleanup();
-        if (data.error) { reject({error: data.error}); } else { resolve({code: data.code, scope: data.scope}); }
+        if (data.error) { reject({error: data.error}); } else { resolve({code: data.code}); }
       }
       window.addEventListener("message", onMessage);
       timer = setInterval(function () {
@@ -65,6 +74,14 @@
 
   GoogleAuth.prototype.then = function (onInit, onError) {
     var self = this;
+    if (INIT_ERROR) {
+      return Promise.resolve().then(function () {
+        var reason = {error: INIT_ERROR, details: "Not a valid origin for the client: this client id cannot use gapi.auth2 " +
+                      "(the emulator's gapi_init_error switch)."};
+        if (typeof onError === "function") { return onError(reason); }
+        throw reason;
+      });
+    }
     // Resolve with undefined, never with the (thenable) GoogleAuth itself,
     // which would make the promise machinery call then() forever.
     return Promise.resolve().then(function () {
@@ -74,15 +91,16 @@
 
   GoogleAuth.prototype.grantOfflineAccess = function (options) {
     options = options || {};
+    if (INIT_ERROR) { return Promise.reject({error: INIT_ERROR}); }
     return openPopup({
       client_id: this._params.client_id,
-      redirect_uri: options.redirect_uri || "postmessage",
+      redirect_uri: "postmessage",
       response_type: "code",
       access_type: "offline",
-      scope: scopeString(this._scope, options.scope),
-      prompt: options.prompt || "select_account",
+      // The scopes asked for: the options' when given (a page asks for base + extra), else init's.
+      scope: options.scope ? scopeString("", options.scope) : this._scope,
+      prompt: options.prompt === "consent" ? "consent" : "select_account",
       hd: this._params.hosted_domain,
-      login_hint: options.login_hint || this._params.login_hint,
       include_granted_scopes: "true",
       origin: window.location.origin
     });
