@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
