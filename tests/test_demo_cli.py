@@ -176,3 +176,32 @@ def test_commands_take_config_from_the_environment(tmp_path):
     explicit = run(f"tornado-signin users --config {tmp_path / 'other.yaml'}",
                    TORNADO_SIGNIN_CONFIG=str(tmp_path / "nope.yaml"))
     assert explicit.returncode == 3 and "other.yaml" in explicit.stderr and "nope.yaml" not in explicit.stderr
+
+
+@pytest.mark.slow
+def test_printed_cli_line_works_when_the_script_is_not_on_path(tmp_path):
+    # ./dev demo runs .venv/bin/tornado-signin by a relative path, with the user's PATH, which lacks .venv/bin.
+    script = os.path.relpath(Path(BIN) / "tornado-signin", tmp_path)
+    bare_env = {**ENV, "PATH": os.pathsep.join(("/usr/local/bin", "/usr/bin", "/bin"))}
+    assert shutil.which("tornado-signin", path=bare_env["PATH"]) is None
+    port, emulator_port = free_port(), free_port()
+    log = open(tmp_path / "demo.log", "ab")
+    proc = subprocess.Popen([script, "serve", "--port", str(port), "--emulator-port", str(emulator_port)],
+                            cwd=tmp_path, env=bare_env, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while HINT not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline().decode(errors="replace")
+        assert HINT in line, line
+        printed = line.split(HINT, 1)[1].strip()
+        # Pasted into a shell with the same PATH, from another folder, it works as printed.
+        listed = subprocess.run(printed, shell=True, capture_output=True, text=True, env=bare_env, cwd="/",
+                                timeout=60)
+        assert listed.returncode == 0, (printed, listed.stdout, listed.stderr)
+        assert shlex.split(printed)[0] == str(Path(BIN).absolute() / "tornado-signin")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        log.close()

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -102,6 +103,23 @@ def _processes(value: str) -> int:
     return count
 
 
+def cli_command() -> str:
+    """Return the shell words that run this CLI again from the user's shell, quoted for pasting.
+
+    ``tornado-signin`` when that name on PATH is the running console script; else
+    the script's absolute path (``./dev demo`` runs ``.venv/bin/tornado-signin``,
+    which is not on PATH); ``python -m tornado_signin.cli`` when no script runs.
+    """
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix == ".py" or not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m tornado_signin.cli"
+    absolute = os.path.abspath(script)
+    on_path = shutil.which("tornado-signin")
+    if on_path is not None and os.path.samefile(on_path, absolute):
+        return "tornado-signin"
+    return shlex.quote(absolute)
+
+
 def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     from .logctx import configure_logging
     from .redact import install_redaction
@@ -144,7 +162,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
     def announce(app_url: str, emulator_url: str, config_path: Path) -> None:
         print(f"tornado-signin demo: open {app_url} (Google is played by the emulator at {emulator_url})", flush=True)
         print(f"tornado-signin demo: the CLI reaches this demo with: "
-              f"tornado-signin users --config {shlex.quote(str(config_path))}", flush=True)
+              f"{cli_command()} users --config {shlex.quote(str(config_path))}", flush=True)
 
     try:
         serve_demo(host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8080,
