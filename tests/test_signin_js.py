@@ -100,6 +100,19 @@ def _tsc_or_skip() -> Path:
     pytest.skip(reason)
 
 
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("library", ["gis", "gapi"])
+async def test_the_demo_page_calls_google_only_through_signin_js(stack, library):
+    """All of the page's calls to Google's libraries are in signin.js, the file the type check covers."""
+    stack.ctx.config = dataclasses.replace(stack.ctx.config, google=dataclasses.replace(
+        stack.ctx.config.google, client_library=library))
+    page = (await stack.client().fetch("/")).body.decode()
+    inline = "".join(re.findall(r"<script nonce=[^>]*>(.*?)</script>", page, re.S))
+    assert "TornadoSignin.mount" in inline
+    for google_call in ("google.accounts", "gapi.", "initCodeClient", "grantOfflineAccess"):
+        assert google_call not in inline
+
+
 def test_signin_js_type_checks_against_googles_published_types():
     tsc = _tsc_or_skip()
     result = subprocess.run([str(tsc), "-p", str(NODE / "tsconfig.signin.json")], cwd=NODE,

@@ -303,3 +303,29 @@ def test_signin_js_works_on_a_host_page_with_only_data_attributes(chromium, host
     assert page.is_hidden("#mine")
     assert page.evaluate("window.events") == ["in:bob@gmail.com"]
     context.close()
+
+
+def test_a_refused_state_is_retried_once_with_the_state_of_the_answer(chromium, demo):
+    """A state the server refuses (spent, expired, another session's): the 403 brings the next one, the code is
+    still unspent (the state gate runs before the exchange), and the client retries once — still no GET /state."""
+    app_url, _ = demo()
+    context = chromium.new_context()
+    page = context.new_page()
+    posts: list[int] = []
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(urlsplit(r.url).path) if r.url.startswith(app_url) else None)
+
+    def spoil_first(route):
+        posts.append(1)
+        headers = dict(route.request.headers)
+        if len(posts) == 1:
+            headers["x-signin-state"] = "spent.0.state"
+        route.continue_(headers=headers)
+
+    page.route(re.compile(r"/storeauthcode$"), spoil_first)
+    page.goto(app_url + "/")
+    page.wait_for_selector("#signinButton:not([disabled])")
+    approve(page, "#signinButton", "alice@example.com")
+    page.locator("#status", has_text="fully logged in").wait_for(timeout=15000)
+    assert len(posts) == 2 and "/state" not in requested
+    context.close()
