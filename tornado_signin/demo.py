@@ -111,15 +111,15 @@ def demo_config(*, folder: Path, host: str, port: int, emulator_url: str, client
     return config_from_dict(document, base_dir=folder, environ={})
 
 
-def write_demo_config(folder: Path, document: dict[str, Any]) -> Path:
-    """Write the demo's effective config ``document`` to ``folder``/DEMO_CONFIG_FILE; return its path.
+def write_demo_config(folder: Path, document: dict[str, Any], name: str = DEMO_CONFIG_FILE) -> Path:
+    """Write the demo's effective config ``document`` to ``folder``/``name``; return its path.
 
     The CLI loads it as any config (``tornado-signin users --config PATH``).
     It holds the demo's generated secrets, so, like the dev secrets file,
     it is created 0600 and replaced atomically; rewritten at every start so
     it always names the ports the demo runs on.
     """
-    path = folder / DEMO_CONFIG_FILE
+    path = folder / name
     header = (
         "# The effective config of the tornado-signin demo in this folder, written at each start.\n"
         f"# 0600: it holds the demo's generated secrets (also in {DEV_SECRETS_FILE}).\n"

@@ -400,28 +400,38 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> int:
     return 0
 
 
-def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str, folder: Path,
-               on_listening: Callable[[str, str, Path], None]) -> None:
+def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str = "gis", folder: Path,
+               on_listening: Callable[[str, str, Path], None], document: dict[str, Any] | None = None,
+               build_app: Callable[[Any], Any] | None = None, config_file: str | None = None) -> None:
     """Serve the demo (the app and the Google emulator, dev secrets and store in ``folder``) until SIGTERM/SIGINT.
 
     The emulator keeps its state in ``folder``/DEMO_EMULATOR_DIR; the
-    effective config is written to ``folder``/DEMO_CONFIG_FILE for the CLI.
-    ``on_listening(app_url, emulator_url, config_path)`` is called once both listen.
+    effective config is written to ``folder``/``config_file`` (default
+    DEMO_CONFIG_FILE) for the CLI. ``on_listening(app_url, emulator_url,
+    config_path)`` is called once both listen.
+
+    A host app runs the same way beside its own emulator (the Drive example):
+    ``document`` replaces the demo's config document (start from
+    :func:`~tornado_signin.demo.demo_config_document` and set the prefix,
+    scopes, store), ``build_app(config)`` returns its ``tornado.web.Application``
+    (with ``settings["signin"]``) instead of :func:`~tornado_signin.app.make_app`.
     Raise EmulatorStateError for an unusable emulator state folder.
     """
     from tornado.httpserver import HTTPServer
 
     from .app import make_app, make_server
     from .config import config_from_dict
-    from .demo import DEMO_CLIENT_ID, DEMO_EMULATOR_DIR, demo_config_document, load_dev_secrets, write_demo_config
+    from .demo import (DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, demo_config_document, load_dev_secrets,
+                       write_demo_config)
     from .emulator import Emulator, EmulatorClient
 
     emulator_sockets = bind("emulator", emulator_port, host)
     app_sockets = bind("app", port, host)
     dev = load_dev_secrets(folder)
     emulator_url = f"http://{host}:{emulator_port}"
-    document = demo_config_document(folder=folder, host=host, port=port, emulator_url=emulator_url,
-                                    client_library=client_library)
+    if document is None:
+        document = demo_config_document(folder=folder, host=host, port=port, emulator_url=emulator_url,
+                                        client_library=client_library)
     config = config_from_dict(document, base_dir=folder, environ={})
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
 
@@ -431,13 +441,15 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str,
                             base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = HTTPServer(emulator.make_app())
         emulator_server.add_sockets(emulator_sockets)
-        # The demo's "Google" pushes its security events to the demo's receiver (as `risc register` would).
-        emulator.risc.register_receiver(f"http://{host}:{port}/risc")
-        app = make_app(config)
+        if config.risc.enabled:
+            # The demo's "Google" pushes its security events to the demo's receiver (as `risc register` would).
+            emulator.risc.register_receiver(f"http://{host}:{port}{config.server.path_prefix}/risc")
+        app = (build_app or make_app)(config)
         server = make_server(app, config)
         server.add_sockets(app_sockets)
         # Written once both ports are ours, so the file never names a demo that did not start.
-        on_listening(f"http://{host}:{port}/", emulator_url, write_demo_config(folder, document))
+        path = write_demo_config(folder, document, name=config_file or DEMO_CONFIG_FILE)
+        on_listening(f"http://{host}:{port}/", emulator_url, path)
         await serve_forever([server, emulator_server], [app.settings["signin"]], stop=stop)
         emulator.close()
 
