@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import secrets
@@ -28,6 +30,8 @@ CLIENT_SECRET = _run_secret("BENCH_RUN_CLIENT_SECRET", lambda: "GOCSPX-bench-" +
 COOKIE_SECRET = _run_secret("BENCH_RUN_COOKIE_SECRET", lambda: secrets.token_urlsafe(48))
 #: The benchmark's databases are throwaway: a key per run.
 ENCRYPTION_KEY = _run_secret("BENCH_RUN_ENCRYPTION_KEY", lambda: Fernet.generate_key().decode("ascii"))
+#: The PKCE verifier the Flask peer's Flow generated and kept in its session (see bench/flask_peer.py).
+PKCE_VERIFIER = _run_secret("BENCH_RUN_PKCE_VERIFIER", lambda: secrets.token_urlsafe(48))
 SCOPE = "openid email profile"
 #: Core of the server under test; the load generator, the emulator (and Redis) get the other one.
 SERVER_CPU = 0
@@ -43,6 +47,12 @@ CREATE_SQL = (
     "CREATE TABLE IF NOT EXISTS tokens (sub TEXT PRIMARY KEY, email TEXT, refresh_token TEXT, "
     "access_token TEXT, expiry REAL, updated REAL)"
 )
+
+
+def pkce_challenge(verifier: str) -> str:
+    """Return the S256 code challenge of ``verifier`` (RFC 7636)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def fetch_json(url: str, data: bytes | None = None, timeout: float = 30.0) -> Any:

@@ -4,6 +4,15 @@ Run by bench.run as ``gunicorn -w 2 bench.flask_peer:app`` (sync workers) with
 ``BENCH_EMULATOR`` (the emulator's URL) and ``BENCH_DB`` (the SQLite file), ``BENCH_TOKEN_URI`` in
 the environment. ``POST /exchange`` with the code as the body, like the
 other peers. A Flow per request, as the library's examples do.
+
+PKCE: google-auth-oauthlib's Flow generates a code verifier in
+``authorization_url()`` (``autogenerate_code_verifier`` defaults to True) and
+sends it with ``fetch_token``; the app keeps it in its session between the
+two requests. The benchmark mints the peer's codes with the S256 challenge
+of one verifier per run (``PKCE_VERIFIER``), which the peer hands its Flow as
+if read back from the session, so every exchange is a valid PKCE exchange:
+the emulator's token endpoints refuse a missing or wrong verifier ("Missing
+code verifier.", "Invalid code verifier.") as Google does.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")  # Google expands "emai
 from flask import Flask, jsonify, request, session  # noqa: E402
 from google_auth_oauthlib.flow import Flow  # noqa: E402
 
-from .common import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, fetch_json  # noqa: E402
+from .common import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, PKCE_VERIFIER, fetch_json  # noqa: E402
 from .servers import open_peer_db, peer_store, verify_peer  # noqa: E402
 
 EMULATOR = os.environ.get("BENCH_EMULATOR", "http://127.0.0.1:8081")
@@ -42,7 +51,9 @@ def _worker_state() -> dict:
 @app.post("/exchange")
 def exchange():
     state = _worker_state()
-    flow = Flow.from_client_config(CLIENT_CONFIG, scopes=SCOPES, redirect_uri="postmessage")
+    # The verifier authorization_url() generated, as the session would hand it back (see the module docstring).
+    flow = Flow.from_client_config(CLIENT_CONFIG, scopes=SCOPES, redirect_uri="postmessage",
+                                   code_verifier=PKCE_VERIFIER)
     tokens = flow.fetch_token(code=request.get_data(as_text=True))
     try:
         claims = verify_peer(tokens["id_token"], state["certs"])
