@@ -671,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, help="port of the app, 1-65535 (default: server.port, or 8080)")
     p.add_argument("--emulator-port", type=_port, default=8081, help="demo mode: port of the Google emulator")
     p.add_argument("--client-library", choices=("gis", "gapi"), default="gis",
-                   help="demo mode: page client library (default gis)")
+                   help="demo mode: page client library (default gis; gapi is legacy only)")
     p.add_argument("--processes", type=_processes,
                    help="fork N processes (0: one per CPU); needs a shared hub")
     p.set_defaults(func=cmd_serve)

@@ -148,7 +148,7 @@
     /** @type {"loading"|"signed_in"|"signed_out"} */
     var view = "loading";
     var attemptSeq = 0;
-    /** @type {{id: number, done: boolean, resolve: (o: Outcome) => void}|null} */
+    /** @type {{id: number, done: boolean, posting: boolean, promise: Promise<Outcome>, resolve: (o: Outcome) => void}|null} */
     var attempt = null;
     /** @type {{kind: string, frameSeen: boolean}|null} */
     var leaving = null;
@@ -294,6 +294,7 @@
         settle({status: "cancelled", reason: result.error || ""}, id);
         return;
       }
+      if (attempt && attempt.id === id) { attempt.posting = true; }
       status("Signing in\u2026", "signing_in");
       post("/storeauthcode", result.code, "application/octet-stream; charset=utf-8").then(function (answer) {
         var doc = answer.doc;
@@ -313,12 +314,22 @@
     function begin(extra) {
       if (!requestCode) { return Promise.resolve({status: "failed", reason: "not ready"}); }
       var open = requestCode;
+      if (attempt && !attempt.done) {
+        // Its code is on the way to the server: that outcome is this click's too.
+        if (attempt.posting) { return attempt.promise; }
+        // A new click supersedes an attempt whose popup was left open: its late outcome is ignored.
+        attempt.done = true;
+        attempt.resolve({status: "cancelled", reason: "superseded"});
+      }
       var id = ++attemptSeq;
-      return new Promise(function (resolve) {
-        attempt = {id: id, done: false, resolve: resolve};
-        // The signed-in user's email pre-selects that account in Google's popup.
-        open({scope: joinScopes(config.scope, extra), hint: controller.user ? controller.user.email || "" : ""});
-      });
+      /** @type {(o: Outcome) => void} */
+      var resolveOutcome = function () {};
+      var promise = new Promise(function (/** @type {(o: Outcome) => void} */ resolve) { resolveOutcome = resolve; });
+      attempt = {id: id, done: false, posting: false, promise: promise, resolve: resolveOutcome};
+      // Synchronously, within the click: popup blockers allow window.open only during the user's gesture.
+      // The signed-in user's email pre-selects that account in Google's popup.
+      open({scope: joinScopes(config.scope, extra), hint: controller.user ? controller.user.email || "" : ""});
+      return promise;
     }
 
     function signIn() { return begin(""); }
