@@ -27,7 +27,7 @@ DISCONNECTED = "Disconnected: access revoked and your tokens forgotten."
 
 @pytest.fixture
 def demo(tmp_path):
-    """Start ``serve`` in demo mode (extra CLI arguments); return (app URL, emulator URL)."""
+    """Start ``serve`` in demo mode (extra CLI arguments) in ``tmp_path``; return (app URL, emulator URL)."""
     servers: list[subprocess.Popen] = []
 
     def start(*extra: str) -> tuple[str, str]:
@@ -328,4 +328,35 @@ def test_a_refused_state_is_retried_once_with_the_state_of_the_answer(chromium, 
     approve(page, "#signinButton", "alice@example.com")
     page.locator("#status", has_text="fully logged in").wait_for(timeout=15000)
     assert len(posts) == 2 and "/state" not in requested
+    context.close()
+
+
+def test_gis_consent_again_works_without_prompt(chromium, demo, tmp_path):
+    """GIS has no prompt option: with no refresh token stored and none sent, the server ends the stale grant and
+    the user's next consent in the page (no prompt anywhere) is a first one, which brings a refresh token."""
+    import sqlite3
+
+    app_url, _ = demo()
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(app_url + "/")
+    page.wait_for_selector("#signinButton:not([disabled])")
+    approve(page, "#signinButton", "alice@example.com")
+    page.locator("#status", has_text="fully logged in").wait_for(timeout=15000)
+    page.click("#signoutButton")
+    page.locator("#status", has_text="Signed out").wait_for(timeout=10000)
+    store = sqlite3.connect(tmp_path / "tornado-signin-demo.sqlite3")
+    tables = [name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        store.execute(f'DELETE FROM "{table}"')  # the stored refresh token is gone
+    store.commit()
+    first = approve(page, "#signinButton", "alice@example.com")
+    assert "prompt" not in first
+    page.locator("#status", has_text="Google sent no refresh token").wait_for(timeout=15000)
+    again = approve(page, "#signinButton", "alice@example.com")
+    assert "prompt" not in again
+    page.locator("#status", has_text="fully logged in").wait_for(timeout=15000)
+    rows = sum(store.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables)
+    store.close()
+    assert rows >= 1
     context.close()
