@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.parse
 
 import pytest
 import requests
 
-from drive_example import DriveExample
+from drive_example import APP, DriveExample
+from procs import free_port
 from tornado_signin.config import load_config
 from tornado_signin.demo import DEMO_CLIENT_ID
 from tornado_signin.wiring import open_store
@@ -141,3 +144,22 @@ def test_sync_without_users_and_after_a_revoke(example):
     # The page's /files of that user: sent to consent, not a 500.
     answer = browser.get(example.url + "/files", allow_redirects=False, timeout=10)
     assert answer.status_code == 302 and answer.headers["Location"].startswith("/?next=%2Ffiles")
+
+
+def test_sync_while_the_app_is_down_says_so_and_fails(tmp_path):
+    example = DriveExample(tmp_path)
+    try:
+        sign_in(example, "alice@example.com")
+    finally:
+        assert example.stop() == 0
+    result = example.sync()
+    assert result.returncode == 1
+    assert "alice@example.com: failed:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_busy_port_is_one_line_naming_it(example):
+    again = subprocess.run([sys.executable, str(APP), "--port", str(example.port), "--emulator-port",
+                            str(free_port())], cwd=example.folder, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2
+    lines = [line for line in again.stderr.splitlines() if line.startswith("app.py:")]
+    assert len(lines) == 1 and str(example.port) in lines[0] and "Traceback" not in again.stderr

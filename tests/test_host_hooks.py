@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from harness import LogCapture, json_body, start_stack
+from harness import LogCapture, PageClient, json_body, start_stack
 from test_risc import start_risc_stack, trigger
 from tornado_signin.errors import ConsentRequiredError
-from tornado_signin.expiry import AccessExpiring
 from tornado_signin.hooks import ConsentRequired, Revoked, SignedIn, SignedOut, SigninHooks
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -186,7 +185,21 @@ async def test_signout_and_disconnect_hooks(logs):
         client, response, _, _ = await timed_sign_in(stack, "alice@example.com")
         user = json_body(response)["user"]
         kept = dict(client.cookies)
-        assert (await client.post_gated("/signout")).code == 200
+        socket = await client.socket()
+        frames: list[tuple[float, dict]] = []
+        reader = asyncio.ensure_future(read_frames(socket, frames))
+        await asyncio.sleep(0.1)  # the recorded signed_in frame first
+        recorder.delay = 0.3
+        answer = await client.post_gated("/signout")
+        answered = time.monotonic()
+        recorder.delay = 0.0
+        assert answer.code == 200
+        await asyncio.wait_for(reader, 5)
+        # The sockets are told (and closed) before the hook runs (the frame does not wait for the 0.3 s
+        # hook); the answer waits for the hook.
+        _, _, started, ended = next(call for call in recorder.calls if call[0] == "signed_out")
+        closed = [at for at, frame in frames if frame["type"] == "signed_out"]
+        assert closed and closed[0] < ended - 0.2 and ended <= answered
         (signed_out,) = recorder.events("signed_out")
         assert signed_out == SignedOut(user=signed_out.user, reason="signout", everywhere=False)
         assert signed_out.user.as_dict() == user
@@ -232,15 +245,37 @@ async def test_invalid_grant_on_refresh_fires_revoked(logs):
         await stack.close()
 
 
-async def test_access_expiring_reaches_the_hook(logs):
-    recorder = Recorder()
+async def test_access_expiring_reaches_the_hook_after_the_pages_frame(logs):
+    recorder = Recorder(delay=0.3)
     stack = await open_stack(recorder)
     try:
-        event = AccessExpiring(sub="108", expires_at=time.time() + 60, sid=None)
-        await stack.ctx.expiry.notify(event)
-        assert recorder.events("access_expiring") == [event]
+        stack.ctx.expiry.notice = 3600  # the grant below is shorter than the notice: told as soon as may be
+        _, response, _, _ = await timed_sign_in(stack, "alice@example.com", prompt="consent", refresh_token_ttl=600)
+        body = json_body(response)
+        # The page's socket, reconnected on the new session (a plain listener of the same session's channel).
+        frames: list[tuple[float, dict]] = []
+        socket = await _socket_of(stack, response)
+        reader = asyncio.ensure_future(read_frames(socket, frames))
+        for _ in range(150):
+            if recorder.events("access_expiring"):
+                break
+            await asyncio.sleep(0.02)
+        (event,) = recorder.events("access_expiring")
+        assert event.sub == body["user"]["sub"] and int(event.expires_at) == body["access_expires_at"]
+        ended = next(end for name, _, _, end in recorder.calls if name == "access_expiring")
+        expiring = [at for at, frame in frames if frame["type"] == "access_expiring"]
+        assert expiring and expiring[0] < ended - 0.2  # the frame went out before the (0.3 s) hook
+        socket.close()
+        await asyncio.wait_for(reader, 5)
     finally:
         await stack.close()
+
+
+async def _socket_of(stack, response):
+    """A socket on the session that ``response`` (a sign-in's answer) set."""
+    client = PageClient(stack.app_url, stack.app_url)
+    client._remember(response)
+    return await client.socket()
 
 
 @pytest.mark.parametrize("event, grant_revoked", [("sessions-revoked", False), ("tokens-revoked", True)])

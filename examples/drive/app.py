@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httplib2
 import tornado.web
 from google.auth.exceptions import RefreshError
 from googleapiclient import discovery
@@ -242,6 +243,10 @@ def sync(args: argparse.Namespace) -> int:
                 print(f"{who}: failed: {exc}", file=sys.stderr)
                 failed += 1
                 continue
+            except (OSError, httplib2.HttpLib2Error) as exc:  # Drive (the emulator: is the app running?) is down
+                print(f"{who}: failed: Drive unreachable at {endpoint} ({type(exc).__name__})", file=sys.stderr)
+                failed += 1
+                continue
             print(f"{who}: {len(listing['files'])} files, {len(listing['appFolder']['files'])} in the app folder")
             for item in listing["files"]:
                 print(f"  {item['name']}  ({item['mimeType']})")
@@ -263,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emulator-port", type=int, default=8091, help="the Google emulator's port (default 8091)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return sync(args) if args.command == "sync" else serve(args)
+    try:
+        return sync(args) if args.command == "sync" else serve(args)
+    except SigninError as exc:  # a busy port, an unusable state folder, a store that cannot be opened
+        print(f"app.py: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
