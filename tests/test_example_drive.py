@@ -120,6 +120,10 @@ def test_a_user_without_drive_access_is_sent_to_consent(example):
     page = browser.get(example.url + answer.headers["Location"], timeout=10)
     config = json.loads(page.text.split('id="drive-example">', 1)[1].split("</script>", 1)[0])
     assert set(config["scopes"]) == set(DRIVE.split()) and config["next"] == "/files"
+    # A link cannot make the page ask Google for scopes the app does not use.
+    foreign = browser.get(example.url + "/?scope=gmail.readonly+drive.readonly&next=/files", timeout=10)
+    config = json.loads(foreign.text.split('id="drive-example">', 1)[1].split("</script>", 1)[0])
+    assert config["scopes"] == ["https://www.googleapis.com/auth/drive.readonly"]
     result = example.sync()
     assert result.returncode == 0
     assert result.stdout.startswith("carol@example.org: needs to sign in again (missing scopes:")

@@ -261,3 +261,39 @@ async def test_google_credentials_tells_the_consent_required_hook(io_loop):
         for server in opened.servers:
             server.stop()
         await opened.ctx.close()
+
+
+class HostForm(SigninMixin, tornado.web.RequestHandler):
+    """The host's own form post: Tornado's XSRF check applies to it."""
+
+    def post(self) -> None:
+        self.write("posted")
+
+
+async def test_a_host_app_with_xsrf_cookies_keeps_its_check_and_the_sign_in_works(io_loop):
+    """tornado-signin's endpoints have their own, stricter gate (X-Requested-With, Origin, single-use state):
+    an application with ``xsrf_cookies=True`` must not refuse them for want of an ``_xsrf`` field."""
+    sock, port = bind_unused_port()
+    emu_sock, emu_port = bind_unused_port()
+    url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emu_port}"
+    emulator = Emulator(clients=[EmulatorClient(CLIENT_ID, CLIENT_SECRET, (url,))], base_url=emulator_url)
+    emu_server = HTTPServer(emulator.make_app())
+    emu_server.add_sockets([emu_sock])
+    config = make_config(url, emulator_url)
+    ctx = build_context(config)
+    app = tornado.web.Application([(r"/form", HostForm), (r"/me", MeHandler), *signin_routes(ctx, prefix="/auth")],
+                                  signin=ctx, xsrf_cookies=True, login_url="/", template_path=template_path(),
+                                  cookie_secret=config.server.cookie_secret)
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        signin = PageClient(url + "/auth", url)
+        response = await signin.post_code(emulator.mint_code(CLIENT_ID, "alice@example.com", "openid email profile"))
+        assert response.code == 200, response.body
+        assert (await signin.post_gated("/signout")).code == 200
+        # The host's own POST still needs its XSRF token.
+        assert (await PageClient(url, url).fetch("/form", method="POST", body=b"")).code == 403
+    finally:
+        server.stop()
+        emu_server.stop()
+        await ctx.close()

@@ -42,6 +42,7 @@ from tornado_signin.app import NotFoundHandler, signin_routes
 from tornado_signin.config import Config, config_from_dict
 from tornado_signin.demo import demo_config_document
 from tornado_signin.errors import ConsentRequiredError, GoogleUnavailableError, MissingScopeError, SigninError
+from tornado_signin.google import normalize_scopes as expand_scopes
 from tornado_signin.hooks import Revoked, SignedIn, SigninHooks
 from tornado_signin.offline import OfflineAccess
 from tornado_signin.server import serve_demo
@@ -122,8 +123,10 @@ class HomeHandler(SigninMixin, tornado.web.RequestHandler):
 
     def get(self) -> None:
         self.set_signin_csp()
+        # Only scopes this app uses: a link must not make the page ask Google for others.
+        wanted = expand_scopes(self.get_query_argument("scope", ""))
         self.render("home.html", next_url=self.get_query_argument("next", ""),
-                    consent_scopes=self.get_query_argument("scope", "").split())
+                    consent_scopes=[scope for scope in DRIVE_SCOPES if scope in wanted])
 
 
 class MeHandler(SigninMixin, tornado.web.RequestHandler):
