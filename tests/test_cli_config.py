@@ -483,3 +483,19 @@ def test_check_creates_no_dynamodb_table_unless_asked(tmp_path, emulator, moto_s
                                                "store (dynamodb): ok"]
     assert unique_name in client.list_tables()["TableNames"]
     client.delete_table(TableName=unique_name)
+
+
+def test_the_example_as_shipped_passes_check_with_a_downloaded_file(tmp_path, emulator):
+    """README "Switching to real Google": the example, the client's file, the two secrets, check --create-table.
+
+    Only ``development`` is switched on so that the file may name the emulator
+    instead of Google; every other line is the example's.
+    """
+    base = emulator.base_url
+    downloaded = {"web": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "project_id": "demo",
+                          "auth_uri": f"{base}/o/oauth2/v2/auth", "token_uri": f"{base}/token",
+                          "auth_provider_x509_cert_url": f"{base}/oauth2/v1/certs"}}
+    path = example_with(tmp_path, downloaded, lambda text: text.replace("development: false", "development: true", 1))
+    result = tornado_signin("check", "--config", str(path), "--create-table", env=ENV, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout
+    assert "hub (memory): ok" in result.stdout.splitlines()
