@@ -201,7 +201,20 @@ def test_printed_cli_line_works_when_the_script_is_not_on_path(tmp_path):
                                 timeout=60)
         assert listed.returncode == 0, (printed, listed.stdout, listed.stderr)
         assert shlex.split(printed)[0] == str(Path(BIN).absolute() / "tornado-signin")
+        # The config file's own comment shows the same command.
+        assert f"# Use it from the CLI: {printed}\n" in (tmp_path / DEMO_CONFIG_FILE).read_text()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         log.close()
+
+
+@pytest.mark.parametrize("processes", ["2", "0"])
+def test_the_demo_refuses_several_processes_instead_of_ignoring_the_option(tmp_path, processes):
+    result = subprocess.run(["tornado-signin", "serve", "--port", str(free_port()), "--emulator-port",
+                             str(free_port()), "--processes", processes],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=15)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("tornado-signin: --processes: the demo runs in one process (several need a shared hub: "
+                             "serve --config FILE with hub.backend: redis, see Deployment in the README)\n")
+    assert not (tmp_path / DEMO_CONFIG_FILE).exists()

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,23 +102,6 @@ def _processes(value: str) -> int:
     return count
 
 
-def cli_command() -> str:
-    """Return the shell words that run this CLI again from the user's shell, quoted for pasting.
-
-    ``tornado-signin`` when that name on PATH is the running console script; else
-    the script's absolute path (``./dev demo`` runs ``.venv/bin/tornado-signin``,
-    which is not on PATH); ``python -m tornado_signin.cli`` when no script runs.
-    """
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is None or script.suffix == ".py" or not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m tornado_signin.cli"
-    absolute = os.path.abspath(script)
-    on_path = shutil.which("tornado-signin")
-    if on_path is not None and os.path.samefile(on_path, absolute):
-        return "tornado-signin"
-    return shlex.quote(absolute)
-
-
 def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     from .logctx import configure_logging
     from .redact import install_redaction
@@ -154,9 +136,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_demo(args: argparse.Namespace) -> int:
+    from .demo import cli_command
     from .emulator import EmulatorStateError
     from .server import serve_demo
 
+    if args.processes not in (None, 1):
+        # Several processes need a shared hub; the demo's is in memory. Refused, not silently run as one.
+        return _fail("--processes: the demo runs in one process (several need a shared hub: "
+                     "serve --config FILE with hub.backend: redis, see Deployment in the README)", EXIT_USAGE)
     _setup_logging("INFO")
 
     def announce(app_url: str, emulator_url: str, config_path: Path) -> None:

@@ -14,6 +14,8 @@ import json
 import os
 import secrets
 import shlex
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from .config import Config, config_from_dict
 from .crypto import generate_key
 
 __all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "DEMO_CONFIG_FILE",
-           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config"]
+           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config", "cli_command"]
 
 DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
 DEV_SECRETS_FILE = ".tornado-signin-dev.json"
@@ -123,8 +125,25 @@ def write_demo_config(folder: Path, document: dict[str, Any], name: str = DEMO_C
     header = (
         "# The effective config of the tornado-signin demo in this folder, written at each start.\n"
         f"# 0600: it holds the demo's generated secrets (also in {DEV_SECRETS_FILE}).\n"
-        f"# Use it from the CLI: tornado-signin users --config {shlex.quote(str(path))}\n"
+        f"# Use it from the CLI: {cli_command()} users --config {shlex.quote(str(path))}\n"
         "#   (or export TORNADO_SIGNIN_CONFIG=<this file>; the demo must run for token refreshes).\n"
     )
     _write_private(path, header + yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def cli_command() -> str:
+    """Return the shell words that run this CLI again from the user's shell, quoted for pasting.
+
+    ``tornado-signin`` when that name on PATH is the running console script; else
+    the script's absolute path (``./dev demo`` runs ``.venv/bin/tornado-signin``,
+    which is not on PATH); ``python -m tornado_signin.cli`` when no script runs.
+    """
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix == ".py" or not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m tornado_signin.cli"
+    absolute = os.path.abspath(script)
+    on_path = shutil.which("tornado-signin")
+    if on_path is not None and os.path.samefile(on_path, absolute):
+        return "tornado-signin"
+    return shlex.quote(absolute)
