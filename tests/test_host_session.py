@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from harness import json_body, start_stack
@@ -74,3 +77,24 @@ async def test_other_methods_are_refused(stack):
     response = await stack.client().fetch("/session", method="POST")
     assert response.code == 405
     assert "error" in json_body(response)
+
+
+async def test_an_unverified_email_is_nobodys_email(stack):
+    """A Google account may claim any address with ``email_verified: false``: the page, ``/session``, the
+    host mixin and the hooks (one user record for all of them) show no email for it, only its sub."""
+    stack.emulator.faults.add("token", kind="id_token_claims", set={"email": "Boss@Example.com",
+                                                                     "email_verified": False})
+    client = stack.client()
+    await client.fetch("/")
+    socket = await client.socket()
+    response = await client.post_code(stack.mint("alice@example.com"))
+    assert response.code == 200, response.body
+    user = json_body(response)["user"]
+    assert user["email"] is None and user["sub"]
+    frames = []
+    while not frames or frames[-1].get("type") != "signed_in":
+        frames.append(json.loads(await asyncio.wait_for(socket.read_message(), 5)))
+    assert frames[-1]["user"] == user
+    assert json_body(await client.fetch("/session")) == {"signed_in": True, "user": user}
+    assert "Boss@Example.com" not in (await client.fetch("/")).body.decode()
+    socket.close()

@@ -18,7 +18,11 @@ __all__ = ["SignedInUser"]
 
 @dataclass(frozen=True)
 class SignedInUser:
-    """A signed-in Google user: ``sub`` (Google's stable id), ``email`` (verified, or None), ``name``.
+    """A signed-in Google user: ``sub`` (Google's stable id: key your records by it), ``email``, ``name``.
+
+    ``email`` is the address Google verified for the account, or None: an
+    unverified one (``email_verified`` not true) is anybody's claim and is
+    never shown or handed on, as it is never stored.
 
     Example::
 

@@ -187,7 +187,11 @@ class StoreAuthCodeHandler(BaseHandler):
         ctx.metrics.inc("signin_logins_total", outcome=SIGNED_IN)
         # A new session id at sign-in defeats session fixation; the sockets of
         # the old id are told to follow the new one.
-        new_session = Session(sid=new_session_id(), sub=claims.sub, email=claims.email, name=claims.name)
+        # One user for the page, /session, the host's current_user and hooks: an unverified
+        # email is anybody's claim (as in the store), so none is shown or handed on.
+        signed_in = SignedInUser(sub=claims.sub, email=claims.email if claims.email_verified else None,
+                                 name=claims.name)
+        new_session = Session(sid=new_session_id(), sub=signed_in.sub, email=signed_in.email, name=signed_in.name)
         try:
             await ctx.sessions.start(new_session, user_agent=inputs.user_agent(self.request),
                                      address=self.request.remote_ip or "")
@@ -196,7 +200,7 @@ class StoreAuthCodeHandler(BaseHandler):
             await self._failed(session, exc)
             return
         self.write_session(new_session)
-        user = claims.public()
+        user = signed_in.as_dict()
         self._session = new_session
         state = ctx.states.issue(new_session.sid)
         frame: dict[str, Any] = {"type": SIGNED_IN, "user": user, "state": state}
@@ -208,7 +212,7 @@ class StoreAuthCodeHandler(BaseHandler):
         # The host's hook runs before the page is told (frame and answer), so
         # what it writes is there when the page shows "fully logged in".
         await ctx.hooks.signed_in(SignedIn(
-            user=SignedInUser(sub=claims.sub, email=claims.email, name=claims.name),
+            user=signed_in,
             scopes=tuple(sorted(outcome.record.scopes)), refresh_token_stored=outcome.refresh_token_received,
             access_expires_at=expires_at))
         await self.publish(new_session.sid, frame)
