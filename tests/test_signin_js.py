@@ -10,6 +10,7 @@ it passes and every field it reads exists in Google's libraries.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -118,3 +119,39 @@ def test_signin_js_type_checks_against_googles_published_types():
     result = subprocess.run([str(tsc), "-p", str(NODE / "tsconfig.signin.json")], cwd=NODE,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_the_emulators_stand_ins_type_check_against_googles_published_types(tmp_path):
+    """gsi client and platform.js, as the emulator serves them, against @types/google.accounts and @types/gapi.auth2.
+
+    Their JSDoc says what each function takes and gives in Google's types, so reading an option Google does not
+    have (``config.prompt``) or answering a field Google does not declare (``authuser``) is a type error.
+    """
+    tsc = _tsc_or_skip()
+    from tornado_signin.emulator import Emulator, EmulatorClient
+
+    emulator = Emulator(clients=[EmulatorClient("c.apps.googleusercontent.com", "s", ("http://127.0.0.1:1",))],
+                        base_url="http://127.0.0.1:2")
+    names = ["gsi_client.js", "platform.js"]
+    for name in names:
+        rendered = emulator.templates.load(name).generate(
+            origin_json='"http://127.0.0.1:2"', onload_json='"ready"', init_error_json='""')
+        (tmp_path / name).write_bytes(rendered)
+    types = NODE / "node_modules" / "@types"
+    (tmp_path / "tsconfig.json").write_text(json.dumps({
+        # Not strict: the stand-ins' ES5 constructor functions have an untyped ``this`` under TypeScript 7;
+        # what is checked is their surface (parameters and answers in Google's types).
+        "compilerOptions": {"allowJs": True, "checkJs": True, "noEmit": True, "strict": False, "target": "es2017",
+                            "lib": ["dom", "es2017"], "types": ["google.accounts", "gapi.auth2"],
+                            "typeRoots": [str(types)]},
+        "files": names,
+    }))
+    result = subprocess.run([str(tsc), "-p", str(tmp_path / "tsconfig.json")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    # The check bites: a field CodeResponse does not declare is an error.
+    gsi = (tmp_path / "gsi_client.js").read_text()
+    (tmp_path / "gsi_client.js").write_text(gsi.replace("state: data.state};", "state: data.state, authuser: \"0\"};"))
+    spoiled = subprocess.run([str(tsc), "-p", str(tmp_path / "tsconfig.json")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert spoiled.returncode != 0 and "authuser" in spoiled.stdout

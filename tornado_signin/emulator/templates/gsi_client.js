@@ -7,8 +7,10 @@
  * Exactly Google's surface (@types/google.accounts, CodeClientConfig):
  * options that are not CodeClientConfig fields (prompt, nonce, ...) are
  * ignored as Google ignores them, requestCode() takes no arguments, and the
- * callback's response has only CodeResponse's fields.
+ * callback's response has only CodeResponse's fields. The JSDoc types are
+ * Google's: tests/test_signin_js.py type-checks this file with TypeScript.
  */
+// @ts-check
 (function () {
   "use strict";
   var EMULATOR_ORIGIN = {{ origin_json }};
@@ -16,10 +18,12 @@
   // CodeClientConfig fields that become parameters of the authorization request.
   var PASSED_PARAMS = ["scope", "state", "login_hint", "hd", "include_granted_scopes"];
 
-  var google = window.google = window.google || {};
-  google.accounts = google.accounts || {};
-  google.accounts.oauth2 = google.accounts.oauth2 || {};
+  var root = /** @type {any} */ (window);
+  root.google = root.google || {};
+  root.google.accounts = root.google.accounts || {};
+  root.google.accounts.oauth2 = root.google.accounts.oauth2 || {};
 
+  /** @param {google.accounts.oauth2.CodeClientConfig} config @returns {string} */
   function authUrl(config) {
     var params = new URLSearchParams();
     params.set("client_id", config.client_id);
@@ -28,9 +32,9 @@
     params.set("access_type", "offline");
     params.set("origin", window.location.origin);
     PASSED_PARAMS.forEach(function (name) {
-      var value = config[name];
+      var value = /** @type {Object<string, unknown>} */ (/** @type {unknown} */ (config))[name];
       if (value === undefined || value === null || value === "") { return; }
-      params.set(name, typeof value === "boolean" ? String(value) : value);
+      params.set(name, String(value));
     });
     // Google's aliases: hint for login_hint, hosted_domain for hd.
     if (!params.has("login_hint") && config.hint) { params.set("login_hint", config.hint); }
@@ -39,26 +43,43 @@
     return AUTH_URL + "?" + params.toString();
   }
 
+  /**
+   * @constructor
+   * @param {google.accounts.oauth2.CodeClientConfig} config
+   */
   function CodeClient(config) {
     if (!config || !config.client_id) { throw new Error("initCodeClient: client_id is required"); }
     if (config.ux_mode && config.ux_mode !== "popup") {
       throw new Error("the emulator's initCodeClient supports ux_mode 'popup' only");
     }
     this._config = config;
+    /** @type {(() => void)|null} */
     this._cleanup = null;
+  }
+
+  /** @param {google.accounts.oauth2.CodeClientConfig} config @param {"popup_closed"|"popup_failed_to_open"} type
+   *  @param {string} message */
+  function failed(config, type, message) {
+    /** @type {Pick<google.accounts.oauth2.ClientConfigError, "type"|"message">} */
+    var error = {type: type, message: message};
+    if (typeof config.error_callback === "function") {
+      config.error_callback(/** @type {google.accounts.oauth2.ClientConfigError} */ (error));
+    }
   }
 
   // Google's requestCode takes no arguments: anything passed is ignored.
   CodeClient.prototype.requestCode = function () {
-    var config = this._config;
+    var config = /** @type {google.accounts.oauth2.CodeClientConfig} */ (this._config);
     var self = this;
     if (self._cleanup) { self._cleanup(); }
     var popup = window.open(authUrl(config), "g_auth_code_window", "width=500,height=640,popup=yes");
     if (!popup) {
-      if (typeof config.error_callback === "function") { config.error_callback({type: "popup_failed_to_open", message: "Failed to open popup window"}); }
+      failed(config, "popup_failed_to_open", "Failed to open popup window");
       return;
     }
+    var opened = popup;
     var answered = false;
+    /** @type {number|null} */
     var timer = null;
 
     function cleanup() {
@@ -67,41 +88,44 @@
       self._cleanup = null;
     }
 
+    /** @param {MessageEvent} event */
     function onMessage(event) {
-      if (event.origin !== EMULATOR_ORIGIN || event.source !== popup) { return; }
+      if (event.origin !== EMULATOR_ORIGIN || event.source !== opened) { return; }
       var data = event.data;
       if (!data || typeof data !== "object") { return; }
       answered = true;
       cleanup();
+      /** @type {Partial<google.accounts.oauth2.CodeResponse>} only CodeResponse's fields */
       var response;
-      // Only CodeResponse's fields.
       if (data.error) {
         response = {error: data.error, error_description: data.error_description, error_uri: data.error_uri, state: data.state};
       } else {
         response = {code: data.code, scope: data.scope, state: data.state};
       }
-      if (typeof config.callback === "function") { config.callback(response); }
+      if (typeof config.callback === "function") {
+        config.callback(/** @type {google.accounts.oauth2.CodeResponse} */ (response));
+      }
     }
 
     window.addEventListener("message", onMessage);
-    timer = setInterval(function () {
-      if (!popup.closed) { return; }
-      clearInterval(timer);
+    timer = window.setInterval(function () {
+      if (!opened.closed) { return; }
+      if (timer !== null) { clearInterval(timer); }
       timer = null;
       // The popup posts its answer and closes at once: give a message that
       // is already queued the chance to arrive before declaring it closed.
       setTimeout(function () {
         if (answered) { return; }
         cleanup();
-        if (typeof config.error_callback === "function") {
-          config.error_callback({type: "popup_closed", message: "Popup window closed"});
-        }
+        failed(config, "popup_closed", "Popup window closed");
       }, 300);
     }, 200);
     self._cleanup = cleanup;
   };
 
-  google.accounts.oauth2.initCodeClient = function (config) {
+  /** @type {typeof google.accounts.oauth2.initCodeClient} */
+  var initCodeClient = function (config) {
     return new CodeClient(config);
   };
+  root.google.accounts.oauth2.initCodeClient = initCodeClient;
 })();

@@ -11,7 +11,10 @@
  * emulator's gapi_init_error switch (/emulator/settings), init fails as
  * Google's does for client ids created after July 2022:
  * then(ok, fail) calls fail({error, details}).
+ *
+ * The JSDoc types are gapi's: tests/test_signin_js.py type-checks this file with TypeScript.
  */
+// @ts-check
 (function () {
   "use strict";
   var EMULATOR_ORIGIN = {{ origin_json }};
@@ -20,8 +23,11 @@
   var AUTH_URL = EMULATOR_ORIGIN + "/o/oauth2/v2/auth";
   var BASIC_SCOPES = ["openid", "email", "profile"];
 
+  /** @param {string} base @param {string|undefined} extra @returns {string} */
   function scopeString(base, extra) {
+    /** @type {Object<string, boolean>} */
     var seen = {};
+    /** @type {string[]} */
     var out = [];
     (base + " " + (extra || "")).split(/\s+/).forEach(function (scope) {
       if (scope && !seen[scope]) { seen[scope] = true; out.push(scope); }
@@ -29,22 +35,27 @@
     return out.join(" ");
   }
 
+  /** @param {Object<string, string|undefined>} params @returns {Promise<{code: string}>} */
   function openPopup(params) {
     return new Promise(function (resolve, reject) {
       var query = new URLSearchParams();
       Object.keys(params).forEach(function (name) {
-        if (params[name] !== undefined && params[name] !== null && params[name] !== "") { query.set(name, params[name]); }
+        var value = params[name];
+        if (value !== undefined && value !== null && value !== "") { query.set(name, value); }
       });
       var popup = window.open(AUTH_URL + "?" + query.toString(), "g_auth2_window", "width=500,height=640,popup=yes");
       if (!popup) { reject({error: "popup_blocked_by_browser"}); return; }
+      var opened = popup;
       var answered = false;
+      /** @type {number|null} */
       var timer = null;
       function cleanup() {
         window.removeEventListener("message", onMessage);
         if (timer !== null) { clearInterval(timer); timer = null; }
       }
+      /** @param {MessageEvent} event */
       function onMessage(event) {
-        if (event.origin !== EMULATOR_ORIGIN || event.source !== popup) { return; }
+        if (event.origin !== EMULATOR_ORIGIN || event.source !== opened) { return; }
         var data = event.data;
         if (!data || typeof data !== "object") { return; }
         answered = true;
@@ -52,9 +63,9 @@
         if (data.error) { reject({error: data.error}); } else { resolve({code: data.code}); }
       }
       window.addEventListener("message", onMessage);
-      timer = setInterval(function () {
-        if (!popup.closed) { return; }
-        clearInterval(timer);
+      timer = window.setInterval(function () {
+        if (!opened.closed) { return; }
+        if (timer !== null) { clearInterval(timer); }
         timer = null;
         setTimeout(function () {
           if (answered) { return; }
@@ -65,15 +76,21 @@
     });
   }
 
+  /**
+   * @constructor
+   * @param {gapi.auth2.ClientConfig} params
+   */
   function GoogleAuth(params) {
-    this._params = params || {};
-    if (!this._params.client_id) { throw new Error("gapi.auth2.init: client_id is required"); }
-    var fetchBasic = this._params.fetch_basic_profile !== false;
-    this._scope = scopeString(fetchBasic ? BASIC_SCOPES.join(" ") : "", this._params.scope);
+    var config = params || {};
+    this._params = config;
+    if (!config.client_id) { throw new Error("gapi.auth2.init: client_id is required"); }
+    var fetchBasic = config.fetch_basic_profile !== false;
+    this._scope = scopeString(fetchBasic ? BASIC_SCOPES.join(" ") : "", config.scope);
   }
 
+  /** @type {gapi.auth2.GoogleAuth["then"]} */
   GoogleAuth.prototype.then = function (onInit, onError) {
-    var self = this;
+    var self = /** @type {any} */ (this);
     if (INIT_ERROR) {
       return Promise.resolve().then(function () {
         var reason = {error: INIT_ERROR, details: "Not a valid origin for the client: this client id cannot use gapi.auth2 " +
@@ -89,18 +106,20 @@
     }, onError);
   };
 
+  /** @param {gapi.auth2.OfflineAccessOptions} [options] @returns {Promise<{code: string}>} */
   GoogleAuth.prototype.grantOfflineAccess = function (options) {
     options = options || {};
+    var params = /** @type {gapi.auth2.ClientConfig} */ (this._params);
     if (INIT_ERROR) { return Promise.reject({error: INIT_ERROR}); }
     return openPopup({
-      client_id: this._params.client_id,
+      client_id: params.client_id,
       redirect_uri: "postmessage",
       response_type: "code",
       access_type: "offline",
       // The scopes asked for: the options' when given (a page asks for base + extra), else init's.
       scope: options.scope ? scopeString("", options.scope) : this._scope,
       prompt: options.prompt === "consent" ? "consent" : "select_account",
-      hd: this._params.hosted_domain,
+      hd: params.hosted_domain,
       include_granted_scopes: "true",
       origin: window.location.origin
     });
@@ -109,28 +128,34 @@
   GoogleAuth.prototype.signOut = function () { return Promise.resolve(); };
   GoogleAuth.prototype.disconnect = function () { return Promise.resolve(); };
 
+  /** @type {any} */
   var instance = null;
-  var gapi = window.gapi = window.gapi || {};
-  gapi.auth2 = {
+  var root = /** @type {any} */ (window);
+  var api = root.gapi = root.gapi || {};
+  api.auth2 = {
+    /** @param {gapi.auth2.ClientConfig} params */
     init: function (params) {
       instance = new GoogleAuth(params);
       return instance;
     },
     getAuthInstance: function () { return instance; }
   };
-  gapi.load = function (libraries, callback) {
-    var done = typeof callback === "function" ? callback : (callback && callback.callback);
-    if (String(libraries).split(/[:,]/).indexOf("auth2") < 0 && callback && typeof callback.onerror === "function") {
-      setTimeout(callback.onerror, 0);
+  /** @type {typeof gapi.load} */
+  var load = function (libraries, callback) {
+    var config = typeof callback === "function" ? null : callback;
+    var done = config ? config.callback : callback;
+    if (String(libraries).split(/[:,]/).indexOf("auth2") < 0 && config && typeof config.onerror === "function") {
+      setTimeout(config.onerror, 0);
       return;
     }
     if (typeof done === "function") { setTimeout(done, 0); }
   };
+  api.load = load;
 
   // The page may define its onload function after this script tag (or load
   // it async): look it up only once the document has been parsed.
   function runOnload() {
-    if (typeof window[ONLOAD] === "function") { window[ONLOAD](); }
+    if (typeof root[ONLOAD] === "function") { root[ONLOAD](); }
   }
   if (ONLOAD) {
     if (document.readyState === "loading") {
