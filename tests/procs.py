@@ -70,7 +70,9 @@ def write_config(tmp: Path, *, name: str, emulator_url: str, origins: list[str],
         },
         "store": {**store, "encryption": {"keys": [{"$env": "TS_KEY"}]}},
         "hub": hub or {"backend": "memory"},
-        "limits": {"code_posts_per_minute": 0, **(limits or {})},
+        # Every test shares 127.0.0.1: the per-client budgets are off unless a test sets one.
+        "limits": {"code_posts_per_minute": 0, "state_requests_per_minute": 0, "signout_posts_per_minute": 0,
+                   "disconnect_posts_per_minute": 0, "socket_handshakes_per_minute": 0, **(limits or {})},
         **extra,
     }
     path = tmp / f"{name}.yaml"

@@ -207,3 +207,69 @@ async def test_socket_flood_from_one_cookie_at_the_descriptor_limit(server):
     assert 'signin_sockets_refused_total{cap="session"}' in metrics
     assert 'signin_connections_refused_total{reason="full"}' in metrics
     assert json.loads(get(srv.url + "/healthz")[1]) == {"status": "ok"}
+
+
+# -- 12.2 in one process (the memory hub) ---------------------------------------------------------------
+
+@pytest.fixture
+def stack(io_loop):
+    from harness import start_stack
+
+    made = []
+
+    async def make(**overrides):
+        made.append(await start_stack(**overrides))
+        return made[-1]
+
+    yield make
+    for each in made:
+        io_loop.run_sync(each.close)
+
+
+async def test_cheap_requests_have_per_client_budgets(stack):
+    app = await stack(limits={"state_requests_per_minute": 10, "signout_posts_per_minute": 3,
+                        "disconnect_posts_per_minute": 2, "socket_handshakes_per_minute": 4})
+    page = app.client()
+    codes = [(await page.fetch("/state")).code for _ in range(12)]
+    assert codes == [200] * 10 + [429] * 2
+    assert (await page.fetch("/")).code == 429  # the page issues a state too: same budget
+    other = app.client()
+    other.http = page.http
+    assert (await other.fetch("/state")).code == 429  # the budget is the address's, not the cookie's
+    for path, budget in (("/signout", 3), ("/disconnect", 2)):
+        answers = [(await page.fetch(path, method="POST", body=b"", headers=page.gate_headers("x.1.y"))).code
+                   for _ in range(budget + 2)]
+        assert answers == [403] * budget + [429] * 2, (path, answers)
+    sockets = []
+    for _ in range(6):
+        try:
+            sockets.append(await page.socket())
+        except Exception as exc:
+            sockets.append(getattr(exc, "code", 0))
+    assert [s for s in sockets if isinstance(s, int)] == [429, 429]
+    metrics = (await page.fetch("/metrics")).body.decode()
+    assert 'signin_rate_limited_total{budget="state"} 4.0' in metrics
+
+
+async def test_state_and_signout_pairs_leave_the_memory_hub_bounded(stack):
+    app = await stack(limits={"state_requests_per_minute": 0, "signout_posts_per_minute": 0})
+    hub = app.ctx.hub
+    pages = [app.client() for _ in range(4)]
+
+    async def pairs(page, count):
+        for _ in range(count):
+            state = await page.state()
+            response = await page.fetch("/signout", method="POST", body=b"", headers=page.gate_headers(state))
+            assert response.code == 200, response.body
+
+    await asyncio.gather(*(pairs(page, 500) for page in pages))
+    from tornado_signin.hub import _local_states
+
+    # 2,000 sessions came and went: no state, no record and no marker is left behind.
+    assert len(_local_states(hub)) == 0
+    assert len(hub._records) == 0 and len(hub._consumed) == 0 and len(hub._sessions) == 0
+    # One session holds at most limits.states_per_session (8) outstanding states.
+    page = app.client()
+    for _ in range(30):
+        await page.state()
+    assert len(_local_states(hub)) == 8

@@ -25,7 +25,7 @@ from .listener import GuardedHTTPServer, connection_budget
 from .store import TokenStore
 from .web.api import ScopeHandler, UserinfoHandler
 from .web.assets import FaviconHandler, SigninScriptHandler
-from .web.base import BaseHandler
+from .web.base import AccessLog, BaseHandler
 from .web.confirm import ConfirmSocket
 from .web.host import SessionHandler
 from .web.ops import HealthHandler, MetricsHandler
@@ -133,7 +133,7 @@ def make_app(config: Config, *, store: TokenStore | None = None, hub: Confirmati
         websocket_ping_timeout=limits.websocket_ping_timeout,
         websocket_max_message_size=limits.websocket_max_message_bytes,
         signin=ctx,
-        **settings,
+        **{"log_function": AccessLog(), **settings},
     )
 
 

@@ -153,8 +153,18 @@ class LimitsConfig:
     #: At most the ping interval (Tornado warns otherwise): a peer silent this long after a ping is dropped.
     websocket_ping_timeout: float = 15.0
     websocket_max_message_bytes: int = 1024
-    #: Code POSTs per client address per minute (0 disables).
+    #: Code POSTs per client address per minute (0 disables); like every *_per_minute, deployment-wide.
     code_posts_per_minute: int = 30
+    #: Page loads and GET /state per client address per minute (each issues a state).
+    state_requests_per_minute: int = 60
+    #: POST /signout per client address per minute.
+    signout_posts_per_minute: int = 30
+    #: POST /disconnect per client address per minute.
+    disconnect_posts_per_minute: int = 10
+    #: /confirm handshakes per client address per minute.
+    socket_handshakes_per_minute: int = 120
+    #: Outstanding (issued, unspent) states per session; issuing one more forgets the oldest.
+    states_per_session: int = 8
     session_max_age_days: int = 14
     #: Time-limited access: the page and the host app are told this many seconds before it ends.
     access_expiry_notice_seconds: float = 3600.0

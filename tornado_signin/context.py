@@ -22,7 +22,7 @@ from .live_sessions import SessionRegistry
 from .risc import RiscReceiver
 from .metrics import Metrics
 from .offline import OfflineAccess
-from .ratelimit import RateLimiter, SocketQuota
+from .ratelimit import RequestLimits, SocketQuota
 from .sessions import StateSigner
 from .signin import SigninService
 from .verify import IdTokenVerifier
@@ -47,7 +47,8 @@ class AppContext:
     metrics: Metrics
     signin: SigninService
     states: StateSigner
-    code_rate_limit: RateLimiter
+    #: Per-client request budgets (limits.*_per_minute), counted by the hub.
+    limits: RequestLimits
     offline: OfflineAccess
     #: Signed-in session records (sign-out everywhere); built by wiring.build_context.
     sessions: SessionRegistry = None  # type: ignore[assignment]

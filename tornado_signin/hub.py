@@ -6,9 +6,13 @@ connects after the login finished still learns the outcome. A channel is a
 browser session's id: the websocket handler subscribes a socket only to its
 own session's channel.
 
-It also offers :meth:`ConfirmationHub.consume_once`, the shared single-use
-marker that makes sign-in ``state`` values single-use across every server
-process sharing the hub, and the *session records* that make a signed-in
+It also offers the *outstanding states* (:meth:`ConfirmationHub.issue_state`,
+:meth:`ConfirmationHub.spend_state`) that make sign-in ``state`` values
+single-use across every server process sharing the hub, at most a few per
+session (memory bounded whatever the request rate); the per-client request
+budgets (:meth:`ConfirmationHub.hit`) that hold for the whole deployment;
+:meth:`ConfirmationHub.consume_once`, a shared single-use marker; and the
+*session records* that make a signed-in
 session revocable: a signed-in cookie counts only while its session's record
 exists in the hub (:meth:`ConfirmationHub.session_active`), so ending the
 record (sign-out, "sign out everywhere", a security event) ends that session
@@ -38,7 +42,8 @@ from typing import Any
 
 from .plugins import HUBS, load
 
-__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "LocalLeases", "load_hub", "HUB_ENTRY_POINT_GROUP"]
+__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "LocalLeases", "LocalCounters", "LocalStates", "load_hub",
+           "HUB_ENTRY_POINT_GROUP"]
 
 HUB_ENTRY_POINT_GROUP = HUBS.name
 
@@ -176,6 +181,47 @@ class ConfirmationHub(abc.ABC):
         expired or passed to another holder (nothing is changed then). Raise HubUnavailableError."""
         return _local_leases(self).release(key, token)
 
+    # -- request budgets and outstanding states ---------------------------------------
+    #
+    # The defaults keep both in this process: right for a hub that serves one
+    # process (``memory``). A hub shared between processes overrides them with
+    # atomic operations of its store, so that a limit holds for the whole
+    # deployment and a state issued by one process is spent on any.
+
+    async def hit(self, key: str, limit: int, window: float) -> bool:
+        """Count one event of ``key``; return True while at most ``limit`` events of it were counted in the
+        current window, False past that.
+
+        Windows are fixed: the first event of ``key`` starts one of ``window``
+        seconds, after which the count starts again. Every process sharing the
+        hub counts into the same window. The memory used is one counter per
+        key seen in the last ``window`` seconds. Never raises: a hub that
+        cannot count (its store down) counts in this process meanwhile.
+        """
+        return _local_counters(self).hit(key, limit, window)
+
+    async def issue_state(self, sid: str, nonce: str, *, keep: int, ttl: float) -> None:
+        """Record ``nonce`` as an outstanding sign-in state of session ``sid`` for ``ttl`` seconds.
+
+        A session keeps at most ``keep`` outstanding states: issuing one more
+        forgets its oldest. So the memory used is bounded by the sessions that
+        were issued a state in the last ``ttl`` seconds times ``keep``, whatever
+        the request rate, and a spent state costs nothing. Never raises: a hub
+        that cannot record it keeps it in this process (where it can be spent).
+        """
+        _local_states(self).issue(sid, nonce, keep, ttl)
+
+    async def spend_state(self, sid: str, nonce: str) -> bool:
+        """Forget ``nonce`` as an outstanding state of ``sid``; return True if it was one (issued, not yet
+        spent, not forgotten, not expired), else False.
+
+        Exactly one of concurrent spenders, in any process sharing the hub,
+        gets True. Raise HubUnavailableError when the hub cannot answer for a
+        state it did not keep in this process: a state that cannot be checked
+        is not spent.
+        """
+        return _local_states(self).spend(sid, nonce)
+
     async def check(self) -> None:
         """Raise unless the hub is usable (readiness)."""
 
@@ -216,6 +262,83 @@ def _local_leases(hub: ConfirmationHub) -> LocalLeases:
     if leases is None:
         leases = hub.__dict__["_tornado_signin_leases"] = LocalLeases()
     return leases
+
+
+class LocalCounters:
+    """Fixed-window event counters kept in one process (the default of :meth:`ConfirmationHub.hit`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._limit = 1024  # size at which expired windows are dropped (twice what survived)
+
+    def hit(self, key: str, limit: int, window: float) -> bool:
+        """Count one event of ``key``; return whether the window's count is still at most ``limit``."""
+        now = self.clock()
+        ends, count = self._windows.get(key, (0.0, 0))
+        if ends <= now:
+            if len(self._windows) >= self._limit:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+                self._limit = max(1024, 2 * len(self._windows))
+            ends, count = now + window, 0
+        self._windows[key] = (ends, count + 1)
+        return count + 1 <= limit
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+class LocalStates:
+    """Outstanding states per session kept in one process (the default of :meth:`ConfirmationHub.issue_state`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        #: sid -> (when the newest state expires, {nonce: its expiry}) in issue order.
+        self._sessions: dict[str, tuple[float, dict[str, float]]] = {}
+        self._limit = 1024
+
+    def issue(self, sid: str, nonce: str, keep: int, ttl: float) -> None:
+        now = self.clock()
+        if len(self._sessions) >= self._limit:  # amortised: drop sessions whose every state expired
+            self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
+            self._limit = max(1024, 2 * len(self._sessions))
+        _, nonces = self._sessions.get(sid, (0.0, {}))
+        nonces[nonce] = now + ttl
+        while len(nonces) > max(1, keep):
+            del nonces[next(iter(nonces))]
+        self._sessions[sid] = (now + ttl, nonces)
+
+    def spend(self, sid: str, nonce: str) -> bool:
+        entry = self._sessions.get(sid)
+        if entry is None:
+            return False
+        expires = entry[1].pop(nonce, None)
+        if not entry[1]:
+            del self._sessions[sid]
+        return expires is not None and expires > self.clock()
+
+    def knows(self, sid: str, nonce: str) -> bool:
+        """Return whether ``nonce`` is outstanding for ``sid`` here (expired or not)."""
+        entry = self._sessions.get(sid)
+        return entry is not None and nonce in entry[1]
+
+    def __len__(self) -> int:
+        """Return the outstanding states kept (for measurements)."""
+        return sum(len(nonces) for _, nonces in self._sessions.values())
+
+
+def _local_counters(hub: ConfirmationHub) -> LocalCounters:
+    counters = hub.__dict__.get("_tornado_signin_counters")
+    if counters is None:
+        counters = hub.__dict__["_tornado_signin_counters"] = LocalCounters()
+    return counters
+
+
+def _local_states(hub: ConfirmationHub) -> LocalStates:
+    states = hub.__dict__.get("_tornado_signin_states")
+    if states is None:
+        states = hub.__dict__["_tornado_signin_states"] = LocalStates()
+    return states
 
 
 def load_hub(name: str, url: str | None = None, *, key_prefix: str | None = None, **options: Any) -> ConfirmationHub:

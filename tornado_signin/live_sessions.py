@@ -76,9 +76,9 @@ class SessionRegistry:
             self.metrics.inc("signin_session_checks_total", outcome="ended")
         return live
 
-    async def _push_signed_out(self, sid: str) -> None:
+    async def _push_signed_out(self, sid: str, *, record: bool = True) -> None:
         try:
-            await self.hub.publish(sid, {"frame": SIGNED_OUT_FRAME, "close": True})
+            await self.hub.publish(sid, {"frame": SIGNED_OUT_FRAME, "close": True}, record=record)
         except Exception as exc:  # the record is gone already: the session is ended either way
             log.error("confirmation hub publish failed: %s", type(exc).__name__)
 
@@ -88,7 +88,10 @@ class SessionRegistry:
         Raise HubUnavailableError when the hub cannot end it.
         """
         ended = await self.hub.end_session(sid) is not None
-        await self._push_signed_out(sid)
+        # Recorded only for a session that had a record: signing out an
+        # anonymous session (a flood can make those for free) leaves nothing
+        # in the hub, and its open pages are still told.
+        await self._push_signed_out(sid, record=ended)
         if ended:
             self.metrics.inc("signin_sessions_ended_total", reason=reason)
         return ended

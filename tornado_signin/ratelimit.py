@@ -1,4 +1,8 @@
-"""Per-client abuse limits: rate limiting of code POSTs (a flood of bogus codes costs Google calls) and websocket quotas.
+"""Per-client abuse limits: request budgets (deployment-wide, through the hub) and websocket quotas (per process).
+
+A flood of bogus codes costs Google calls; one of cheap requests (``/state``,
+``/signout``, the socket handshake) costs CPU and hub memory; open sockets
+cost descriptors.
 
 The client is the connection's peer address (``request.remote_ip``), which
 honours ``X-Forwarded-For`` only when ``server.xheaders`` is on, i.e. only
@@ -7,36 +11,35 @@ behind a proxy that sets it: a spoofed header cannot buy a fresh budget.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 
-__all__ = ["RateLimiter", "SocketQuota"]
+from .hub import ConfirmationHub
+
+__all__ = ["RequestLimits", "SocketQuota"]
 
 
-class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests a minute, bursts up to the same number."""
+class RequestLimits:
+    """Per-client request budgets (``limits.*_per_minute``), counted by the hub for the whole deployment.
 
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
-        self.per_minute = per_minute
-        self.clock = clock
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
+    ``per_minute`` maps a budget's name (``code``, ``state``, ``signout``,
+    ``disconnect``, ``socket``) to the requests a client may make a minute (0:
+    unlimited). Each budget is a fixed one-minute window in the hub
+    (:meth:`~tornado_signin.hub.ConfirmationHub.hit`), so with the Redis hub
+    every process and machine counts into the same one.
+    """
 
-    def allow(self, key: str) -> bool:
-        """Return True and spend one token if ``key`` still has one; always True when disabled."""
-        if self.per_minute <= 0:
+    WINDOW = 60.0
+
+    def __init__(self, hub: ConfirmationHub, per_minute: Mapping[str, int]) -> None:
+        self.hub = hub
+        self.per_minute = dict(per_minute)
+
+    async def allow(self, name: str, client: str) -> bool:
+        """Count one request of budget ``name`` from ``client``; return False once the budget is spent."""
+        limit = self.per_minute.get(name, 0)
+        if limit <= 0:
             return True
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
-        if len(self._buckets) >= self.max_keys:
-            # Drop full buckets: they hold no information.
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.per_minute}
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1.0, now)
-        return True
+        return await self.hub.hit(f"{name}:{client}", limit, self.WINDOW)
 
 
 class SocketQuota:

@@ -7,7 +7,7 @@ sign-in (session fixation) and the cookie is cleared at sign-out.
 
 A ``state`` is issued per sign-in attempt by ``GET /state``. It is bound to
 the session id by an HMAC under the cookie secret, expires, and is single-use
-through the hub's :meth:`~tornado_signin.hub.ConfirmationHub.consume_once`,
+through the hub's outstanding states (:meth:`~tornado_signin.hub.ConfirmationHub.issue_state`),
 so any server process sharing the cookie secret and the hub can check it.
 """
 

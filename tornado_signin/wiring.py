@@ -34,7 +34,7 @@ from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
-from .ratelimit import RateLimiter, SocketQuota
+from .ratelimit import RequestLimits, SocketQuota
 from .redact import install_redaction
 from .risc import RiscReceiver, SecurityEventVerifier
 from .sessions import Session, StateSigner
@@ -124,7 +124,13 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
         metrics=metrics,
         signin=SigninService(google, verifier, store, workers, metrics, grants),
         states=StateSigner(config.server.cookie_secret, config.limits.state_ttl_seconds),
-        code_rate_limit=RateLimiter(config.limits.code_posts_per_minute),
+        limits=RequestLimits(hub, {
+            "code": config.limits.code_posts_per_minute,
+            "state": config.limits.state_requests_per_minute,
+            "signout": config.limits.signout_posts_per_minute,
+            "disconnect": config.limits.disconnect_posts_per_minute,
+            "socket": config.limits.socket_handshakes_per_minute,
+        }),
         offline=OfflineAccess(store, google, workers, metrics, grants=grants, hooks=hooks),
         sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
@@ -151,6 +157,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     metrics.gauge("signin_store_up", "1 while the token store is believed reachable (by every worker).",
                   lambda: 1.0 if store_health.up else 0.0, aggregate="min")
     metrics.gauge("signin_logins_in_flight", "Code POSTs being completed now.", lambda: context.logins_in_flight)
+    metrics.counter("signin_rate_limited_total", "Requests refused 429 by a per-client budget, by budget.")
     metrics.counter("signin_sockets_refused_total", "Websocket handshakes refused by a quota: cap=session|address.")
     metrics.gauge("signin_open_sockets", "Open /confirm websockets.", lambda: len(context.sockets))
     metrics.gauge("signin_worker_pool_in_flight", "Blocking calls running or queued.", lambda: workers.in_flight)

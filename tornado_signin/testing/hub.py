@@ -22,7 +22,9 @@ tests skip without it. pytest then runs every ``test_*`` below: delivery
 (to every subscriber of the channel once, in publish order, only what is
 published after subscribing), records (read by a late subscriber of another
 instance), ``record=False``, channels kept apart, a closed subscription, async
-callbacks, single-use keys across instances, expiry, leases (one holder,
+callbacks, single-use keys across instances, expiry, request budgets (a
+fixed window counted across instances), outstanding states (spent once
+anywhere, the newest kept, expiry), leases (one holder,
 released by its token only, ended by their ttl), and the session records.
 
 The tests are coroutines run by pytest-tornado (``pip install 'tornado-signin[test]'``).
@@ -217,6 +219,61 @@ class ConfirmationHubContract:
         assert await hub.consume_once(key, 1)
         await asyncio.sleep(1.3)
         assert await hub.consume_once(key, 1)
+
+    # -- request budgets ---------------------------------------------------------------
+
+    async def test_hit_allows_limit_events_per_window_counted_across_instances(self, hub, peer):
+        key, other = _name("rate"), _name("rate")
+        counters = [hub, peer or hub]
+        answers = [await counters[i % 2].hit(key, 5, 60) for i in range(8)]
+        assert answers == [True] * 5 + [False] * 3
+        assert await hub.hit(other, 5, 60) is True  # keys are counted apart
+
+    async def test_hit_starts_again_after_its_window(self, hub):
+        key = _name("rate")
+        assert [await hub.hit(key, 2, 0.5) for _ in range(3)] == [True, True, False]
+        await asyncio.sleep(0.7)
+        assert await hub.hit(key, 2, 0.5) is True
+
+    async def test_concurrent_hits_count_each_event_once(self, hub, peer):
+        key = _name("rate")
+        hits = [(hub if i % 2 else (peer or hub)).hit(key, 10, 60) for i in range(30)]
+        assert sum(await asyncio.gather(*hits)) == 10
+
+    # -- outstanding states ----------------------------------------------------------------
+
+    async def test_an_issued_state_is_spent_once_in_any_instance(self, hub, peer):
+        sid = _name("sid")
+        await hub.issue_state(sid, "n1", keep=4, ttl=60)
+        assert await (peer or hub).spend_state(sid, "n1") is True
+        assert await hub.spend_state(sid, "n1") is False
+        if peer is not None:
+            assert await peer.spend_state(sid, "n1") is False
+
+    async def test_a_state_never_issued_or_of_another_session_is_refused(self, hub):
+        sid = _name("sid")
+        await hub.issue_state(sid, "n1", keep=4, ttl=60)
+        assert await hub.spend_state(sid, "n2") is False
+        assert await hub.spend_state(_name("sid"), "n1") is False
+        assert await hub.spend_state(sid, "n1") is True
+
+    async def test_a_session_keeps_only_its_newest_states(self, hub):
+        sid = _name("sid")
+        for index in range(6):
+            await hub.issue_state(sid, f"n{index}", keep=3, ttl=60)
+        assert [await hub.spend_state(sid, f"n{index}") for index in range(6)] == [False] * 3 + [True] * 3
+
+    async def test_a_state_expires_after_its_ttl(self, hub):
+        sid = _name("sid")
+        await hub.issue_state(sid, "n1", keep=3, ttl=0.5)
+        await asyncio.sleep(0.8)
+        assert await hub.spend_state(sid, "n1") is False
+
+    async def test_concurrent_spends_of_one_state_give_it_to_one(self, hub, peer):
+        sid = _name("sid")
+        await hub.issue_state(sid, "n1", keep=3, ttl=60)
+        spends = [(hub if i % 2 else (peer or hub)).spend_state(sid, "n1") for i in range(10)]
+        assert sum(await asyncio.gather(*spends)) == 1
 
     # -- leases -------------------------------------------------------------------------
 

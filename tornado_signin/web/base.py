@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tornado import httputil
+from tornado.log import access_log
 from tornado.web import HTTPError, RequestHandler
 
 from ..config import Config
@@ -36,7 +38,7 @@ from ..sessions import Session, new_session_id, read_session_cookie, session_coo
 from . import gate, inputs
 from .gate import origin_of
 
-__all__ = ["BaseHandler", "live_session", "signin_csp", "csp_header", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
+__all__ = ["AccessLog", "BaseHandler", "live_session", "signin_csp", "csp_header", "ErrorResponse", "ERROR_RESPONSES", "error_response", "SECURITY_HEADERS"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,43 @@ async def live_session(ctx: AppContext, handler: RequestHandler) -> Session | No
     if session is not None and session.sub and not await ctx.sessions.is_live(session):
         return None
     return session
+
+
+class AccessLog:
+    """Tornado's access log (``log_function``), with refusals by a rate limit collapsed.
+
+    Each request is one line as Tornado writes it, except 429s: one line per
+    :data:`INTERVAL` seconds says how many there were, so a flood of refused
+    requests cannot grow the log by a line each.
+    """
+
+    INTERVAL = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last = float("-inf")
+        self._held = 0
+
+    def __call__(self, handler: RequestHandler) -> None:
+        status = handler.get_status()
+        request = handler.request
+        if status == 429:
+            now = self.clock()
+            if now - self._last < self.INTERVAL:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+            access_log.warning("429 %s %s (%s) (%d more refused by rate limits in the last %.0f s)",
+                               request.method, request.uri, request.remote_ip, held, self.INTERVAL)
+            return
+        if status < 400:
+            method = access_log.info
+        elif status < 500:
+            method = access_log.warning
+        else:
+            method = access_log.error
+        method("%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
+               1000.0 * request.request_time())
 
 
 class BaseHandler(RequestHandler):
@@ -243,8 +282,29 @@ class BaseHandler(RequestHandler):
                                   foreign_origins_configured=bool(self.ctx.config.server.allowed_origins))
 
     async def consume_state(self, session: Session) -> None:
-        """Refuse unless the request carries an unexpired state issued to this session, and spend it."""
-        await gate.consume_state(self.ctx, session, inputs.state(self.request))
+        """Refuse unless the request carries an unexpired state issued to this session, and spend it.
+
+        Raise HTTPError 403 for a bad state, 503 when the hub cannot tell.
+        """
+        try:
+            await gate.consume_state(self.ctx, session, inputs.state(self.request))
+        except HubUnavailableError as exc:
+            log.warning("state check failed: %s", exc)
+            raise self.fail_for(exc) from exc
+
+    async def issue_state(self, session: Session) -> str:
+        """Return a new state for ``session`` (:func:`gate.issue_state`)."""
+        return await gate.issue_state(self.ctx, session)
+
+    async def rate_limit(self, budget: str) -> None:
+        """Refuse with a JSON 429 once this client has spent its budget ``budget`` (``limits.*_per_minute``).
+
+        The client is ``request.remote_ip`` (``X-Forwarded-For`` only with ``server.xheaders``).
+        """
+        if not await self.ctx.limits.allow(budget, self.request.remote_ip or "?"):
+            self.ctx.metrics.inc("signin_rate_limited_total", budget=budget)
+            # No log_message: a flood must not write a line per request (the access log collapses 429s).
+            raise HTTPError(429, reason="too many requests")
 
     # -- session -------------------------------------------------------------------
 

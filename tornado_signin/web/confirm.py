@@ -87,6 +87,10 @@ class ConfirmSocket(WebSocketHandler):
         if not allowed:
             await self.refuse(403, "origin not allowed")
             return
+        if not await self.ctx.limits.allow("socket", self.request.remote_ip or "?"):
+            self.ctx.metrics.inc("signin_rate_limited_total", budget="socket")
+            await self.refuse(429, "too many requests")
+            return
         secure = inputs.scheme(self.request, self.ctx.config.server) == "https"
         self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days, secure=secure)
         # An ended signed-in session is refused like a missing one (one hub read).

@@ -21,7 +21,7 @@ from ..context import AppContext
 from ..sessions import Session
 from . import inputs
 
-__all__ = ["STATE_HEADER", "origin_of", "origin_allowed", "check_script_request", "consume_state"]
+__all__ = ["STATE_HEADER", "origin_of", "origin_allowed", "check_script_request", "issue_state", "consume_state"]
 
 #: The header the page sends the server-issued state in.
 STATE_HEADER = "X-Signin-State"
@@ -76,14 +76,26 @@ def check_script_request(request: HTTPServerRequest, allowed: Collection[str], *
         raise _refuse("origin not allowed", "Sec-Fetch-Mode is not cors")
 
 
+async def issue_state(ctx: AppContext, session: Session) -> str:
+    """Return a new state for ``session``, recorded in the hub as one of its outstanding states.
+
+    A session keeps at most ``limits.states_per_session`` outstanding; the oldest is forgotten first.
+    """
+    state = ctx.states.issue(session.sid)
+    await ctx.hub.issue_state(session.sid, state.split(".", 1)[0], keep=ctx.config.limits.states_per_session,
+                              ttl=ctx.states.ttl)
+    return state
+
+
 async def consume_state(ctx: AppContext, session: Session, value: str | None) -> None:
     """Spend the state ``value`` (the ``X-Signin-State`` header) issued to ``session``; raise HTTPError 403.
 
-    Refused when missing, issued to another session, expired, or already
-    spent in any process sharing the hub.
+    Refused when missing, issued to another session, expired, already spent
+    in any process sharing the hub, or forgotten (more states were issued to
+    the session since). Raise HubUnavailableError when the hub cannot tell.
     """
     nonce = ctx.states.check(session.sid, value)
     if nonce is None:
         raise _refuse("invalid state", "state missing, foreign or expired")
-    if not await ctx.hub.consume_once(f"state:{nonce}", ctx.states.ttl + 60):
-        raise _refuse("invalid state", "state reused")
+    if not await ctx.hub.spend_state(session.sid, nonce):
+        raise _refuse("invalid state", "state reused, forgotten or never issued")

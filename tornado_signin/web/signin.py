@@ -13,7 +13,7 @@ import secrets
 from typing import Any, cast
 
 from tornado.http1connection import HTTP1Connection
-from tornado.web import stream_request_body
+from tornado.web import HTTPError, stream_request_body
 
 from ..errors import (
     ClientConfigError,
@@ -50,6 +50,7 @@ class PageHandler(BaseHandler):
     """``GET <prefix>/``: the sign-in page (seed steps 1–4); its script's URLs start with the prefix."""
 
     async def get(self) -> None:
+        await self.rate_limit("state")
         session = await self.ensure_session()
         config = self.ctx.config
         nonce = secrets.token_urlsafe(16)
@@ -68,7 +69,7 @@ class PageHandler(BaseHandler):
             scopes=" ".join(config.google.scopes),
             client_library=config.google.client_library,
             client_script_url=config.google.client_script_url,
-            state=self.ctx.states.issue(session.sid),
+            state=await self.issue_state(session),
             needs_consent=session.needs_consent,
             user=({"sub": session.sub, "email": session.email, "name": session.name} if session.sub else None),
             development=config.development,
@@ -80,8 +81,9 @@ class StateHandler(BaseHandler):
     """``GET /state``: a fresh single-use state for this browser session (JSON)."""
 
     async def get(self) -> None:
+        await self.rate_limit("state")
         session = await self.ensure_session()
-        document: dict[str, Any] = {"state": self.ctx.states.issue(session.sid)}
+        document: dict[str, Any] = {"state": await self.issue_state(session)}
         if session.needs_consent:
             document["prompt"] = "consent"
         self.write_json(document)
@@ -104,7 +106,7 @@ class StoreAuthCodeHandler(BaseHandler):
     origin (no CORS), a frame goes only to that session's sockets.
     """
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         super().prepare()
         self._body = bytearray()
         #: The session of this request once read; the origin gate passed (an answer may carry a state).
@@ -112,9 +114,9 @@ class StoreAuthCodeHandler(BaseHandler):
         self._gated = False
         if self.request.method != "POST":
             return
-        if not self.ctx.code_rate_limit.allow(self.request.remote_ip or "?"):
+        if not await self.ctx.limits.allow("code", self.request.remote_ip or "?"):
             self.ctx.metrics.inc("signin_logins_total", outcome="rate_limited")
-            raise self.fail(429, "too many requests", "code POST rate limit hit")
+            raise HTTPError(429, reason="too many requests")
         self.check_request_origin()
         self._gated = True
         if inputs.content_type(self.request) != "application/octet-stream":
@@ -253,6 +255,7 @@ class SignoutHandler(BaseHandler):
     """
 
     async def post(self) -> None:
+        await self.rate_limit("signout")
         self.check_request_origin()
         # The cookie is read unchecked: signing out a session that already
         # ended elsewhere still clears this browser's cookie.
@@ -277,6 +280,7 @@ class DisconnectHandler(BaseHandler):
     """``POST /disconnect``: revoke the grant at Google, forget the user, end the session."""
 
     async def post(self) -> None:
+        await self.rate_limit("disconnect")
         self.check_request_origin()
         session = await self.require_session()
         await self.consume_state(session)

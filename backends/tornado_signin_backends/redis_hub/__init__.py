@@ -50,6 +50,9 @@ redis-py's asyncio client:
   Redis returns (ends first); ``session_active`` of any other session and
   ``sessions_of`` raise HubUnavailableError: an end that cannot be checked is
   not taken as live.
+- ``hit``, ``issue_state``, ``spend_state``: one script each (per-client
+  budgets counted for the deployment; at most ``keep`` outstanding states
+  per session, a spent one deleted), see :mod:`.quota`.
 - ``check``: ``PING``.
 
 Connections: commands go through redis-py's connection pool, at most

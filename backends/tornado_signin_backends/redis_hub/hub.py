@@ -31,6 +31,7 @@ else:  # pragma: no cover - Python 3.10, where redis-py depends on async-timeout
 
 from .envelope import Envelopes
 from .outbox import Outbox
+from .quota import RedisQuota
 from .scripts import Scripts
 from .sessions import SessionRecords
 
@@ -114,7 +115,7 @@ class _Writes:
         return await self.hub._command(self.hub._sessions.end_all(sub, started_before))
 
 
-class RedisHub(ConfirmationHub):
+class RedisHub(RedisQuota, ConfirmationHub):
     """A hub on the Redis at ``url``: a bounded pool of command connections and one pub/sub connection.
 
     Example::
