@@ -16,12 +16,26 @@ import redis
 
 from harness import json_body
 from procs import mint
-from test_deploy import deployment_factory  # noqa: F401  (the fixture)
+from test_deploy import Deployment
 
 pytestmark = [pytest.mark.gen_test(timeout=240), pytest.mark.slow]
 
 PAIRS = 8000
 CLIENTS = 8
+
+
+@pytest.fixture
+def deployment(tmp_path, postgres_url, redis_url, unique_name):
+    """Start two app instances (and the emulator) with ``limits``; stop them after the test."""
+    made: list[Deployment] = []
+
+    def make(limits: dict) -> Deployment:
+        made.append(Deployment(tmp_path, postgres_url, redis_url, unique_name + str(len(made)), limits=limits))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
 
 
 def redis_keys(redis_url: str, prefix: str) -> list[str]:
@@ -39,8 +53,8 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_budgets_hold_for_the_deployment_not_per_process(deployment_factory):
-    dep = deployment_factory(limits={"state_requests_per_minute": 20, "signout_posts_per_minute": 6,
+async def test_budgets_hold_for_the_deployment_not_per_process(deployment):
+    dep = deployment(limits={"state_requests_per_minute": 20, "signout_posts_per_minute": 6,
                                      "socket_handshakes_per_minute": 10})
     pages = [dep.client(0), dep.client(1)]
     for page in pages:
@@ -50,12 +64,8 @@ async def test_budgets_hold_for_the_deployment_not_per_process(deployment_factor
     refused = await pages[0].fetch("/state")
     assert refused.code == 429 and json_body(refused) == {"error": "too many requests"}
     # A state from before the budget ran out is still good on either process; sign-out has its own budget.
-    states = []
-    for index in range(8):
-        fresh = dep.client(index % 2)
-        states.append(fresh)
     answers = []
-    for index, page in enumerate(states):
+    for page in [dep.client(index % 2) for index in range(8)]:
         answers.append((await page.fetch("/signout", method="POST", body=b"",
                                          headers=page.gate_headers("x.1.y"))).code)
     assert answers.count(429) == 2 and set(answers) == {403, 429}, answers  # 6 reach the gate, across both
@@ -71,8 +81,8 @@ async def test_budgets_hold_for_the_deployment_not_per_process(deployment_factor
     assert handshakes.count(429) == 4 and handshakes.count(403) == 10, handshakes  # no cookie: 403 past the budget
 
 
-async def test_a_flood_of_state_and_signout_pairs_leaves_redis_and_memory_bounded(deployment_factory, redis_url):
-    dep = deployment_factory(limits={"state_requests_per_minute": 0, "signout_posts_per_minute": 0})
+async def test_a_flood_of_state_and_signout_pairs_leaves_redis_and_memory_bounded(deployment, redis_url):
+    dep = deployment(limits={"state_requests_per_minute": 0, "signout_posts_per_minute": 0})
     prefix = f"{dep.table}:"
     # Warm both processes up (first requests allocate caches), then measure.
     for index in (0, 1):
@@ -99,7 +109,7 @@ async def test_a_flood_of_state_and_signout_pairs_leaves_redis_and_memory_bounde
     # gone: what is left is the sessions' own keys from the warm-up, whatever the request count.
     assert len(keys) - keys_before <= 4, keys[:20]
     assert not [k for k in keys if ":states:" in k or ":once:" in k], keys[:20]
-    grown = [rss_kib(proc.pid) - before for proc, before in zip(dep.servers, rss_before)]
+    grown = [rss_kib(proc.pid) - before for proc, before in zip(dep.servers, rss_before, strict=True)]
     assert max(grown) < 16 * 1024, f"RSS grew {grown} KiB"
 
     # Outstanding states are capped per session: 50 issued to one session keep only the newest 8.

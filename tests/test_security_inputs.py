@@ -293,7 +293,7 @@ async def test_named_cases_answer_a_short_json_4xx(stack, name, value, reason):
         if reason is None:
             assert answer.status == 400
         else:
-            assert "x-request-id" in answer.headers and json.loads(answer.body) == {"error": reason}
+            assert "x-request-id" in answer.headers and json.loads(answer.body)["error"] == reason
         no_errors(records)
     finally:
         logging.getLogger().removeHandler(records)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,11 +189,12 @@ class BaseHandler(RequestHandler):
         if self.is_secure:
             self.set_header("Strict-Transport-Security", "max-age=31536000")
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
         # Each request runs in its own task: the id tags every log line of it.
         request_id.set(self.request_id)
         # Before anything parses a header: the one validation layer (400 JSON for a malformed value).
         inputs.check_headers(self.request)
+        return None
 
     # -- headers and errors --------------------------------------------------------
 

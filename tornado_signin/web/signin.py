@@ -107,11 +107,13 @@ class StoreAuthCodeHandler(BaseHandler):
     """
 
     async def prepare(self) -> None:
-        super().prepare()
         self._body = bytearray()
         #: The session of this request once read; the origin gate passed (an answer may carry a state).
         self._session: Session | None = None
         self._gated = False
+        #: The state a refusal hands the page (recorded in the hub before the answer is written).
+        self._next_state: str | None = None
+        super().prepare()
         if self.request.method != "POST":
             return
         if not await self.ctx.limits.allow("code", self.request.remote_ip or "?"):
@@ -119,31 +121,47 @@ class StoreAuthCodeHandler(BaseHandler):
             raise HTTPError(429, reason="too many requests")
         self.check_request_origin()
         self._gated = True
-        if inputs.content_type(self.request) != "application/octet-stream":
-            raise self.fail(415, "content type must be application/octet-stream")
-        cap = self.ctx.config.limits.max_body_bytes
-        length = inputs.content_length(self.request)
-        if length is not None and length > cap:
-            raise self.fail(413, "body too large")
+        try:
+            if inputs.content_type(self.request) != "application/octet-stream":
+                raise self.fail(415, "content type must be application/octet-stream")
+            cap = self.ctx.config.limits.max_body_bytes
+            length = inputs.content_length(self.request)
+            if length is not None and length > cap:
+                raise self.fail(413, "body too large")
+        except HTTPError:
+            await self._issue_next_state()
+            raise
         cast(HTTP1Connection, self.request.connection).set_max_body_size(cap)
 
-    def data_received(self, chunk: bytes) -> None:
+    async def data_received(self, chunk: bytes) -> None:
         self._body.extend(chunk)
         if len(self._body) > self.ctx.config.limits.max_body_bytes:
+            await self._issue_next_state()
             raise self.fail(413, "body too large")
 
     def _code(self) -> str:
         return inputs.code(bytes(self._body), self.ctx.config.limits.max_code_length)
 
-    def error_fields(self) -> dict[str, Any]:
-        # A refused attempt still hands the page its next state (the cookie is
-        # re-read unchecked for refusals before post(): a state only works for a live session).
-        if not self._gated:
-            return {}
+    async def _issue_next_state(self) -> None:
+        """Issue the state a refusal carries (write_error cannot wait for the hub): only past the origin
+        gate, and for a session the cookie names (read unchecked: a state only works for a live session)."""
+        if not self._gated or self._next_state is not None:
+            return
         session = self._session or self.read_session_cookie()
-        return {"state": self.ctx.states.issue(session.sid)} if session is not None else {}
+        if session is not None:
+            self._next_state = await self.issue_state(session)
+
+    def error_fields(self) -> dict[str, Any]:
+        return {"state": self._next_state} if self._next_state is not None else {}
 
     async def post(self) -> None:
+        try:
+            await self._post()
+        except HTTPError:
+            await self._issue_next_state()
+            raise
+
+    async def _post(self) -> None:
         session = self._session = await self.require_session()
         code = self._code()
         ctx = self.ctx
@@ -181,7 +199,7 @@ class StoreAuthCodeHandler(BaseHandler):
             log.info("sign-in needs consent again: no usable refresh token for this user")
             self.write_session(Session(sid=session.sid, needs_consent=True))
             await ctx.hooks.consent_required(ConsentRequired(sub=claims.sub, reason="no_refresh_token"))
-            state = ctx.states.issue(session.sid)
+            state = await self.issue_state(session)
             await self.publish(session.sid, {"type": CONSENT_REQUIRED, "state": state})
             self.write_json({"status": CONSENT_REQUIRED, "state": state}, 409)
             return
@@ -204,7 +222,7 @@ class StoreAuthCodeHandler(BaseHandler):
         self.write_session(new_session)
         user = signed_in.as_dict()
         self._session = new_session
-        state = ctx.states.issue(new_session.sid)
+        state = await self.issue_state(new_session)
         frame: dict[str, Any] = {"type": SIGNED_IN, "user": user, "state": state}
         expires_at = outcome.record.refresh_token_expires_at
         if expires_at is not None:
@@ -243,7 +261,7 @@ class StoreAuthCodeHandler(BaseHandler):
             log.warning("sign-in failed: ID token rejected: %s", exc)
         else:
             log.warning("sign-in failed: %s", exc)
-        state = self.ctx.states.issue(session.sid)
+        state = await self.issue_state(session)
         await self.publish(session.sid, {"type": "failed", "reason": response.reason, "state": state})
         self.write_json({"error": response.reason, "state": state}, response.status)
 
