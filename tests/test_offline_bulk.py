@@ -141,3 +141,48 @@ async def test_closing_the_iterator_early_cancels_the_users_in_progress(stack):
 async def test_concurrency_below_one_is_refused(stack):
     with pytest.raises(ValueError, match="concurrency"):
         await collect(stack.ctx.offline, concurrency=0)
+
+
+async def test_the_jobs_store_calls_share_worker_hops(stack):
+    # Two store calls per refreshed user (the re-read under the lease, the save), but the calls of one
+    # IOLoop turn run in one worker call: far fewer hops than calls.
+    subs = seed(stack, 30)
+    ctx = stack.ctx
+
+    class Counting(WorkerPool):
+        hops = 0
+
+        async def run(self, fn, *args, **kwargs):
+            Counting.hops += 1
+            return await super().run(fn, *args, **kwargs)
+
+    workers = Counting(2, 16)
+    try:
+        outcomes = await collect(OfflineAccess(ctx.store, ctx.google, workers), concurrency=30)
+    finally:
+        workers.shutdown()
+    assert all(outcomes[sub].refreshed and outcomes[sub].error is None for sub in subs)
+    assert Counting.hops < len(subs)  # 60 store calls and the page reads
+
+
+async def test_one_users_store_failure_is_that_users_outcome(stack):
+    from tornado_signin.errors import StorageError
+
+    subs = seed(stack, 6)
+    ctx, broken = stack.ctx, subs[3]
+
+    class Flaky:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get(self, sub):
+            if sub == broken:
+                raise StorageError("disk on fire")
+            return self.inner.get(sub)
+
+    outcomes = await collect(OfflineAccess(Flaky(ctx.store), ctx.google, ctx.workers), concurrency=6)
+    assert isinstance(outcomes[broken].error, StorageError)
+    assert all(outcomes[sub].credentials.valid for sub in subs if sub != broken)
