@@ -11,8 +11,10 @@ refresh token works (a refresh with it succeeds at the emulator).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import yaml
 
 from harness import CLIENT_ID, json_body
 from security_oracle import assert_logs_clean, stack_fixture
@@ -58,7 +60,6 @@ async def test_new_user_two_tabs_the_tab_with_the_refresh_token_answers_late(sta
     first = asyncio.ensure_future(tab1.post_code(code1))
     await asyncio.sleep(HEAD_START)
     second = await tab2.post_code(code2)
-    assert second.code == 409 and json_body(second)["status"] == "consent_required"
     answer = await first
     assert answer.code in (200, 409), answer.body
     if answer.code == 200:
@@ -66,10 +67,75 @@ async def test_new_user_two_tabs_the_tab_with_the_refresh_token_answers_late(sta
     else:
         assert json_body(answer)["status"] == "consent_required"
         assert not stack.store.get(sub_of(stack)).has_usable_refresh_token
+    assert second.code in (200, 409), second.body
     # The user's next consent works.
     assert (await tab1.post_code(stack.mint(ALICE, prompt="consent"))).code == 200
     assert await stored_refresh_token_works(stack, sub_of(stack))
     assert_logs_clean(stack)
+
+
+async def _two_browsers_first_consent_answered_late(stack, browser1, browser2):
+    """Browser 1's exchange brings the refresh token, answered late; browser 2's (no refresh token) begins after
+    it and is answered at once. Browser 2 waits for the exchange in flight instead of revoking under it."""
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)  # the second consent of one grant: no refresh token
+    late(stack, "token.authorization_code", after=True)
+    first = asyncio.ensure_future(browser1.post_code(code1))
+    await asyncio.sleep(HEAD_START)
+    second = await browser2.post_code(code2)
+    answer = await first
+    assert not stack.emulator.grant_revoked(CLIENT_ID, ALICE), "the grant was revoked while a sign-in was in flight"
+    assert (answer.code, second.code) == (200, 200), (answer.body, second.body)
+    assert json_body(second)["status"] == "signed_in"
+    assert await stored_refresh_token_works(stack, sub_of(stack))
+
+
+async def _two_browsers_no_refresh_token_answered_late(stack, browser1, browser2):
+    """The other order: browser 2's exchange (no refresh token) begins first, answered late; browser 1's
+    (the refresh token) begins after it and is stored first."""
+    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)
+    late(stack, "token.authorization_code", after=True)
+    second = asyncio.ensure_future(browser2.post_code(code2))
+    await asyncio.sleep(HEAD_START)
+    first = await browser1.post_code(code1)
+    answer = await second
+    assert (first.code, answer.code) == (200, 200), (first.body, answer.body)
+    assert not stack.emulator.grant_revoked(CLIENT_ID, ALICE), "a grant with a stored refresh token was revoked"
+    assert await stored_refresh_token_works(stack, sub_of(stack))
+
+
+async def test_new_user_two_browsers_the_first_consent_answers_late(stack):
+    """Two browsers (separate cookie jars, no session in common): both sign in, the grant stays."""
+    await _two_browsers_first_consent_answered_late(stack, stack.client(), stack.client())
+    assert_logs_clean(stack)
+
+
+async def test_new_user_two_browsers_the_second_consent_answers_late(stack):
+    await _two_browsers_no_refresh_token_answered_late(stack, stack.client(), stack.client())
+
+
+async def test_a_new_user_alone_without_refresh_token_still_gets_the_consent_workaround(stack):
+    """No other exchange in flight: the sign-in without a refresh token revokes the grant and answers 409 at once."""
+    stack.mint(ALICE)  # the first consent, its code never posted
+    answer = await stack.client().post_code(stack.mint(ALICE))
+    assert answer.code == 409 and json_body(answer)["status"] == "consent_required"
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+
+
+async def test_a_sign_in_without_refresh_token_waits_only_for_exchanges_that_began_before_it(stack):
+    """An exchange of somebody else (Carol) that began earlier and is still in flight is waited for (bounded by its
+    deadline), then the consent workaround goes on: her late answer does not sign Alice in."""
+    code_carol = stack.mint("carol@example.org")
+    stack.mint(ALICE)
+    code_alice = stack.mint(ALICE)
+    late(stack, "token.authorization_code", after=True)
+    carol = asyncio.ensure_future(stack.client().post_code(code_carol))
+    await asyncio.sleep(HEAD_START)
+    began = time.monotonic()
+    alice = await stack.client().post_code(code_alice)
+    assert alice.code == 409 and json_body(alice)["status"] == "consent_required"
+    assert stack.emulator.grant_revoked(CLIENT_ID, ALICE)
+    assert time.monotonic() - began > LATE - HEAD_START - 0.2, "Alice did not wait for the exchange in flight"
+    assert (await carol).code == 200
 
 
 async def test_new_user_two_tabs_of_one_browser_both_sign_in(stack):
@@ -224,23 +290,56 @@ def two_servers(io_loop, tmp_path, redis_url, unique_name):
     io_loop.run_sync(close)
 
 
-async def test_two_tabs_on_two_servers_through_the_redis_hub(two_servers):
+async def test_two_browsers_on_two_servers_through_the_redis_hub(two_servers):
     from harness import PageClient
 
     stack, url_b, _ = two_servers
-    tab1 = stack.client()
-    tab2 = PageClient(url_b, url_b)  # another server process
-    code1, code2 = stack.mint(ALICE), stack.mint(ALICE)
-    late(stack, "token.authorization_code", after=True)
-    first = asyncio.ensure_future(tab1.post_code(code1))
-    await asyncio.sleep(HEAD_START)
-    second = await tab2.post_code(code2)
-    assert second.code == 409
-    answer = await first
-    if answer.code == 200:
-        assert await stored_refresh_token_works(stack, sub_of(stack)), "200 signed_in over a dead refresh token"
-    else:
-        assert answer.code == 409, answer.body
+    await _two_browsers_first_consent_answered_late(stack, stack.client(), PageClient(url_b, url_b))
+
+
+async def test_two_browsers_on_two_servers_the_other_order(two_servers):
+    from harness import PageClient
+
+    stack, url_b, _ = two_servers
+    await _two_browsers_no_refresh_token_answered_late(stack, stack.client(), PageClient(url_b, url_b))
+
+
+@pytest.fixture
+def server_process(two_servers, tmp_path):
+    """Stack A, and `tornado-signin serve` in a process of its own on the same SQLite file and Redis prefix."""
+    import procs
+
+    stack = two_servers[0]
+    endpoints = stack.config.google.endpoints
+    emulator_url = endpoints.token_uri.rsplit("/", 1)[0]
+    port = procs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = procs.write_config(
+        tmp_path, name="process-b", emulator_url=emulator_url, origins=[url],
+        store={"backend": "sql", "url": stack.config.store.options["url"]},
+        hub={"backend": "redis", "url": stack.config.hub.url, "key_prefix": stack.config.hub.key_prefix})
+    document = yaml.safe_load(config.read_text())
+    document["google"]["endpoints"] = {"auth_uri": endpoints.auth_uri, "token_uri": endpoints.token_uri,
+                                       "certs_uri": endpoints.certs_uri}
+    config.write_text(yaml.safe_dump(document))
+    proc = procs.start_server(tmp_path, config, port)
+    yield stack, url, proc
+    proc.stop()
+
+
+async def test_two_browsers_on_two_server_processes(server_process):
+    from harness import PageClient
+
+    stack, url_b, proc = server_process
+    await _two_browsers_first_consent_answered_late(stack, stack.client(), PageClient(url_b, url_b))
+    assert "Traceback" not in proc.log()
+
+
+async def test_two_browsers_on_two_server_processes_the_other_order(server_process):
+    from harness import PageClient
+
+    stack, url_b, _ = server_process
+    await _two_browsers_no_refresh_token_answered_late(stack, stack.client(), PageClient(url_b, url_b))
 
 
 async def test_a_late_revoke_on_one_server_keeps_a_sign_in_on_the_other(two_servers):

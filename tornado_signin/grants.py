@@ -26,6 +26,17 @@ whose exchange started before such a note cannot know whether Google issued
 its refresh token before or after the revoke: it tries the token with one
 refresh before it answers ``signed_in``, so a ``200 signed_in`` means the
 stored refresh token works.
+
+Two browsers of one new user have no session in common, and the sub of an
+exchange is unknown until Google answers it. So every exchange is recorded
+in the hub while it is in flight (:meth:`GrantGuard.exchange`), deployment
+wide, in the order exchanges began; a sign-in left without a usable refresh
+token waits, before it revokes the grant, for the exchanges that began
+before its own (:meth:`GrantGuard.wait_for_earlier_exchanges`, at most
+their deadline), then reads the record again under the user's lease: a
+refresh token one of them stored means signed in, and no revoke. This costs
+two hub round trips per sign-in (begin and end); the wait happens only on
+the consent-workaround path.
 """
 
 from __future__ import annotations
@@ -37,9 +48,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .hub import ConfirmationHub, LocalLeases
+from .hub import ConfirmationHub, LocalExchanges, LocalLeases
 
-__all__ = ["GrantGuard", "LEASE_TTL", "LEASE_WAIT", "CLOCK_MARGIN"]
+__all__ = ["GrantGuard", "LEASE_TTL", "LEASE_WAIT", "CLOCK_MARGIN", "EXCHANGE_MARGIN"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,9 @@ LEASE_WAIT = 30.0
 #: Clocks of different machines disagree: a revoke note counts for exchanges
 #: that started up to this many seconds after it.
 CLOCK_MARGIN = 5.0
+#: An exchange stays "in flight" for Google's deadline plus this many seconds: its ID token's
+#: check (certs fetch), the wait for the user's lease and the store write come after the answer.
+EXCHANGE_MARGIN = 10.0
 #: How long a process-local revoke note is kept (a hub keeps its own for ``record_ttl``).
 NOTE_TTL = 600.0
 
@@ -72,6 +86,7 @@ class GrantGuard:
         self.wait = wait
         self.clock = clock
         self._leases = LocalLeases()
+        self._exchanges = LocalExchanges()
         self._notes: dict[str, float] = {}
 
     async def _acquire(self, key: str) -> str | None:
@@ -165,3 +180,72 @@ class GrantGuard:
             return False
         at = note.get("at")
         return not isinstance(at, (int, float)) or at >= started - CLOCK_MARGIN
+
+    # -- exchanges in flight ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, deadline: float) -> AsyncIterator[str | None]:
+        """Record an exchange in flight for the block (at most ``deadline`` + EXCHANGE_MARGIN seconds).
+
+        Yield its ticket, or None when the hub could not record it (then
+        :meth:`wait_for_earlier_exchanges` cannot tell, and the caller does
+        not revoke). The record ends with the block, even on an error: wrap
+        the exchange and the store write of its tokens, so that whoever waits
+        for it finds the tokens stored.
+        """
+        ttl = deadline + EXCHANGE_MARGIN
+        ticket: str | None = None
+        try:
+            ticket = self._exchanges.begin(ttl) if self.hub is None else await self.hub.begin_exchange(ttl)
+        except Exception as exc:  # any hub failure: the sign-in goes on, it only never revokes
+            log.warning("could not record an exchange in the hub (%s): going on without it", type(exc).__name__)
+        try:
+            yield ticket
+        finally:
+            if ticket is not None:
+                try:
+                    if self.hub is None:
+                        self._exchanges.end(ticket)
+                    else:
+                        await self.hub.end_exchange(ticket)
+                except Exception as exc:  # it lapses on its own; waiters wait until then
+                    log.warning("could not end an exchange in the hub (%s): it lapses in %.0fs",
+                                type(exc).__name__, ttl)
+
+    async def _earlier(self, ticket: str) -> int:
+        if self.hub is None:
+            return self._exchanges.before(ticket)
+        return await self.hub.exchanges_before(ticket)
+
+    async def earlier_exchanges(self, ticket: str | None) -> bool:
+        """Return True when an exchange that began before ``ticket``'s is in flight (or the hub cannot say)."""
+        if ticket is None:
+            return True
+        try:
+            return await self._earlier(ticket) > 0
+        except Exception as exc:
+            log.warning("could not read the exchanges in flight (%s)", type(exc).__name__)
+            return True
+
+    async def wait_for_earlier_exchanges(self, ticket: str | None, within: float) -> bool:
+        """Wait until every exchange that began before ``ticket``'s is resolved; return True when they are.
+
+        Polls the hub with a growing pause (at most 0.1 s). False after
+        ``within`` seconds, or when the hub cannot say (the caller then must
+        not revoke).
+        """
+        if ticket is None:
+            return False
+        deadline = time.monotonic() + within
+        pause = 0.005
+        while True:
+            try:
+                if await self._earlier(ticket) == 0:
+                    return True
+            except Exception as exc:
+                log.warning("could not read the exchanges in flight (%s)", type(exc).__name__)
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, 0.1)

@@ -25,6 +25,14 @@ held across every process sharing the hub. :mod:`tornado_signin.grants` uses
 one per user so that what Google answers late (a revoke, an exchange) is
 never applied over a newer state written by another sign-in of that user.
 
+And *exchanges in flight* (:meth:`ConfirmationHub.begin_exchange`,
+:meth:`ConfirmationHub.end_exchange`, :meth:`ConfirmationHub.exchanges_before`):
+the code exchanges under way in the whole deployment, in the order they
+began. The user of an exchange is unknown until Google answers it, so a
+sign-in about to revoke a grant (the consent workaround) first waits for the
+exchanges that began before its own: one of them may be bringing that grant's
+refresh token, from another browser of the same user.
+
 Hubs are plugins in the ``tornado_signin.hubs`` entry-point group, loaded by
 :func:`load_hub`: ``memory`` (one process) and ``redis`` (pub/sub, several
 processes and machines), both in ``tornado_signin_backends``.
@@ -42,8 +50,8 @@ from typing import Any
 
 from .plugins import HUBS, load
 
-__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "LocalLeases", "LocalCounters", "LocalStates", "load_hub",
-           "HUB_ENTRY_POINT_GROUP"]
+__all__ = ["ConfirmationHub", "Subscription", "SessionRecord", "LocalLeases", "LocalCounters", "LocalStates",
+           "LocalExchanges", "load_hub", "HUB_ENTRY_POINT_GROUP"]
 
 HUB_ENTRY_POINT_GROUP = HUBS.name
 
@@ -222,6 +230,35 @@ class ConfirmationHub(abc.ABC):
         """
         return _local_states(self).spend(sid, nonce)
 
+    # -- exchanges in flight --------------------------------------------------------------
+
+    async def begin_exchange(self, ttl: float) -> str:
+        """Record that a code exchange begins now, for at most ``ttl`` seconds; return its ticket.
+
+        Tickets are ordered across every process sharing the hub: an exchange
+        that began later gets a later ticket. One round trip where the hub is
+        remote (it runs on every sign-in). Raise HubUnavailableError.
+
+        The default keeps the exchanges of this process (right for
+        ``memory``); a hub shared between processes overrides the three
+        exchange methods with atomic operations of its store.
+        """
+        return _local_exchanges(self).begin(ttl)
+
+    async def end_exchange(self, ticket: str) -> None:
+        """Record that the exchange of ``ticket`` is resolved (its tokens stored, or it failed). Idempotent.
+
+        One round trip where the hub is remote. Raise HubUnavailableError.
+        """
+        _local_exchanges(self).end(ticket)
+
+    async def exchanges_before(self, ticket: str) -> int:
+        """Return how many exchanges that began before ``ticket``'s are neither ended nor past their ttl.
+
+        Raise HubUnavailableError when the hub cannot answer.
+        """
+        return _local_exchanges(self).before(ticket)
+
     async def check(self) -> None:
         """Raise unless the hub is usable (readiness)."""
 
@@ -255,6 +292,44 @@ class LocalLeases:
             return False
         del self._held[key]
         return held[1] > self.clock()
+
+
+class LocalExchanges:
+    """Exchanges in flight kept in one process (the default of :meth:`ConfirmationHub.begin_exchange`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._next = 0
+        self._live: dict[int, float] = {}  # ticket -> when it lapses
+
+    def begin(self, ttl: float) -> str:
+        """Return the ticket of an exchange beginning now, live for ``ttl`` seconds."""
+        now = self.clock()
+        if len(self._live) > 1024:  # amortised clean-up of lapsed exchanges
+            self._live = {k: until for k, until in self._live.items() if until > now}
+        self._next += 1
+        self._live[self._next] = now + ttl
+        return str(self._next)
+
+    def end(self, ticket: str) -> None:
+        """Forget the exchange of ``ticket`` (a ticket this object did not give is ignored)."""
+        self._live.pop(_ticket_number(ticket), None)
+
+    def before(self, ticket: str) -> int:
+        """Return how many live exchanges began before ``ticket``'s."""
+        mine, now = _ticket_number(ticket), self.clock()
+        return sum(1 for k, until in self._live.items() if k < mine and until > now)
+
+
+def _ticket_number(ticket: str) -> int:
+    return int(ticket) if ticket.isdecimal() and ticket.isascii() else -1
+
+
+def _local_exchanges(hub: ConfirmationHub) -> LocalExchanges:
+    exchanges = hub.__dict__.get("_tornado_signin_exchanges")
+    if exchanges is None:
+        exchanges = hub.__dict__["_tornado_signin_exchanges"] = LocalExchanges()
+    return exchanges
 
 
 def _local_leases(hub: ConfirmationHub) -> LocalLeases:

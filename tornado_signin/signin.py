@@ -12,7 +12,9 @@ store's merge rule); a user left with no usable refresh token gets the
 A ``signed_in`` outcome means the stored refresh token works: what follows
 an exchange runs under the user's grant lease (:mod:`tornado_signin.grants`),
 and a refresh token whose exchange crossed a revoke of the same grant is
-tried once before it counts.
+tried once before it counts. A sign-in left without a refresh token waits for the
+exchanges in flight that began before its own (another browser of the same
+user may be storing one) before it revokes the grant.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from .crypto import EncryptingStore
 from .errors import CryptoError, GoogleError, GoogleProtocolError, InvalidGrantError, SigninBlockedError, StorageError
 from .google import GoogleClient, TokenResponse
-from .grants import GrantGuard
+from .grants import EXCHANGE_MARGIN, GrantGuard
 from .health import StoreHealth
 from .metrics import Metrics
 from .store import TokenRecord
@@ -132,6 +134,13 @@ class SigninService:
             return await self._complete(code)
 
     async def _complete(self, code: str) -> SigninOutcome:
+        # The exchange is recorded in flight until its tokens are stored: a
+        # sign-in of the same user in another browser, about to revoke the
+        # grant, waits for it (see _after_earlier_exchanges).
+        async with self.grants.exchange(self.google.google.request_timeout) as ticket:
+            return await self._exchange_and_store(code, ticket)
+
+    async def _exchange_and_store(self, code: str, ticket: str | None) -> SigninOutcome:
         started = time.perf_counter()
         exchange_started = self.grants.clock()
         tokens = await self.google.exchange_code(code)
@@ -166,11 +175,41 @@ class SigninService:
                                      and merged.refresh_token == incoming.refresh_token)
             if grant_ended:
                 log.info("the refresh token of this sign-in died with a revoke that crossed it: consent again")
-            elif held:
-                await self.revoke_stale_grant(merged.access_token, sub=claims.sub)
-            else:
+                return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
+            if not held:
                 log.warning("stale grant not revoked: another sign-in of this user may be storing its refresh token")
-            return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
+                return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
+            if not await self.grants.earlier_exchanges(ticket):
+                await self.revoke_stale_grant(merged.access_token, sub=claims.sub)
+                return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=merged)
+        # Exchanges that began before ours are in flight: one may be this
+        # user's, in another browser, bringing the refresh token of this very
+        # grant. Wait for them outside the lease (they need it to store).
+        return await self._after_earlier_exchanges(ticket, claims, merged, exchange_started)
+
+    async def _after_earlier_exchanges(self, ticket: str | None, claims: IdClaims, merged: TokenRecord,
+                                       exchange_started: float) -> SigninOutcome:
+        """Wait for the exchanges that began before ``ticket``'s, then decide again on the stored record.
+
+        Return SIGNED_IN with the stored record when one of them stored a
+        usable refresh token; otherwise revoke the stale grant (unless the
+        wait could not finish, the lease could not be had, or another sign-in
+        revoked it since our exchange began) and return CONSENT_REQUIRED.
+        """
+        within = self.google.google.request_timeout + EXCHANGE_MARGIN
+        resolved = await self.grants.wait_for_earlier_exchanges(ticket, within)
+        async with self.grants.hold(claims.sub) as held:
+            stored = await self.workers.run(self.store.get, claims.sub)
+            if stored is not None and stored.has_usable_refresh_token and not stored.signin_blocked:
+                return SigninOutcome(status=SIGNED_IN, claims=claims, record=stored)
+            if not (resolved and held):
+                log.warning("stale grant not revoked: a sign-in that may be storing its refresh token "
+                            "did not finish in time")
+            elif await self.grants.revoked_since(claims.sub, exchange_started):
+                log.info("stale grant already revoked by another sign-in of this user")
+            else:
+                await self.revoke_stale_grant(merged.access_token, sub=claims.sub)
+            return SigninOutcome(status=CONSENT_REQUIRED, claims=claims, record=stored or merged)
 
     async def _tried(self, incoming: TokenRecord) -> tuple[TokenRecord, bool]:
         """Return ``incoming`` after one refresh with its refresh token, and whether the grant was found ended.

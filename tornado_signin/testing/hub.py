@@ -25,7 +25,8 @@ instance), ``record=False``, channels kept apart, a closed subscription, async
 callbacks, single-use keys across instances, expiry, request budgets (a
 fixed window counted across instances), outstanding states (spent once
 anywhere, the newest kept, expiry), leases (one holder,
-released by its token only, ended by their ttl), and the session records.
+released by its token only, ended by their ttl), exchanges in flight (ordered
+across instances, ended, lapsed with their ttl), and the session records.
 
 The tests are coroutines run by pytest-tornado (``pip install 'tornado-signin[test]'``).
 """
@@ -309,6 +310,38 @@ class ConfirmationHubContract:
         attempts = [view.acquire_lease(key, 30) for view in [hub] + ([peer] if peer is not None else [])
                     for _ in range(10)]
         assert len([t for t in await asyncio.gather(*attempts) if t]) == 1
+
+    # -- exchanges in flight ------------------------------------------------------------
+
+    async def test_exchanges_before_counts_the_earlier_live_exchanges_of_every_instance(self, hub, peer):
+        other = peer or hub
+        first = await hub.begin_exchange(30)
+        second = await other.begin_exchange(30)
+        third = await hub.begin_exchange(30)
+        assert len({first, second, third}) == 3 and all(isinstance(t, str) and t for t in (first, second, third))
+        assert await hub.exchanges_before(first) == 0, "an exchange waited for itself or a later one"
+        assert await other.exchanges_before(second) == 1
+        assert await other.exchanges_before(third) == 2
+        await other.end_exchange(first)
+        await hub.end_exchange(first)  # idempotent
+        assert await hub.exchanges_before(third) == 1, "an ended exchange still counted"
+        await hub.end_exchange(second)
+        assert await other.exchanges_before(third) == 0
+        fourth = await other.begin_exchange(30)
+        assert await hub.exchanges_before(third) == 0, "a later exchange counted as an earlier one"
+        assert await hub.exchanges_before(fourth) == 1
+        for ticket in (third, fourth):
+            await hub.end_exchange(ticket)
+
+    async def test_an_exchange_lapses_with_its_ttl(self, hub, peer):
+        lapsing = await hub.begin_exchange(0.3)
+        kept = await hub.begin_exchange(30)
+        mine = await (peer or hub).begin_exchange(30)
+        assert await hub.exchanges_before(mine) == 2
+        await asyncio.sleep(0.5)
+        assert await (peer or hub).exchanges_before(mine) == 1, "a lapsed exchange still counted"
+        for ticket in (lapsing, kept, mine):
+            await hub.end_exchange(ticket)
 
     # -- session records ----------------------------------------------------------------
 

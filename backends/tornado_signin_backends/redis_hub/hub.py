@@ -504,6 +504,36 @@ class RedisHub(RedisQuota, ConfirmationHub):
             self._mark_down(exc)
             raise HubUnavailableError(f"Redis hub: cannot release a lease ({type(exc).__name__})") from exc
 
+    # -- exchanges in flight -----------------------------------------------
+
+    async def begin_exchange(self, ttl: float) -> str:
+        """One script: a ticket from ``<prefix>exch-seq``, lapsing in the sorted set ``<prefix>exch``."""
+        self._ensure_running()
+        try:
+            return await self._command(self._scripts.begin_exchange(
+                f"{self.prefix}exch", f"{self.prefix}exch-seq", max(1, int(ttl * 1000))))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot record an exchange ({type(exc).__name__})") from exc
+
+    async def end_exchange(self, ticket: str) -> None:
+        """``ZREM <prefix>exch <ticket>``."""
+        self._ensure_running()
+        try:
+            await self._command(self._redis.zrem(f"{self.prefix}exch", ticket))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot end an exchange ({type(exc).__name__})") from exc
+
+    async def exchanges_before(self, ticket: str) -> int:
+        """One script counting the live entries of ``<prefix>exch`` before ``ticket``."""
+        self._ensure_running()
+        try:
+            return await self._command(self._scripts.exchanges_before(f"{self.prefix}exch", ticket))
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot read the exchanges ({type(exc).__name__})") from exc
+
     async def check(self) -> None:
         """Raise redis-py's ConnectionError or TimeoutError unless Redis answers PING within the timeout."""
         self._ensure_running()

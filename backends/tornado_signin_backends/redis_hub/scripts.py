@@ -4,7 +4,7 @@ redis-py sends ``EVALSHA`` and, on ``NOSCRIPT`` (a Redis that restarted,
 failed over or flushed its scripts), loads the script and runs it again. A
 Redis that refuses scripts (an ACL without ``@scripting``, a renamed command)
 gets the same commands in one ``MULTI``/``EXEC`` from then on, where that is
-equivalent; releasing a lease has no such fallback (compare-and-delete needs
+equivalent; releasing a lease and the exchanges in flight have no such fallback (compare-and-delete needs
 the script).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
-__all__ = ["RECORD_AND_PUBLISH", "RECORD_AND_PUBLISH_SHA", "START_SESSION", "RELEASE_LEASE", "Scripts"]
+__all__ = ["RECORD_AND_PUBLISH", "RECORD_AND_PUBLISH_SHA", "START_SESSION", "RELEASE_LEASE", "BEGIN_EXCHANGE", "EXCHANGES_BEFORE", "Scripts"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,35 @@ return 0
 """
 
 
+#: ``begin_exchange``. KEYS = exch (a sorted set: ticket -> when it lapses, in Redis's own milliseconds),
+#: exch-seq (the ticket counter); ARGV = milliseconds to keep it. Redis's clock, not the callers': the
+#: processes of a deployment then agree on when an exchange lapses. Both keys expire with the newest entry
+#: (every entry gets the same ttl), so nothing is left behind once exchanges stop; lapsed entries are dropped.
+BEGIN_EXCHANGE = """\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local ticket = redis.call('INCR', KEYS[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ticket)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return ticket
+"""
+
+#: ``exchanges_before``. KEYS = exch; ARGV = ticket. Counts the live entries with a smaller ticket.
+EXCHANGES_BEFORE = """\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = tonumber(ARGV[1])
+local n = 0
+for _, ticket in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  if tonumber(ticket) < mine then n = n + 1 end
+end
+return n
+"""
+
+
 def _refused(exc: ResponseError) -> bool:
     """Return whether ``exc`` says this Redis will never run scripts (an ACL without @scripting, a renamed command)."""
     return isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower()
@@ -62,6 +91,8 @@ class Scripts:
         self._record_and_publish = client.register_script(RECORD_AND_PUBLISH)
         self._start_session = client.register_script(START_SESSION)
         self._release_lease = client.register_script(RELEASE_LEASE)
+        self._begin_exchange = client.register_script(BEGIN_EXCHANGE)
+        self._exchanges_before = client.register_script(EXCHANGES_BEFORE)
         self._use_scripts = True
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> bool:
@@ -104,3 +135,11 @@ class Scripts:
     async def release_lease(self, key: str, token: str) -> bool:
         """Delete ``key`` if it holds ``token``; return whether it did."""
         return bool(await self._release_lease(keys=[key], args=[token]))
+
+    async def begin_exchange(self, key: str, counter_key: str, ttl_ms: int) -> str:
+        """Add an exchange lapsing in ``ttl_ms`` to ``key``; return its ticket (from ``counter_key``)."""
+        return str(await self._begin_exchange(keys=[key, counter_key], args=[ttl_ms]))
+
+    async def exchanges_before(self, key: str, ticket: str) -> int:
+        """Return how many live exchanges of ``key`` have a smaller ticket than ``ticket``."""
+        return int(await self._exchanges_before(keys=[key], args=[ticket]))
