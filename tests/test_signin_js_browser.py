@@ -360,3 +360,32 @@ def test_gis_consent_again_works_without_prompt(chromium, demo, tmp_path):
     store.close()
     assert rows >= 1
     context.close()
+
+
+def test_an_old_failure_replayed_by_the_socket_is_not_shown_after_a_reload(chromium, demo):
+    """The hub replays the session's last frame to a socket that connects late; on a fresh page that is an old
+    attempt's failure, which is not news: the page says "Not signed in.", and the next sign-in works."""
+    app_url, emulator_url = demo()
+    fault = {"endpoint": "token.authorization_code", "kind": "status", "status": 400,
+             "body": {"error": "invalid_grant", "error_description": "Bad Request"}}
+    assert requests.post(emulator_url + "/emulator/faults", json=fault, timeout=10).ok
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(app_url + "/")
+    page.wait_for_selector("#signinButton:not([disabled])")
+    approve(page, "#signinButton", "bob@gmail.com")
+    page.locator("#status", has_text="Sign-in failed").wait_for(timeout=15000)
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    page.reload()
+    page.wait_for_selector("#signinButton:not([disabled])")
+    for _ in range(50):
+        if any('"failed"' in frame for frame in frames):
+            break
+        page.wait_for_timeout(100)
+    assert any('"failed"' in frame for frame in frames), frames  # the replay did come
+    page.wait_for_timeout(300)
+    assert status(page) == "Not signed in."
+    approve(page, "#signinButton", "carol@example.org")
+    page.locator("#status", has_text="fully logged in").wait_for(timeout=15000)
+    context.close()

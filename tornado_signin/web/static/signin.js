@@ -50,7 +50,9 @@
  * Whatever order the POST's answer and the socket's frame arrive in, the status
  * shows the most specific outcome: the first of the two ends an attempt, the
  * other only brings its state; a "signed_out" frame never replaces
- * "Disconnected…", and a frame of an earlier attempt never undoes a newer one.
+ * "Disconnected…", and a frame of an earlier attempt never undoes a newer one
+ * (the session's last frame, replayed to a socket that connects late, is shown
+ * only when it is news: a sign-in, or the outcome of an answer that was lost).
  *
  * gapi.auth2 is legacy only: Google refuses it for OAuth client ids created
  * after July 2022 (gapi.auth2.init fails with idpiframe_initialization_failed);
@@ -148,6 +150,7 @@
     /** @type {"loading"|"signed_in"|"signed_out"} */
     var view = "loading";
     var attemptSeq = 0;
+    var answerLost = false;
     /** @type {{id: number, done: boolean, posting: boolean, promise: Promise<Outcome>, resolve: (o: Outcome) => void}|null} */
     var attempt = null;
     /** @type {{kind: string, frameSeen: boolean}|null} */
@@ -262,8 +265,10 @@
     function settle(outcome, id) {
       if (id) {
         if (!attempt || attempt.id !== id || attempt.done) { return; }
-      } else if (attempt && !attempt.done) {
-        id = attempt.id;  // a frame while our attempt is in flight is its outcome
+      } else if (attempt && !attempt.done && attempt.posting) {
+        id = attempt.id;  // a frame while our code is being posted is that attempt's outcome
+      } else if (!news(outcome)) {
+        return;
       }
       var ours = attempt && attempt.id === id && !attempt.done ? attempt : null;
       if (ours) { ours.done = true; }
@@ -288,6 +293,21 @@
       if (ours) { ours.resolve(outcome); }
     }
 
+    /**
+     * Whether a frame that ends no attempt in flight here (a replay of the
+     * session's last outcome when the socket reconnects, another tab of this
+     * session) changes what the page shows.
+     * @param {Outcome} outcome
+     */
+    function news(outcome) {
+      if (answerLost) { answerLost = false; return true; }  // our last answer never came: this is its outcome
+      if (outcome.status === "signed_in" && outcome.user) {
+        return !(view === "signed_in" && controller.user && controller.user.sub === outcome.user.sub);
+      }
+      if (outcome.status === "consent_required") { needsConsent = true; }
+      return false;  // an old failure is not news
+    }
+
     /** @param {{code?: string, error?: string}} result @param {number} id */
     function codeReceived(result, id) {
       if (!result.code) {
@@ -307,6 +327,7 @@
         }
       }, function () {
         settle({status: "failed", reason: "the server could not be reached"}, id);
+        answerLost = true;
       });
     }
 
@@ -322,6 +343,7 @@
         attempt.resolve({status: "cancelled", reason: "superseded"});
       }
       var id = ++attemptSeq;
+      answerLost = false;
       /** @type {(o: Outcome) => void} */
       var resolveOutcome = function () {};
       var promise = new Promise(function (/** @type {(o: Outcome) => void} */ resolve) { resolveOutcome = resolve; });
