@@ -218,3 +218,69 @@ def test_the_demo_refuses_several_processes_instead_of_ignoring_the_option(tmp_p
     assert result.stderr == ("tornado-signin: --processes: the demo runs in one process (several need a shared hub: "
                              "serve --config FILE with hub.backend: redis, see Deployment in the README)\n")
     assert not (tmp_path / DEMO_CONFIG_FILE).exists()
+
+
+class _Listening(Exception):
+    pass
+
+
+def test_the_demo_writes_its_secrets_and_config_before_either_port_answers(tmp_path, monkeypatch):
+    """Whoever sees a demo port answer (a test, a script, the browser) finds its files: each is written while
+    neither port accepts a connection yet."""
+    import socket
+
+    import tornado_signin.demo as demo_module
+    from tornado_signin.server import serve_demo
+
+    port, emulator_port = free_port(), free_port()
+    written = []
+
+    def refused(what: str) -> None:
+        for p in (port, emulator_port):
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", p)) != 0, f"port {p} answered before the {what} was written"
+        written.append(what)
+
+    real_secrets, real_config = demo_module.write_secret_file, demo_module.write_demo_config
+    monkeypatch.setattr(demo_module, "write_secret_file",
+                        lambda *a, **kw: (refused("secrets file"), real_secrets(*a, **kw))[1])
+    monkeypatch.setattr(demo_module, "write_demo_config",
+                        lambda *a, **kw: (refused("config file"), real_config(*a, **kw))[1])
+    announced = []
+
+    def on_listening(app_url: str, emulator_url: str, config_path: Path) -> None:
+        announced.append(config_path)
+        raise _Listening
+
+    with pytest.raises(_Listening):
+        serve_demo(host="127.0.0.1", port=port, emulator_port=emulator_port, folder=tmp_path,
+                   on_listening=on_listening)
+    assert written == ["secrets file", "config file"]
+    assert announced == [tmp_path / DEMO_CONFIG_FILE]
+    for name in (".tornado-signin-dev.json", DEMO_CONFIG_FILE):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+
+
+def test_a_demo_that_cannot_listen_leaves_the_previous_config_file(tmp_path):
+    """The config file is written before the ports are taken; a port in use puts the previous one back."""
+    import socket
+
+    previous = "# the config of the demo that runs here\n"
+    (tmp_path / DEMO_CONFIG_FILE).write_text(previous)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = subprocess.run(["tornado-signin", "serve", "--port", str(busy), "--emulator-port", str(free_port())],
+                                cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "already in use" in result.stderr, result.stderr
+    assert (tmp_path / DEMO_CONFIG_FILE).read_text() == previous
+    (tmp_path / DEMO_CONFIG_FILE).unlink()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = subprocess.run(["tornado-signin", "serve", "--port", str(free_port()), "--emulator-port", str(busy)],
+                                cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "already in use" in result.stderr, result.stderr
+    assert not (tmp_path / DEMO_CONFIG_FILE).exists(), "a demo that did not start left a config file naming it"

@@ -10,6 +10,7 @@ users' refresh tokens still work after a restart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from .config import Config, config_from_dict
 from .crypto import generate_key
 
 __all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "DEMO_CONFIG_FILE",
-           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config", "cli_command"]
+           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config", "demo_config_written", "cli_command"]
 
 DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
 DEV_SECRETS_FILE = ".tornado-signin-dev.json"
@@ -130,6 +132,31 @@ def write_demo_config(folder: Path, document: dict[str, Any], name: str = DEMO_C
     )
     _write_private(path, header + yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def demo_config_written(folder: Path, document: dict[str, Any], name: str = DEMO_CONFIG_FILE) -> Iterator[Path]:
+    """Write the demo's config as :func:`write_demo_config` does; yield its path.
+
+    For a demo that writes its files before it listens (so that whoever sees
+    its ports answer finds them): an error in the block (a port in use) puts
+    back what the file held before, or removes it, so the file never names a
+    demo that did not start.
+    """
+    path = folder / name
+    try:
+        previous: str | None = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        previous = None
+    write_demo_config(folder, document, name)
+    try:
+        yield path
+    except BaseException:
+        if previous is None:
+            path.unlink(missing_ok=True)
+        else:
+            _write_private(path, previous)
+        raise
 
 
 def cli_command() -> str:

@@ -421,12 +421,12 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
 
     from .app import make_app, make_server
     from .config import config_from_dict
-    from .demo import (DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, demo_config_document, load_dev_secrets,
-                       write_demo_config)
+    from .demo import (DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, demo_config_document, demo_config_written,
+                       load_dev_secrets)
     from .emulator import Emulator, EmulatorClient
 
-    emulator_sockets = bind("emulator", emulator_port, host)
-    app_sockets = bind("app", port, host)
+    # The files first, then the ports: whoever sees a port answer (a test, a
+    # script, a browser) finds the secrets and the config file in place.
     dev = load_dev_secrets(folder)
     emulator_url = f"http://{host}:{emulator_port}"
     if document is None:
@@ -434,6 +434,10 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
                                         client_library=client_library)
     config = config_from_dict(document, base_dir=folder, environ={})
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
+    # A port in use puts the previous config file back: it never names a demo that did not start.
+    with demo_config_written(folder, document, name=config_file or DEMO_CONFIG_FILE) as path:
+        emulator_sockets = bind("emulator", emulator_port, host)
+        app_sockets = bind("app", port, host)
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -447,8 +451,6 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
         app = (build_app or make_app)(config)
         server = make_server(app, config)
         server.add_sockets(app_sockets)
-        # Written once both ports are ours, so the file never names a demo that did not start.
-        path = write_demo_config(folder, document, name=config_file or DEMO_CONFIG_FILE)
         on_listening(f"http://{host}:{port}/", emulator_url, path)
         await serve_forever([server, emulator_server], [app.settings["signin"]], stop=stop)
         emulator.close()
