@@ -38,6 +38,12 @@ redis-py's asyncio client:
 - ``consume_once``: ``SET <prefix>once:<key> 1 NX EX <ttl>``.
 - leases: ``SET <prefix>lease:<key> <token> NX PX <ttl>`` to take one, a
   compare-and-delete script to release it (only while it holds the token).
+- exchanges in flight: ``begin_exchange`` is one script (``INCR <prefix>exch-seq``
+  for the ticket, ``ZADD <prefix>exch`` with the time it lapses on Redis's
+  clock, lapsed entries dropped, both keys expiring with the newest entry),
+  ``end_exchange`` one ``ZREM``, ``exchanges_before`` one script counting the
+  live entries with a smaller ticket. No ``MULTI``/``EXEC`` fallback: where
+  scripts are refused the sign-ins go on and never revoke a grant.
 - session records (:mod:`.sessions`): ``<prefix>sess:<sid>`` holds the record
   (JSON) with the session's TTL and ``<prefix>user-sess:<sub>`` the set of the
   user's session ids; ``start_session`` writes both in one script
