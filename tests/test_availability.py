@@ -209,6 +209,29 @@ async def test_socket_flood_from_one_cookie_at_the_descriptor_limit(server):
     assert json.loads(get(srv.url + "/healthz")[1]) == {"status": "ok"}
 
 
+async def test_accept_errors_at_the_descriptor_limit_are_backed_off_and_logged_once(server):
+    """No headroom (limits.descriptor_reserve: 0): accept() itself fails with EMFILE. It must pause, not spin."""
+    srv = server(descriptor_reserve=0, header_timeout=2.0)
+    cpu_before, log_before, started = cpu_seconds(srv.app.pid), srv.log_bytes(), time.monotonic()
+    hold = asyncio.Event()
+    idlers = [asyncio.ensure_future(idle(srv.port, hold)) for _ in range(NOFILE + 64)]
+    await asyncio.sleep(3.0)
+    hold.set()
+    await asyncio.gather(*idlers)
+    window = time.monotonic() - started
+    cpu = cpu_seconds(srv.app.pid) - cpu_before
+    assert cpu < 0.5 * window, f"server used {cpu:.2f} s of CPU in {window:.2f} s"
+    log = srv.app.log()
+    assert 1 <= log.count("accept() failed: Too many open files (EMFILE)") <= 2, log[-2000:]
+    assert "Traceback" not in log and "Exception in callback" not in log
+    assert srv.log_bytes() - log_before < 64 * 1024
+    deadline = time.monotonic() + 10
+    while (await healthz(srv.port))[0] != 200:
+        assert time.monotonic() < deadline, "/healthz did not come back"
+        await asyncio.sleep(0.2)
+    assert srv.app.proc.poll() is None
+
+
 # -- 12.2 in one process (the memory hub) ---------------------------------------------------------------
 
 @pytest.fixture
