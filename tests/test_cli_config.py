@@ -499,3 +499,25 @@ def test_the_example_as_shipped_passes_check_with_a_downloaded_file(tmp_path, em
     result = tornado_signin("check", "--config", str(path), "--create-table", env=ENV, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, ""), result.stdout
     assert "hub (memory): ok" in result.stdout.splitlines()
+
+
+def test_check_names_the_file_itself_when_it_is_not_a_config(tmp_path):
+    """Problems of the file as a whole are the file's, not a key called 'config' or ''."""
+    missing = tornado_signin("check", "--config", str(tmp_path / "nope.yaml"), env=ENV)
+    assert (missing.returncode, missing.stderr) == (EXIT_CONFIG, "")
+    assert missing.stdout == f"config: FAILED: config file: cannot read {tmp_path / 'nope.yaml'}: " \
+                             "No such file or directory\n"
+    broken = tornado_signin("check", "--config", str(write(tmp_path / "broken.yaml", "server: [\n")), env=ENV)
+    assert broken.stdout == f"config: FAILED: config file: {tmp_path / 'broken.yaml'} is not valid YAML at line 2\n"
+    listed = tornado_signin("users", "--config", str(write(tmp_path / "list.yaml", "- server\n- google\n")), env=ENV)
+    assert (listed.returncode, listed.stdout) == (EXIT_CONFIG, "")
+    assert listed.stderr == ("tornado-signin: config file: the top level must be a mapping of keys "
+                             "(development:, server:, google:, store: …)\n")
+
+
+def test_check_names_the_downloaded_file_when_it_lacks_the_client_secret(tmp_path):
+    no_secret = {"web": {k: v for k, v in WEB_CLIENT["web"].items() if k != "client_secret"}}
+    result = tornado_signin("check", "--config", str(example_with(tmp_path, no_secret)), env=ENV)
+    assert (result.returncode, result.stderr) == (EXIT_CONFIG, "")
+    assert result.stdout == (f"config: FAILED: config key 'google.client_secrets_file': {tmp_path / 'client_secret.json'}"
+                             " has no web.client_secret: download the client's JSON again from the Google API Console\n")

@@ -363,7 +363,8 @@ class _Section:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError(prefix, "must be a mapping")
+            raise ConfigError(prefix, "must be a mapping" if prefix else "the top level must be a mapping of keys "
+                                                                          "(development:, server:, google:, store: …)")
         self.data = dict(data)
         self.prefix = prefix
         self.used: set[str] = set()
@@ -641,6 +642,9 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
         raise ConfigError("google.client_id", f"{client_id!r} is a placeholder: set google.client_secrets_file "
                                               "to the client_secret.json of your Web application client")
     client_secret = _one_source(g.string("client_secret"), web, "client_secret", secrets_path, secret=True)
+    if not client_secret and secrets_path is not None:
+        raise ConfigError("google.client_secrets_file", f"{secrets_path} has no web.client_secret: download the "
+                                                        "client's JSON again from the Google API Console")
     if not client_secret:
         raise ConfigError("google.client_secret", "is required (or set google.client_secrets_file)")
     defaults = GoogleEndpoints()

@@ -65,7 +65,8 @@ class ConfigError(SigninError, ValueError):
     """The configuration is invalid; ``key`` names the offending key."""
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"config key {key!r}: {message}")
+        # "config" (and "", the top level) is the file itself, not a key in it.
+        super().__init__(f"config key {key!r}: {message}" if key not in ("", "config") else f"config file: {message}")
         self.key = key
 
 
