@@ -1,9 +1,10 @@
 """The shape of the house: the core's import graph has no circle, and the core never imports a backend.
 
 The graph is read from the source (every ``import`` / ``from ... import``,
-at module level or inside a function), not from what happens to be imported
-at run time, so a lazy import cannot hide a circle. Imports under ``if
-TYPE_CHECKING:`` are left out: they name a type for annotations and never run.
+at module level, inside a function or under ``if TYPE_CHECKING:``), not from
+what happens to be imported at run time, so neither a lazy import nor a
+type-only one can hide a circle: a module that needs another's type to be
+read depends on it as much as one that calls it.
 """
 
 from __future__ import annotations
@@ -23,30 +24,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _walk_runtime(tree: ast.AST):
-    """Yield every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (annotations only, never run)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        if _is_type_checking(node):
-            stack.extend(node.orelse)  # type: ignore[attr-defined]
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-
-
 def _imports(path: Path) -> set[str]:
     """Return the absolute names of the modules ``path`` imports (``from X import y`` counts X and X.y)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in _walk_runtime(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -110,12 +93,12 @@ def test_the_import_graph_of_the_core_has_no_circle():
     assert _cycle(_graph()) is None
 
 
-def test_type_checking_imports_are_left_out_and_lazy_ones_are_not(tmp_path):
+def test_type_checking_and_lazy_imports_count(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from x import A\n"
                       "def f():\n    from y import B\n")
-    names = {node.module for node in _walk_runtime(ast.parse(module.read_text())) if isinstance(node, ast.ImportFrom)}
-    assert names == {"typing", "y"}
+    names = {node.module for node in ast.walk(ast.parse(module.read_text())) if isinstance(node, ast.ImportFrom)}
+    assert names == {"typing", "x", "y"}
 
 
 def test_the_cycle_finder_finds_one():

@@ -45,7 +45,7 @@ import html
 import json
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import tornado.web
 from cryptography.exceptions import InvalidSignature
@@ -54,10 +54,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .handlers import EmulatorHandler, TestOnlyHandler, _error_body
-from .keys import SigningKey
-
-if TYPE_CHECKING:
-    from .app import Emulator
+from .keys import KeySet, SigningKey
+from .state import State
 
 __all__ = ["RiscEmulator", "RiscApiError", "RISC_HANDLERS", "RISC_ISSUER", "MANAGEMENT_AUDIENCE", "EVENT_URIS"]
 
@@ -100,10 +98,25 @@ def _identifier(token: str, alg: str) -> str:
     return base64.b64encode(hashlib.sha512(inner).digest()).decode("ascii")
 
 
+class RiscHost(Protocol):
+    """What the RISC service uses of its :class:`~tornado_signin.emulator.Emulator`.
+
+    Read at each use, not copied: the emulator replaces its key set when it
+    restores a state folder.
+    """
+
+    state: State
+    keys: KeySet
+    development: bool
+
+    def persist(self) -> None:
+        """Write the state folder (a no-op without one)."""
+
+
 class RiscEmulator:
     """The emulator's Cross-Account Protection service (one stream for the emulated project)."""
 
-    def __init__(self, emulator: "Emulator") -> None:
+    def __init__(self, emulator: RiscHost) -> None:
         self.emulator = emulator
         self._service_key: SigningKey | None = None
         self.stream: dict[str, Any] | None = None
@@ -381,11 +394,10 @@ class ServiceAccountHandler(TestOnlyHandler):
         await self.reply(self.emulator.risc.service_account(self.base_url()))
 
 class ManagementHandler(EmulatorHandler):
-    """The RISC management API: ``stream:update``, ``stream``, ``stream/status[:update]``, ``stream:verify``."""
+    """The RISC management API: ``stream:update``, ``stream``, ``stream/status[:update]``, ``stream:verify``.
 
-    def initialize(self, emulator: "Emulator", endpoint: str = "", action: str = "") -> None:
-        super().initialize(emulator, endpoint)
-        self.action = action
+    Which call a route is comes from its endpoint name (``risc.stream_update`` …).
+    """
 
     async def _answer(self, method: str) -> None:
         risc = self.emulator.risc
@@ -397,16 +409,16 @@ class ManagementHandler(EmulatorHandler):
                     body = json.loads(self.request.body or b"{}")
                 except ValueError:
                     raise RiscApiError(400, "Invalid JSON payload received.") from None
-            if self.action == "update" and method == "POST":
+            if self.endpoint == "risc.stream_update" and method == "POST":
                 result: Any = risc.update_stream(body)
-            elif self.action == "stream" and method == "GET":
+            elif self.endpoint == "risc.stream" and method == "GET":
                 result = risc.get_stream()
-            elif self.action == "status" and method == "GET":
+            elif self.endpoint == "risc.status" and method == "GET":
                 risc.get_stream()
                 result = {"status": risc.status}
-            elif self.action == "status_update" and method == "POST":
+            elif self.endpoint == "risc.status_update" and method == "POST":
                 result = risc.set_status(body)
-            elif self.action == "verify" and method == "POST":
+            elif self.endpoint == "risc.verify" and method == "POST":
                 state_text = body.get("state", "") if isinstance(body, dict) else ""
                 await risc.verify(str(state_text))
                 result = {}
@@ -493,12 +505,11 @@ class PermissionsHandler(TestOnlyHandler):
 RISC_HANDLERS: list[tuple[str, type[EmulatorHandler], dict[str, Any]]] = [
     (r"/\.well-known/risc-configuration", ConfigurationHandler, {"endpoint": "risc.configuration"}),
     (r"/service_account\.json", ServiceAccountHandler, {}),
-    (r"/v1beta/stream:update", ManagementHandler, {"endpoint": "risc.stream_update", "action": "update"}),
-    (r"/v1beta/stream", ManagementHandler, {"endpoint": "risc.stream", "action": "stream"}),
-    (r"/v1beta/stream/status", ManagementHandler, {"endpoint": "risc.status", "action": "status"}),
-    (r"/v1beta/stream/status:update", ManagementHandler,
-     {"endpoint": "risc.status_update", "action": "status_update"}),
-    (r"/v1beta/stream:verify", ManagementHandler, {"endpoint": "risc.verify", "action": "verify"}),
+    (r"/v1beta/stream:update", ManagementHandler, {"endpoint": "risc.stream_update"}),
+    (r"/v1beta/stream", ManagementHandler, {"endpoint": "risc.stream"}),
+    (r"/v1beta/stream/status", ManagementHandler, {"endpoint": "risc.status"}),
+    (r"/v1beta/stream/status:update", ManagementHandler, {"endpoint": "risc.status_update"}),
+    (r"/v1beta/stream:verify", ManagementHandler, {"endpoint": "risc.verify"}),
     (r"/emulator/risc/event", EventHandler, {}),
     (r"/emulator/risc/deliveries", DeliveriesHandler, {}),
     (r"/permissions", PermissionsHandler, {}),
