@@ -622,6 +622,8 @@ def test_sessions_list_and_end(tmp_path, stores, redis_url, unique_name):
         assert_ok(ended)
         assert ended.stdout == f"ended session {sessions[0]['session_id']} of {sub}\n"
         assert json.loads(stack.cli("sessions", sub, "--json").stdout) == []
+        none = stack.cli("sessions", sub)  # as `users` on an empty store: no header alone on stdout
+        assert (none.returncode, none.stdout, none.stderr) == (0, "", f"tornado-signin: no live sessions of {sub}\n")
         assert_error(stack.cli("sessions", sub, "--end", sessions[0]["session_id"]), EXIT_ERROR, "no live session")
         assert_error(stack.cli("sessions", "nobody@example.com"), EXIT_UNKNOWN_USER, "no stored user")
         memory = stack.write("memory", stack.store, hub={"backend": "memory"})

@@ -510,6 +510,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                     print(json.dumps([{"session_id": r.sid, "sub": r.sub, "started": _fmt_time(r.started_at),
                                        "address": r.address, "user_agent": r.user_agent} for r in records], indent=2))
                     return EXIT_OK
+                if not records:
+                    # As `users` on an empty store: stdout stays what a script parses (no rows, so nothing).
+                    print(f"tornado-signin: no live sessions of {sub}", file=sys.stderr)
+                    return EXIT_OK
                 print(f"{'SESSION_ID':<24} {'STARTED':<21} {'ADDRESS':<16} USER_AGENT")
                 for r in records:
                     print(f"{r.sid:<24} {_fmt_time(r.started_at):<21} {(r.address or '-'):<16} {r.user_agent or '-'}")
