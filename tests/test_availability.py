@@ -286,13 +286,13 @@ async def test_state_and_signout_pairs_leave_the_memory_hub_bounded(stack):
             assert response.code == 200, response.body
 
     await asyncio.gather(*(pairs(page, 500) for page in pages))
-    from tornado_signin.hub import _local_states
+    from tornado_signin.hub import LocalStates, _in_process
 
     # 2,000 sessions came and went: no state, no record and no marker is left behind.
-    assert len(_local_states(hub)) == 0
+    assert len(_in_process(hub, LocalStates)) == 0
     assert len(hub._records) == 0 and len(hub._consumed) == 0 and len(hub._sessions) == 0
     # One session holds at most limits.states_per_session (8) outstanding states.
     page = app.client()
     for _ in range(30):
         await page.state()
-    assert len(_local_states(hub)) == 8
+    assert len(_in_process(hub, LocalStates)) == 8

@@ -488,8 +488,7 @@ def _resolve_sub(config: Any, user: str) -> str:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     from .errors import HubUnavailableError
-    from .live_sessions import SessionRegistry
-    from .metrics import Metrics
+    from .wiring import session_registry
 
     if args.all and args.end is None:
         print("tornado-signin: --all goes with --end (sessions --config C USER --end --all)", file=sys.stderr)
@@ -502,7 +501,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         hub = _open_hub(config, "sessions")
-        registry = SessionRegistry(hub, Metrics(), ttl=config.limits.session_max_age_days * 86400.0)
+        registry = session_registry(config, hub)
         try:
             if args.end is None:
                 records = await registry.list(sub)

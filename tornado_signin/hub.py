@@ -46,7 +46,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .plugins import HUBS, load
 
@@ -182,12 +182,12 @@ class ConfirmationHub(abc.ABC):
         one process (``memory``). A hub shared between processes must override
         this and :meth:`release_lease` with atomic operations of its store.
         """
-        return _local_leases(self).acquire(key, ttl)
+        return _in_process(self, LocalLeases).acquire(key, ttl)
 
     async def release_lease(self, key: str, token: str) -> bool:
         """Release the lease ``key`` if ``token`` still holds it; return True if it did, False if it had
         expired or passed to another holder (nothing is changed then). Raise HubUnavailableError."""
-        return _local_leases(self).release(key, token)
+        return _in_process(self, LocalLeases).release(key, token)
 
     # -- request budgets and outstanding states ---------------------------------------
     #
@@ -206,7 +206,7 @@ class ConfirmationHub(abc.ABC):
         key seen in the last ``window`` seconds. Never raises: a hub that
         cannot count (its store down) counts in this process meanwhile.
         """
-        return _local_counters(self).hit(key, limit, window)
+        return _in_process(self, LocalCounters).hit(key, limit, window)
 
     async def issue_state(self, sid: str, nonce: str, *, keep: int, ttl: float) -> None:
         """Record ``nonce`` as an outstanding sign-in state of session ``sid`` for ``ttl`` seconds.
@@ -217,7 +217,7 @@ class ConfirmationHub(abc.ABC):
         the request rate, and a spent state costs nothing. Never raises: a hub
         that cannot record it keeps it in this process (where it can be spent).
         """
-        _local_states(self).issue(sid, nonce, keep, ttl)
+        _in_process(self, LocalStates).issue(sid, nonce, keep, ttl)
 
     async def spend_state(self, sid: str, nonce: str) -> bool:
         """Forget ``nonce`` as an outstanding state of ``sid``; return True if it was one (issued, not yet
@@ -228,7 +228,7 @@ class ConfirmationHub(abc.ABC):
         state it did not keep in this process: a state that cannot be checked
         is not spent.
         """
-        return _local_states(self).spend(sid, nonce)
+        return _in_process(self, LocalStates).spend(sid, nonce)
 
     # -- exchanges in flight --------------------------------------------------------------
 
@@ -243,21 +243,21 @@ class ConfirmationHub(abc.ABC):
         ``memory``); a hub shared between processes overrides the three
         exchange methods with atomic operations of its store.
         """
-        return _local_exchanges(self).begin(ttl)
+        return _in_process(self, LocalExchanges).begin(ttl)
 
     async def end_exchange(self, ticket: str) -> None:
         """Record that the exchange of ``ticket`` is resolved (its tokens stored, or it failed). Idempotent.
 
         One round trip where the hub is remote. Raise HubUnavailableError.
         """
-        _local_exchanges(self).end(ticket)
+        _in_process(self, LocalExchanges).end(ticket)
 
     async def exchanges_before(self, ticket: str) -> int:
         """Return how many exchanges that began before ``ticket``'s are neither ended nor past their ttl.
 
         Raise HubUnavailableError when the hub cannot answer.
         """
-        return _local_exchanges(self).before(ticket)
+        return _in_process(self, LocalExchanges).before(ticket)
 
     async def check(self) -> None:
         """Raise unless the hub is usable (readiness)."""
@@ -325,18 +325,6 @@ def _ticket_number(ticket: str) -> int:
     return int(ticket) if ticket.isdecimal() and ticket.isascii() else -1
 
 
-def _local_exchanges(hub: ConfirmationHub) -> LocalExchanges:
-    exchanges = hub.__dict__.get("_tornado_signin_exchanges")
-    if exchanges is None:
-        exchanges = hub.__dict__["_tornado_signin_exchanges"] = LocalExchanges()
-    return exchanges
-
-
-def _local_leases(hub: ConfirmationHub) -> LocalLeases:
-    leases = hub.__dict__.get("_tornado_signin_leases")
-    if leases is None:
-        leases = hub.__dict__["_tornado_signin_leases"] = LocalLeases()
-    return leases
 
 
 class LocalCounters:
@@ -402,18 +390,19 @@ class LocalStates:
         return sum(len(nonces) for _, nonces in self._sessions.values())
 
 
-def _local_counters(hub: ConfirmationHub) -> LocalCounters:
-    counters = hub.__dict__.get("_tornado_signin_counters")
-    if counters is None:
-        counters = hub.__dict__["_tornado_signin_counters"] = LocalCounters()
-    return counters
+_Kept = TypeVar("_Kept", LocalLeases, LocalExchanges, LocalCounters, LocalStates)
 
 
-def _local_states(hub: ConfirmationHub) -> LocalStates:
-    states = hub.__dict__.get("_tornado_signin_states")
-    if states is None:
-        states = hub.__dict__["_tornado_signin_states"] = LocalStates()
-    return states
+def _in_process(hub: ConfirmationHub, kind: type[_Kept]) -> _Kept:
+    """Return ``hub``'s own ``kind`` (made on first use): what the defaults keep in this process.
+
+    Kept on the instance, not in ``__init__``: a third-party hub need not call ``super().__init__()``.
+    """
+    key = "_tornado_signin_" + kind.__name__
+    kept = hub.__dict__.get(key)
+    if kept is None:
+        kept = hub.__dict__[key] = kind()
+    return kept
 
 
 def load_hub(name: str, url: str | None = None, *, key_prefix: str | None = None, **options: Any) -> ConfirmationHub:

@@ -9,6 +9,8 @@ and the client secret).
 
 - :func:`open_store` — the configured token store, encrypted at rest.
 - :func:`open_hub`, :func:`open_google` — the configured hub; a Google client.
+- :func:`session_registry` — the live sessions recorded in a hub (the CLI's
+  ``sessions`` command and the server).
 - :func:`build_context` — every service of one application (the server).
 - :func:`run_offline` — a store, a Google client and workers for one piece of
   offline work on a private IOLoop (the CLI and the script API).
@@ -43,7 +45,8 @@ from .store import TokenStore, load_store
 from .verify import IdTokenVerifier
 from .workers import WorkerPool
 
-__all__ = ["install_config_redaction", "open_store", "open_hub", "open_google", "build_context", "run_offline"]
+__all__ = ["install_config_redaction", "open_store", "open_hub", "open_google", "session_registry", "build_context",
+           "run_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,11 @@ def open_google(config: Config) -> GoogleClient:
     """Return a client of ``config``'s Google endpoints (close it when done); install redaction first."""
     install_config_redaction(config)
     return GoogleClient(config.google)
+
+
+def session_registry(config: Config, hub: ConfirmationHub, metrics: Metrics | None = None) -> SessionRegistry:
+    """Return the registry of the sessions recorded in ``hub``, each living ``limits.session_max_age_days``."""
+    return SessionRegistry(hub, metrics or Metrics(), ttl=config.limits.session_max_age_days * 86400.0)
 
 
 def build_context(config: Config, *, store: TokenStore | None = None, hub: ConfirmationHub | None = None,
@@ -132,7 +140,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
             "socket": config.limits.socket_handshakes_per_minute,
         }),
         offline=OfflineAccess(store, google, workers, metrics, grants=grants, hooks=hooks),
-        sessions=SessionRegistry(hub, metrics, ttl=config.limits.session_max_age_days * 86400.0),
+        sessions=session_registry(config, hub, metrics),
         socket_quota=SocketQuota(config.limits.sockets_per_session, config.limits.sockets_per_address),
         path_prefix=config.server.path_prefix,
         hooks=hooks,

@@ -788,17 +788,22 @@ class State:
         account = self.account(record.sub)
         info: dict = {"sub": account.sub}
         if PROFILE_SCOPE in record.scopes:
-            info.update(name=account.name, given_name=account.given_name)
-            if account.family_name:
-                info["family_name"] = account.family_name
-            picture = self.picture(account)
-            if picture:
-                info["picture"] = picture
+            info.update(self._userinfo_profile(account))
         if EMAIL_SCOPE in record.scopes:
             info.update(email=account.email, email_verified=account.email_verified)
         if account.hosted_domain:
             info["hd"] = account.hosted_domain
         return info
+
+    def _userinfo_profile(self, account: TestAccount) -> dict:
+        """Return the profile fields of both userinfo answers, in Google's order."""
+        profile: dict = {"name": account.name, "given_name": account.given_name}
+        if account.family_name:
+            profile["family_name"] = account.family_name
+        picture = self.picture(account)
+        if picture:
+            profile["picture"] = picture
+        return profile
 
     def userinfo_v2(self, access_token: str | None) -> dict:
         """Return the ``oauth2/v2/userinfo`` answer (also ``oauth2/v1/userinfo``, ``userinfo/v2/me``).
@@ -815,12 +820,7 @@ class State:
         if EMAIL_SCOPE in record.scopes:
             info.update(email=account.email, verified_email=account.email_verified)
         if PROFILE_SCOPE in record.scopes:
-            info.update(name=account.name, given_name=account.given_name)
-            if account.family_name:
-                info["family_name"] = account.family_name
-            picture = self.picture(account)
-            if picture:
-                info["picture"] = picture
+            info.update(self._userinfo_profile(account))
         if account.hosted_domain:
             info["hd"] = account.hosted_domain
         return info

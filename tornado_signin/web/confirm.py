@@ -22,8 +22,9 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from ..context import AppContext
 from ..hub import Subscription
 from ..logctx import accept_request_id, request_id
-from ..sessions import Session, read_session_cookie
+from ..sessions import Session
 from . import inputs
+from .base import live_session
 from .gate import origin_allowed
 
 __all__ = ["ConfirmSocket"]
@@ -91,11 +92,8 @@ class ConfirmSocket(WebSocketHandler):
             self.ctx.metrics.inc("signin_rate_limited_total", budget="socket")
             await self.refuse(429, "too many requests")
             return
-        secure = inputs.scheme(self.request, self.ctx.config.server) == "https"
-        self.session = read_session_cookie(self, self.ctx.config.limits.session_max_age_days, secure=secure)
         # An ended signed-in session is refused like a missing one (one hub read).
-        if self.session is not None and not await self.ctx.sessions.is_live(self.session):
-            self.session = None
+        self.session = await live_session(self.ctx, self)
         if self.session is None:
             await self.refuse(403, "session required")
             return

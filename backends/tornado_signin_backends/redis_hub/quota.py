@@ -35,7 +35,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from tornado_signin.errors import HubUnavailableError
-from tornado_signin.hub import ConfirmationHub, _local_states
+from tornado_signin.hub import ConfirmationHub, LocalStates, _in_process
 
 __all__ = ["RedisQuota", "HIT", "ISSUE_STATE", "SPEND_STATE"]
 
@@ -143,7 +143,7 @@ class RedisQuota(ConfirmationHub):
             await super().issue_state(sid, nonce, keep=keep, ttl=ttl)
 
     async def spend_state(self, sid: str, nonce: str) -> bool:
-        local = _local_states(self)
+        local = _in_process(self, LocalStates)
         if local.knows(sid, nonce):  # issued here while Redis was away
             return local.spend(sid, nonce)
         key = self._states_key(sid)
