@@ -10,6 +10,7 @@ read depends on it as much as one that calls it.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import tornado_signin
@@ -119,3 +120,36 @@ def test_the_core_never_imports_a_backend_or_the_emulator_internals():
             if module in emulator_modules:
                 offenders.append(f"{name} imports {module}")
     assert offenders == []
+
+
+def _test_map_rows() -> list[set[str]]:
+    """Return the code spans of each table row of tests/README.md."""
+    text = (Path(__file__).parent / "README.md").read_text(encoding="utf-8")
+    return [set(re.findall(r"`([^`]+)`", line)) for line in text.splitlines() if line.startswith("|")]
+
+
+def _mapped(module: str, rows: list[set[str]]) -> bool:
+    """A module is mapped by its whole path, or by its folder (``dir/``) and its file name in one row."""
+    folder, _, name = module.rpartition("/")
+    return any(module in spans or (folder + "/" in spans and name in spans) for spans in rows)
+
+
+def test_the_test_map_names_every_module_and_every_test_file():
+    """tests/README.md maps each module of the core and the backends to its tests, names every test file,
+    and names no test file that is gone."""
+    root = CORE.parent
+    rows = _test_map_rows()
+    modules = [p.relative_to(root).as_posix() for folder in (CORE, root / "backends" / "tornado_signin_backends")
+               for p in sorted(folder.rglob("*.py")) if p.name != "__init__.py"]
+    assert len(modules) > 60
+    assert [m for m in modules if not _mapped(m, rows)] == []
+    named = {span.split("::")[0] for spans in rows for span in spans if re.fullmatch(r"test_\w+\.py(::\w+)?", span)}
+    on_disk = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    assert sorted(on_disk - named) == []
+    assert sorted(named - on_disk) == []
+
+
+def test_the_test_map_check_bites():
+    rows = [{"tornado_signin/a.py", "test_a.py"}, {"backends/x/sql/", "store.py"}]
+    assert _mapped("tornado_signin/a.py", rows) and _mapped("backends/x/sql/store.py", rows)
+    assert not _mapped("tornado_signin/b.py", rows) and not _mapped("backends/x/sql/schema.py", rows)
