@@ -284,3 +284,13 @@ def test_a_demo_that_cannot_listen_leaves_the_previous_config_file(tmp_path):
                                 cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "already in use" in result.stderr, result.stderr
     assert not (tmp_path / DEMO_CONFIG_FILE).exists(), "a demo that did not start left a config file naming it"
+
+
+@pytest.mark.parametrize("option, value", [("--emulator-port", "18999"), ("--client-library", "gapi")])
+def test_serve_with_a_config_refuses_the_demo_options_instead_of_ignoring_them(tmp_path, option, value):
+    config = tmp_path / "config.yaml"  # never read: the option is refused first
+    result = subprocess.run(["tornado-signin", "serve", "--config", str(config), "--port", str(free_port()),
+                             option, value], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=15)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"tornado-signin: {option} is for the demo (serve without --config); with --config set "
+                             "google.endpoints and google.client_library in the config\n")

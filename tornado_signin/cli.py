@@ -124,6 +124,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.config is None:
         return _serve_demo(args)
+    for option, value in (("--emulator-port", args.emulator_port), ("--client-library", args.client_library)):
+        if value is not None:
+            # Refused rather than ignored: with a config, google: says where Google is and which library the page uses.
+            return _fail(f"{option} is for the demo (serve without --config); with --config set google.endpoints "
+                         "and google.client_library in the config", EXIT_USAGE)
     config = _load(args)
     _setup_logging(config.log_level, config.log_format)
     option = "--port" if args.port is not None else "--port (or server.port)"
@@ -153,7 +158,8 @@ def _serve_demo(args: argparse.Namespace) -> int:
 
     try:
         serve_demo(host=args.host or "127.0.0.1", port=args.port if args.port is not None else 8080,
-                   emulator_port=args.emulator_port, client_library=args.client_library, folder=Path.cwd(),
+                   emulator_port=args.emulator_port if args.emulator_port is not None else 8081,
+                   client_library=args.client_library or "gis", folder=Path.cwd(),
                    on_listening=announce)
     except EmulatorStateError as exc:
         print(f"tornado-signin: {exc}", file=sys.stderr)
@@ -659,8 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(p, required=False, help="YAML config file; omit for demo mode")
     p.add_argument("--host", help="address to bind (default: server.host, or 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port of the app, 1-65535 (default: server.port, or 8080)")
-    p.add_argument("--emulator-port", type=_port, default=8081, help="demo mode: port of the Google emulator")
-    p.add_argument("--client-library", choices=("gis", "gapi"), default="gis",
+    p.add_argument("--emulator-port", type=_port, help="demo mode: port of the Google emulator (default 8081)")
+    p.add_argument("--client-library", choices=("gis", "gapi"),
                    help="demo mode: page client library (default gis; gapi is legacy only)")
     p.add_argument("--processes", type=_processes,
                    help="fork N processes (0: one per CPU); needs a shared hub")
