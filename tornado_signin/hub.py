@@ -191,10 +191,11 @@ class ConfirmationHub(abc.ABC):
 
     # -- request budgets and outstanding states ---------------------------------------
     #
-    # The defaults keep both in this process: right for a hub that serves one
-    # process (``memory``). A hub shared between processes overrides them with
-    # atomic operations of its store, so that a limit holds for the whole
-    # deployment and a state issued by one process is spent on any.
+    # The built-in hubs override all three (``memory`` in its process, ``redis``
+    # with atomic scripts, so that a limit holds for the whole deployment and a
+    # state issued by one process is spent on any). The defaults keep a hub
+    # written before these methods working as before: budgets counted in this
+    # process, states made single-use by :meth:`consume_once` markers.
 
     async def hit(self, key: str, limit: int, window: float) -> bool:
         """Count one event of ``key``; return True while at most ``limit`` events of it were counted in the
@@ -205,6 +206,8 @@ class ConfirmationHub(abc.ABC):
         hub counts into the same window. The memory used is one counter per
         key seen in the last ``window`` seconds. Never raises: a hub that
         cannot count (its store down) counts in this process meanwhile.
+
+        The default counts in this process only.
         """
         return _in_process(self, LocalCounters).hit(key, limit, window)
 
@@ -216,19 +219,23 @@ class ConfirmationHub(abc.ABC):
         were issued a state in the last ``ttl`` seconds times ``keep``, whatever
         the request rate, and a spent state costs nothing. Never raises: a hub
         that cannot record it keeps it in this process (where it can be spent).
-        """
-        _in_process(self, LocalStates).issue(sid, nonce, keep, ttl)
 
-    async def spend_state(self, sid: str, nonce: str) -> bool:
+        The default records nothing (:meth:`spend_state` then spends any state once).
+        """
+
+    async def spend_state(self, sid: str, nonce: str, *, ttl: float) -> bool:
         """Forget ``nonce`` as an outstanding state of ``sid``; return True if it was one (issued, not yet
         spent, not forgotten, not expired), else False.
 
-        Exactly one of concurrent spenders, in any process sharing the hub,
-        gets True. Raise HubUnavailableError when the hub cannot answer for a
-        state it did not keep in this process: a state that cannot be checked
-        is not spent.
+        ``ttl`` is the state's lifetime. Exactly one of concurrent spenders, in
+        any process sharing the hub, gets True. Raise HubUnavailableError when
+        the hub cannot answer for a state it did not keep in this process: a
+        state that cannot be checked is not spent.
+
+        The default takes any nonce once, through ``consume_once("state:<nonce>", ttl)``:
+        single-use, but the markers' memory grows with the rate of spends.
         """
-        return _in_process(self, LocalStates).spend(sid, nonce)
+        return await self.consume_once(f"state:{nonce}", ttl)
 
     # -- exchanges in flight --------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tornado_signin.hub import Callback, ConfirmationHub, Message, SessionRecord, Subscription
+from tornado_signin.hub import Callback, ConfirmationHub, LocalStates, Message, SessionRecord, Subscription, _in_process
 
 __all__ = ["MemoryHub"]
 
@@ -124,6 +124,19 @@ class MemoryHub(ConfirmationHub):
         for sid in ended:
             self._forget_session(sid)
         return ended
+
+    # Budgets: the base class's in-process counters are this hub's own (one process).
+
+    async def issue_state(self, sid: str, nonce: str, *, keep: int, ttl: float) -> None:
+        self.states.issue(sid, nonce, keep, ttl)
+
+    async def spend_state(self, sid: str, nonce: str, *, ttl: float) -> bool:
+        return self.states.spend(sid, nonce)
+
+    @property
+    def states(self) -> LocalStates:
+        """Return the outstanding states (at most ``keep`` per session; for measurements too)."""
+        return _in_process(self, LocalStates)
 
     @property
     def subscriber_count(self) -> int:

@@ -97,5 +97,5 @@ async def consume_state(ctx: AppContext, session: Session, value: str | None) ->
     nonce = ctx.states.check(session.sid, value)
     if nonce is None:
         raise _refuse("invalid state", "state missing, foreign or expired")
-    if not await ctx.hub.spend_state(session.sid, nonce):
+    if not await ctx.hub.spend_state(session.sid, nonce, ttl=ctx.states.ttl + 60):
         raise _refuse("invalid state", "state reused, forgotten or never issued")

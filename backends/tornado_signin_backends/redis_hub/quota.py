@@ -19,7 +19,7 @@ bare ``ZREM``; the state's own signed expiry still holds). redis-py's
 ``register_script`` reloads a script Redis lost (``NOSCRIPT``).
 
 Redis down: ``hit`` counts in this process and ``issue_state`` keeps the
-state in this process (the defaults of the base class), so logins go on; a
+state in this process, so logins go on; a
 state issued meanwhile is spent here, and ``spend_state`` of any other
 raises HubUnavailableError (a state that cannot be checked is not spent).
 """
@@ -35,7 +35,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from tornado_signin.errors import HubUnavailableError
-from tornado_signin.hub import ConfirmationHub, LocalStates, _in_process
+from tornado_signin.hub import ConfirmationHub, LocalCounters, LocalStates, _in_process
 
 __all__ = ["RedisQuota", "HIT", "ISSUE_STATE", "SPEND_STATE"]
 
@@ -125,7 +125,7 @@ class RedisQuota(ConfirmationHub):
                     lambda pipe: (pipe.set(rate_key, 0, px=window_ms, nx=True), pipe.incr(rate_key))))
         except _FAILURES as exc:
             self._mark_down(exc)
-            return await super().hit(key, limit, window)
+            return _in_process(self, LocalCounters).hit(key, limit, window)
         return int(count) <= limit
 
     async def issue_state(self, sid: str, nonce: str, *, keep: int, ttl: float) -> None:
@@ -140,9 +140,9 @@ class RedisQuota(ConfirmationHub):
                     pipe.pexpire(key, ttl_ms))))
         except _FAILURES as exc:
             self._mark_down(exc)
-            await super().issue_state(sid, nonce, keep=keep, ttl=ttl)
+            _in_process(self, LocalStates).issue(sid, nonce, keep, ttl)
 
-    async def spend_state(self, sid: str, nonce: str) -> bool:
+    async def spend_state(self, sid: str, nonce: str, *, ttl: float) -> bool:
         local = _in_process(self, LocalStates)
         if local.knows(sid, nonce):  # issued here while Redis was away
             return local.spend(sid, nonce)
