@@ -747,7 +747,7 @@ def test_gsi_client_script_knows_the_emulator_origin(emu):
     assert f'var EMULATOR_ORIGIN = "{emu.base_url}";' in response.text
     assert "initCodeClient" in response.text and "requestCode" in response.text
     assert 'params.set("redirect_uri", "postmessage")' in response.text
-    assert "event.origin !== EMULATOR_ORIGIN || event.source !== popup" in response.text
+    assert "event.origin !== EMULATOR_ORIGIN || event.source !== opened" in response.text
     port = emu.base_url.rsplit(":", 1)[1]
     other = requests.get(f"http://localhost:{port}/gsi/client", timeout=10)
     assert f'var EMULATOR_ORIGIN = "http://localhost:{port}";' in other.text
