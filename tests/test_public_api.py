@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import pkgutil
+import re
 
 import pytest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
+import tornado_signin
 from harness import CLIENT_ID, CLIENT_SECRET, PageClient, json_body, make_config
 from tornado_signin.emulator import Emulator, EmulatorClient
 
-PUBLIC = ["app", "config", "wiring", "scripts", "offline", "store", "hub", "plugins", "testing", "errors", "server",
-          "cli", "web.gate", "web.base", "web.signin", "web.confirm", "web.ops", "web.api"]
+#: Every module of the package but its two faces (``tornado_signin``, ``tornado_signin.web``: docstrings only).
+PUBLIC = sorted(m.name.removeprefix("tornado_signin.")
+                for m in pkgutil.walk_packages(tornado_signin.__path__, "tornado_signin.")
+                if m.name != "tornado_signin.web")
+
+#: The entry points a developer starts from: each shows its use in a literal block ("Example::") of its docstring
+#: (for a module, the module's).
+ENTRY_POINTS = [
+    "config.load_config", "app.make_app", "app.signin_routes", "wiring.build_context", "wiring.open_store",
+    "wiring.run_offline", "wiring.session_registry", "scripts.get_credentials", "scripts.authorized_session",
+    "offline.OfflineAccess.credentials", "offline.OfflineAccess.credentials_for_all", "store.TokenStore",
+    "store.load_store", "hub.load_hub", "hooks", "web.host", "web.host.SigninButton", "users.SignedInUser",
+    "expiry.AccessExpiry.add_listener", "live_sessions.SessionRegistry", "risc.RiscReceiver", "grants.GrantGuard",
+    "migrate.migrate", "testing", "emulator",
+]
+
+
+def test_every_module_is_listed():
+    assert len(PUBLIC) > 50 and "web.host" in PUBLIC and "emulator.risc" in PUBLIC
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -22,6 +43,25 @@ def test_every_public_module_names_its_api_and_each_name_exists(name):
     assert module.__all__, name
     missing = [n for n in module.__all__ if not hasattr(module, n)]
     assert missing == []
+
+
+def _entry_point(dotted: str) -> object:
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module("tornado_signin." + ".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            found = getattr(found, attr)
+        return found
+    raise AssertionError(dotted)
+
+
+@pytest.mark.parametrize("dotted", ENTRY_POINTS)
+def test_each_entry_point_shows_its_use(dotted):
+    doc = inspect.getdoc(_entry_point(dotted)) or ""
+    assert re.search(r"::$", doc, re.M), f"{dotted}: no literal block (Example::) in its docstring"
 
 
 class Mine(RequestHandler):

@@ -73,7 +73,15 @@ class AccessExpiry:
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(AccessExpiring)`` before every time-limited grant of a signed-in user ends.
 
-        Return a function that removes it again.
+        Return a function that removes it again. (``SigninHooks(on_access_expiring=…)``
+        registers one the same way.)
+
+        Example::
+
+            async def ask_to_renew(event):          # an AccessExpiring
+                await mailer.send(event.sub, f"Google access ends at {event.expires_at:.0f}")
+
+            remove = app.settings["signin"].expiry.add_listener(ask_to_renew)
         """
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None

@@ -76,7 +76,15 @@ def _channel(sub: str) -> str:
 
 
 class GrantGuard:
-    """Per-user serialisation of grant changes, and the notes of revokes, through a hub."""
+    """Per-user serialisation of grant changes, and the notes of revokes, through a hub.
+
+    Example (what a revoke does around its calls)::
+
+        guard = GrantGuard(hub)
+        async with guard.hold(sub) as held:        # the user's lease, in every process sharing the hub
+            ...                                    # revoke at Google, then store.delete_if(sub, ...)
+            await guard.note_revoked(sub)          # a sign-in that crossed it checks its refresh token
+    """
 
     def __init__(self, hub: ConfirmationHub | None, *, ttl: float = LEASE_TTL, wait: float = LEASE_WAIT,
                  clock: Callable[[], float] = time.time) -> None:

@@ -39,7 +39,13 @@ MAX_USER_AGENT = 200
 
 
 class SessionRegistry:
-    """Start, check, list and end the signed-in sessions of one application."""
+    """Start, check, list and end the signed-in sessions of one application.
+
+    Example (sign a user out everywhere, as ``tornado-signin sessions USER --end --all`` does)::
+
+        sessions = app.settings["signin"].sessions
+        ended = await sessions.end_all(sub, reason="admin")   # their pages show signed out, live
+    """
 
     def __init__(self, hub: ConfirmationHub, metrics: Metrics, *, ttl: float,
                  clock: Callable[[], float] = time.time) -> None:

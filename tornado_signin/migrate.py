@@ -76,6 +76,12 @@ def migrate(
     ``progress("verify", checked_so_far)``. Raise StorageError (or
     CryptoError) as the stores do; the copy done so far stays, and running
     :func:`migrate` again completes it.
+
+    Example (what ``tornado-signin migrate --from old.yaml --to new.yaml`` does)::
+
+        report = migrate(open_store(load_config("old.yaml")), open_store(load_config("new.yaml")),
+                         progress=lambda stage, n: print(stage, n, file=sys.stderr))
+        print(report)
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")

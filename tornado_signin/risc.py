@@ -291,7 +291,21 @@ class SecurityEventVerifier:
 
 
 class RiscReceiver:
-    """De-duplicate verified SETs and apply their events to the store, the sessions and the hub."""
+    """De-duplicate verified SETs and apply their events to the store, the sessions and the hub.
+
+    Built by :func:`tornado_signin.wiring.build_context` when ``risc.enabled``
+    is true (``ctx.risc``, None otherwise) and served at ``POST <prefix>/risc``
+    (:class:`~tornado_signin.web.risc.RiscHandler`).
+
+    Example (the receiver's whole use, as the handler makes it)::
+
+        try:
+            await ctx.risc.receive(request.body.decode("ascii"))   # verify, de-duplicate, apply
+        except SecurityEventError:
+            ...                                    # answer 400, no detail: never acted on
+        except APPLY_ERRORS:
+            ...                                    # answer 503: Google delivers it again
+    """
 
     def __init__(self, verifier: SecurityEventVerifier, store: TokenStore, sessions: SessionRegistry,
                  hub: ConfirmationHub, metrics: Metrics, *, run: Callable[..., Any],

@@ -69,6 +69,14 @@ def open_store(config: Config) -> EncryptingStore:
     """Load the configured backend and wrap it with encryption at rest; install redaction first.
 
     Raise ConfigError naming the key for an unknown backend, a bad option or a bad key.
+
+    Example::
+
+        store = open_store(load_config("config.yaml"))
+        try:
+            record = store.get(sub)            # plaintext tokens, decrypted; blocking: off the IOLoop
+        finally:
+            store.close()
     """
     install_config_redaction(config)
     return EncryptingStore(load_store(config.store.backend, dict(config.store.options)), _cipher(config))
@@ -90,7 +98,15 @@ def open_google(config: Config) -> GoogleClient:
 
 
 def session_registry(config: Config, hub: ConfirmationHub, metrics: Metrics | None = None) -> SessionRegistry:
-    """Return the registry of the sessions recorded in ``hub``, each living ``limits.session_max_age_days``."""
+    """Return the registry of the sessions recorded in ``hub``, each living ``limits.session_max_age_days``.
+
+    Example (a script listing a user's sessions on the deployment's Redis hub)::
+
+        hub = open_hub(config)
+        for record in await session_registry(config, hub).list(sub):
+            print(record.sid, record.started_at, record.address)
+        await hub.close()
+    """
     return SessionRegistry(hub, metrics or Metrics(), ttl=config.limits.session_max_age_days * 86400.0)
 
 
@@ -178,6 +194,13 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -
     For scripts and the CLI: redaction is installed first, and everything
     opened is closed again. Raise what ``work`` raises, and ConfigError as
     :func:`open_store`.
+
+    Example::
+
+        async def work(offline):
+            return await offline.call_userinfo("alice@example.com")
+
+        print(run_offline(load_config("config.yaml"), work))
     """
 
     async def main() -> T:
