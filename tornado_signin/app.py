@@ -129,8 +129,7 @@ def make_app(config: Config, *, store: TokenStore | None = None, hub: Confirmati
         template_path=template_path(),
         cookie_secret=config.server.cookie_secret,
         xsrf_cookies=False,  # the code endpoint has its own, stricter gate
-        websocket_ping_interval=limits.websocket_ping_interval,
-        websocket_ping_timeout=limits.websocket_ping_timeout,
+        # /confirm is pinged by ctx.pinger (one timer for every socket), not by Tornado (one task per socket).
         websocket_max_message_size=limits.websocket_max_message_bytes,
         signin=ctx,
         **{"log_function": AccessLog(), **settings},

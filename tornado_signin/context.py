@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from .certs import CertCache
 from .config import Config
@@ -62,6 +63,8 @@ class AppContext:
     hooks: SigninHooks = field(default_factory=SigninHooks)
     #: Live websocket handlers, for metrics and graceful shutdown.
     sockets: set = field(default_factory=set)
+    #: Pings those sockets (limits.websocket_ping_*); built by wiring.build_context.
+    pinger: Any = None
     #: Open websockets per session and per client address (limits.sockets_per_*); built by wiring.build_context.
     socket_quota: SocketQuota = field(default_factory=lambda: SocketQuota(0, 0))
     #: The store's up/down flag (the login gate and readiness); built by wiring.build_context.
@@ -87,6 +90,8 @@ class AppContext:
 
     async def close(self) -> None:
         """Release every resource (store, hub, HTTP client, threads)."""
+        if self.pinger is not None:
+            self.pinger.stop()
         if self.expiry is not None:
             self.expiry.close()
         await self.hooks.drain(1.0)
