@@ -20,6 +20,11 @@ MODE:
 * ``ceiling``: a bare loop of the same refresh POSTs to the same token
   endpoint with Tornado's curl client (keep-alive, ``max_clients`` =
   concurrency), nothing else: the limit of this machine for the job.
+* ``store``: not a scenario but a bound: the CPU of the store work each
+  refreshed user needs at least, done inline (no IOLoop, no thread hop) on
+  the same seeded store: one ``get`` (the re-read under the grant lease) and
+  one ``save`` of a refresh's outcome through the store's merge, per user,
+  for the first ``--limit`` users (default 2,000).
 * ``google_auth``: what a user writes by hand: google-auth's
   ``Credentials.refresh()`` (its requests transport, one keep-alive session
   per thread) in a pool of ``--threads`` threads, each result written back
@@ -254,9 +259,34 @@ def run_google_auth(users: list[dict[str, str]], args: argparse.Namespace) -> di
     return _report(completed, errors, seconds, cpu, latencies)
 
 
+def run_store(users: list[dict[str, str]], args: argparse.Namespace) -> dict[str, Any]:
+    from tornado_signin.google import normalize_scopes
+    from tornado_signin.store import TokenRecord
+    from tornado_signin.wiring import open_store
+
+    store = open_store(offline_config(args.db, args.token_uri))
+    now = time.time()
+    scopes = tuple(sorted(normalize_scopes(SCOPE)))
+    outcomes = [TokenRecord(sub=user["sub"], access_token="ya29.a0" + "x" * 150, access_token_expiry=now + 3599,
+                            access_token_issued_at=now, scopes=scopes) for user in users]
+    try:
+        store.get(users[0]["sub"])  # the connection opened, the statements compiled
+        cpu0 = time.process_time()
+        for user in users:
+            store.get(user["sub"])
+        cpu1 = time.process_time()
+        for record in outcomes:
+            store.save(record)
+        cpu2 = time.process_time()
+    finally:
+        store.close()
+    return {"get_ms": 1000 * (cpu1 - cpu0) / len(users), "save_ms": 1000 * (cpu2 - cpu1) / len(users),
+            "users": len(users)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("refresh", "ceiling", "google_auth"))
+    parser.add_argument("mode", choices=("refresh", "ceiling", "google_auth", "store"))
     parser.add_argument("--users", required=True, help="JSON file: the users to refresh")
     parser.add_argument("--db", required=True, help="the SQLite file (refresh: the product's; google_auth: the peer's)")
     parser.add_argument("--token-uri", required=True)
@@ -265,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
     args = parser.parse_args(argv)
     users = json.loads(Path(args.users).read_text())
-    if args.limit:
-        users = users[:args.limit]
-    run = {"refresh": run_product, "ceiling": run_ceiling, "google_auth": run_google_auth}[args.mode]
+    if args.limit or args.mode == "store":
+        users = users[:args.limit or 2000]
+    run = {"refresh": run_product, "ceiling": run_ceiling, "google_auth": run_google_auth,
+           "store": run_store}[args.mode]
     print(json.dumps(run(users, args)), flush=True)
     return 0
 

@@ -304,6 +304,23 @@ def measure_offline(fleet: Fleet, scenario: str, args: argparse.Namespace, warm:
     }
 
 
+def measure_store_floor(fleet: Fleet) -> dict[str, Any]:
+    """Return the CPU (ms) of one store get and one save per user, inline, on a copy of the product's seeded
+    store (bench.offline's ``store`` mode: the bound under the offline targets)."""
+    db = fleet.workdir / "offline-store-floor.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(fleet.templates["refresh"], db)
+    argv = [PYTHON, "-m", "bench.offline", "store", "--users", str(fleet.users_file), "--db", str(db),
+            "--token-uri", fleet.token_uri, "--limit", str(min(2000, fleet.offline_users))]
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", str(SERVER_CPU), *argv]
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        raise RuntimeError(f"store floor: exited {run.returncode}: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def measure(fleet: Fleet, scenario: str, args: argparse.Namespace, estimate: dict[str, float],
             warm: bool = False) -> dict[str, Any]:
     """Run one scenario once; return its summary."""
@@ -370,6 +387,29 @@ TARGETS = [
 ]
 
 
+#: Throughput ratios also computed from server CPU per login (a / b): what the ratio would be if every
+#: scenario had its core to itself (the machine is shared: a scenario that got less of CPU 0 looks slower).
+CPU_RATIOS = [
+    ("login_vs_mixin", "signin", "mixin"),
+    ("login_vs_flask", "signin", "flask"),
+    ("login_vs_ceiling", "signin", "ceiling"),
+    ("offline_vs_ceiling", "offline_refresh", "offline_ceiling"),
+    ("offline_vs_google_auth", "offline_refresh", "offline_google_auth"),
+]
+
+
+def _offline_bound(results: dict[str, Any], *, reread: bool = True, peer: str = "offline_ceiling") -> float:
+    """Return the most ``offline_refresh`` could reach as a ratio to ``peer`` (by CPU per refresh) if it did
+    nothing but the ceiling's refresh POST and the store work every refreshed user needs (measured inline:
+    one save of the outcome through the store's merge, and with ``reread`` the get under the grant lease)."""
+    if "offline_refresh" not in results or "offline_ceiling" not in results or peer not in results:
+        return 0.0
+    floor = results["offline_refresh"].get("store_floor") or {}
+    ceiling = results["offline_ceiling"]["server_cpu_ms_per_login"]
+    least = ceiling + floor.get("save_ms", 0.0) + (floor.get("get_ms", 0.0) if reread else 0.0)
+    return results[peer]["server_cpu_ms_per_login"] / least if floor and least else 0.0
+
+
 def _two_request_bound(results: dict[str, Any]) -> float:
     """Return the most a login of two Tornado requests (a GET like /state, then the ceiling's POST)
     could reach, as a ratio to the ceiling, if it did no work of its own: by server CPU per request."""
@@ -404,6 +444,12 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None, cpus: 
         values = [r[a][key] / r[b][key] for r in rounds if a in r and b in r and r[b][key]]
         return _median(values) if values else None
 
+    def per_round_cpu(a: str, b: str) -> float | None:
+        # b's server CPU per login over a's: the throughput ratio on a core each had whole.
+        key = "server_cpu_ms_per_login"
+        values = [r[b][key] / r[a][key] for r in rounds if a in r and b in r and r[a][key]]
+        return _median(values) if values else None
+
     ratios = {
         "login_vs_ceiling": per_round("signin", "ceiling"),
         "login_vs_mixin": per_round("signin", "mixin"),
@@ -420,6 +466,12 @@ def analyse(rounds: list[dict[str, Any]], sockets: dict[str, Any] | None, cpus: 
                                       if "ceiling" in r and "tornado_get" in r]) or None,
         "two_process_bound": _median([_two_process_bound(r["signin_1p_redis"], cpus) for r in rounds
                                       if "signin_1p_redis" in r]) or None,
+        "offline_bound": _median([b for r in rounds for b in [_offline_bound(r)] if b]) or None,
+        "offline_bound_no_reread": _median([b for r in rounds for b in [_offline_bound(r, reread=False)] if b])
+        or None,
+        "offline_google_auth_bound": _median([b for r in rounds for b in [_offline_bound(r, peer="offline_google_auth")]
+                                              if b]) or None,
+        **{f"{name}_by_cpu": per_round_cpu(a, b) for name, a, b in CPU_RATIOS},
         "kb_per_socket": sockets["kb_per_socket"] if sockets else None,
         "delivery_p99_ms": sockets["delivery_p99_ms"] if sockets else None,
     }
@@ -448,6 +500,19 @@ def table(report: dict[str, Any]) -> str:
     bound = report["analysis"]["ratios"].get("two_request_bound")
     if bound is not None:
         lines.append(f"| (bound for any login of GET + the ceiling's POST doing nothing else, by CPU) | {bound:.2f} | | |")
+    ratios = report["analysis"]["ratios"]
+    for name, _, _ in CPU_RATIOS:
+        if ratios.get(f"{name}_by_cpu") is not None:
+            lines.append(f"| ({name} by server CPU per login, as if each had its core to itself) "
+                         f"| {ratios[f'{name}_by_cpu']:.2f} | | |")
+    if ratios.get("offline_bound") is not None:
+        lines.append(f"| (bound for offline_refresh / offline_ceiling: the ceiling's POST + one store get and save "
+                     f"per user, by CPU) | {ratios['offline_bound']:.2f} | | |")
+        lines.append(f"| (the same without the re-read under the grant lease: POST + one save) "
+                     f"| {ratios['offline_bound_no_reread']:.2f} | | |")
+    if ratios.get("offline_google_auth_bound") is not None:
+        lines.append(f"| (bound for offline_refresh / offline_google_auth: its CPU per refresh over the "
+                     f"ceiling's POST + get + save) | {ratios['offline_google_auth_bound']:.2f} | | |")
     two_bound = report["analysis"]["ratios"].get("two_process_bound")
     if two_bound is not None:
         lines.append(f"| (bound for two / one on this machine: its cores / all CPU one login costs, Redis included) "
@@ -547,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
             meta["loadavg_rounds"].append([round(x, 2) for x in os.getloadavg()])
             for scenario in order:
                 results[scenario] = measure(fleet, scenario, args, estimate)
+                if scenario == "offline_refresh":
+                    results[scenario]["store_floor"] = measure_store_floor(fleet)
                 r = results[scenario]
                 print(f"round {index + 1} {scenario:<16} {r['throughput']:8.0f}/s p50 {r['p50_ms']:6.2f} ms "
                       f"p99 {r['p99_ms']:6.2f} ms server CPU {r['server_cpu']:.2f} load side "
