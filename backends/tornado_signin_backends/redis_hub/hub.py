@@ -222,6 +222,15 @@ class RedisHub(RedisQuota, ConfirmationHub):
         self._available = False
         self._wake.set()
 
+    async def _required(self, what: str, command: Awaitable[T]) -> T:
+        """Return ``command``'s reply; when Redis fails, mark it down and raise HubUnavailableError
+        "Redis hub: cannot <what>" (for the calls whose answer cannot be kept locally meanwhile)."""
+        try:
+            return await self._command(command)
+        except _FAILURES as exc:
+            self._mark_down(exc)
+            raise HubUnavailableError(f"Redis hub: cannot {what} ({type(exc).__name__})") from exc
+
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN
         first = True
@@ -455,11 +464,7 @@ class RedisHub(RedisQuota, ConfirmationHub):
 
     async def sessions_of(self, sub: str) -> list[SessionRecord]:
         self._ensure_running()
-        try:
-            return await self._command(self._sessions.of(sub))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError("redis hub: cannot list sessions") from exc
+        return await self._required("list sessions", self._sessions.of(sub))
 
     async def end_session(self, sid: str) -> str | None:
         self._ensure_running()
@@ -488,51 +493,32 @@ class RedisHub(RedisQuota, ConfirmationHub):
         """``SET <prefix>lease:<key> <token> NX PX <ttl>``: one round trip, atomic in Redis."""
         self._ensure_running()
         token = secrets.token_urlsafe(16)
-        try:
-            taken = await self._command(self._redis.set(self._lease_key(key), token, nx=True, px=max(1, int(ttl * 1000))))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError(f"Redis hub: cannot take a lease ({type(exc).__name__})") from exc
+        taken = await self._required("take a lease", self._redis.set(self._lease_key(key), token, nx=True,
+                                                                      px=max(1, int(ttl * 1000))))
         return token if taken is not None else None
 
     async def release_lease(self, key: str, token: str) -> bool:
         """Delete the lease key only if it still holds ``token`` (a script: compare and delete atomically)."""
         self._ensure_running()
-        try:
-            return await self._command(self._scripts.release_lease(self._lease_key(key), token))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError(f"Redis hub: cannot release a lease ({type(exc).__name__})") from exc
+        return await self._required("release a lease", self._scripts.release_lease(self._lease_key(key), token))
 
     # -- exchanges in flight -----------------------------------------------
 
     async def begin_exchange(self, ttl: float) -> str:
         """One script: a ticket from ``<prefix>exch-seq``, lapsing in the sorted set ``<prefix>exch``."""
         self._ensure_running()
-        try:
-            return await self._command(self._scripts.begin_exchange(
-                f"{self.prefix}exch", f"{self.prefix}exch-seq", max(1, int(ttl * 1000))))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError(f"Redis hub: cannot record an exchange ({type(exc).__name__})") from exc
+        return await self._required("record an exchange", self._scripts.begin_exchange(
+            f"{self.prefix}exch", f"{self.prefix}exch-seq", max(1, int(ttl * 1000))))
 
     async def end_exchange(self, ticket: str) -> None:
         """``ZREM <prefix>exch <ticket>``."""
         self._ensure_running()
-        try:
-            await self._command(self._redis.zrem(f"{self.prefix}exch", ticket))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError(f"Redis hub: cannot end an exchange ({type(exc).__name__})") from exc
+        await self._required("end an exchange", self._redis.zrem(f"{self.prefix}exch", ticket))
 
     async def exchanges_before(self, ticket: str) -> int:
         """One script counting the live entries of ``<prefix>exch`` before ``ticket``."""
         self._ensure_running()
-        try:
-            return await self._command(self._scripts.exchanges_before(f"{self.prefix}exch", ticket))
-        except _FAILURES as exc:
-            self._mark_down(exc)
-            raise HubUnavailableError(f"Redis hub: cannot read the exchanges ({type(exc).__name__})") from exc
+        return await self._required("read the exchanges", self._scripts.exchanges_before(f"{self.prefix}exch", ticket))
 
     async def check(self) -> None:
         """Raise redis-py's ConnectionError or TimeoutError unless Redis answers PING within the timeout."""
