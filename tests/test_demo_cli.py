@@ -76,12 +76,12 @@ class Demo:
             self.proc.stdout.close()
         self.log.close()
 
-    def sign_in(self, email: str) -> dict:
-        """Sign ``email`` in as the page would: state, a freshly consented code, the code POST."""
+    def sign_in(self, email: str, **form: str) -> dict:
+        """Sign ``email`` in as the page would: state, a freshly consented code (``form``: more of its fields), the code POST."""
         page = requests.Session()
         state = page.get(self.app_url + "/state", timeout=10).json()["state"]
         code = requests.post(self.emulator_url + "/emulator/code", timeout=10,
-                             data={"client_id": DEMO_CLIENT_ID, "email": email}).json()["code"]
+                             data={"client_id": DEMO_CLIENT_ID, "email": email, **form}).json()["code"]
         response = page.post(self.app_url + "/storeauthcode", data=code.encode(), timeout=20, headers={
             "Content-Type": "application/octet-stream", "X-Requested-With": "XMLHttpRequest",
             "Origin": self.app_url, "X-Signin-State": state})
@@ -294,3 +294,19 @@ def test_serve_with_a_config_refuses_the_demo_options_instead_of_ignoring_them(t
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (f"tornado-signin: {option} is for the demo (serve without --config); with --config set "
                              "google.endpoints and google.client_library in the config\n")
+
+
+@pytest.mark.slow
+def test_token_after_time_limited_access_ended_says_so(demo_folder):
+    folder, start = demo_folder
+    demo = start()
+    config = shlex.quote(str(folder / DEMO_CONFIG_FILE))
+    demo.settings(access_token_ttl=2)
+    demo.sign_in("carol@example.org", prompt="consent", refresh_token_ttl="2")
+    demo.settings(access_token_ttl=3600)
+    time.sleep(2.2)
+    for command in ("token", "call"):
+        ended = run(f"tornado-signin {command} --config {config} carol@example.org")
+        assert (ended.returncode, ended.stdout) == (9, ""), ended.stderr
+        assert ended.stderr == "tornado-signin: the user's time-limited access has ended: the user must sign in with " \
+                               "consent again\n"

@@ -98,6 +98,9 @@ def _require_active(record: TokenRecord) -> None:
     """Raise ConsentRequiredError unless ``record`` holds a usable refresh token (its state is ``active``)."""
     if record.has_usable_refresh_token:
         return
+    # The record's own state says why (a time-limited grant that ended after an older revocation is "expired").
+    if record.state == "expired":
+        raise ConsentRequiredError("the user's time-limited access has ended: the user must sign in with consent again")
     if record.revoked_at is not None:
         raise ConsentRequiredError("the user's grant is revoked: the user must sign in with consent again")
     raise ConsentRequiredError("no refresh token is stored for the user: the user must sign in with consent again")
