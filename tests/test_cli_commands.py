@@ -445,6 +445,11 @@ def test_migrate_errors(stack):
     assert_error(run("migrate", "--from", str(stack.config), "--to", str(down)), EXIT_STORE)
     assert_usage_error(run("migrate", "--from", str(stack.config)), "migrate",
                        "the following arguments are required: --to")
+    # The same store under another config file (another key, say): refused before anything is written.
+    same = stack.write("same", stack.store)
+    line = assert_error(run("migrate", "--from", str(stack.config), "--to", str(same)), EXIT_CONFIG,
+                        "name the same", "rotate-keys")
+    assert str(same) in line
 
 
 # ----------------------------------------------------------------------------- config and store errors
