@@ -93,6 +93,18 @@ def chromium():
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def moto_server():
+    """The URL of moto's DynamoDB (and every AWS service) as a server on a free loopback port, one per module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def no_redis(tmp_path) -> dict[str, str]:
     """An environment where ``import redis`` fails, as when the ``redis`` extra is not installed."""

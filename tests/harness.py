@@ -12,7 +12,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.testing import bind_unused_port
@@ -27,6 +30,25 @@ CLIENT_ID = "test-client.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-test-secret-0123456789"
 COOKIE_SECRET = "test-cookie-secret-" + "x" * 32
 ENCRYPTION_KEY = generate_key()
+
+
+def write_offline_config(folder: Path, key: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Write ``folder/config.yaml``: development, a SQLite store in ``folder``, Google unreachable (port 1),
+    every secret by reference; return its path and the environment that holds the secrets (``TS_KEY``: ``key``,
+    a new one by default). For the CLI and script tests that need no Google."""
+    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": "s" * 24, "TS_KEY": key or generate_key()}
+    document = {
+        "development": True,
+        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
+        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_CLIENT_SECRET"},
+                   "endpoints": {"auth_uri": "http://127.0.0.1:1/auth", "token_uri": "http://127.0.0.1:1/token",
+                                 "certs_uri": "http://127.0.0.1:1/certs"}},
+        "store": {"backend": "sql", "url": f"sqlite:///{folder / 'tokens.sqlite3'}",
+                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path, env
 
 
 def make_config(app_origin: str, emulator_url: str, **overrides: Any) -> Config:

@@ -102,17 +102,6 @@ def assert_usage_error(result: subprocess.CompletedProcess, command: str, messag
 # ----------------------------------------------------------------------------- stores
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 class Stores:
     """Builds store sections of each kind, each with its own table; drops the PostgreSQL ones at the end."""
 
@@ -130,7 +119,7 @@ class Stores:
             self.tables.append(table)
             return {"backend": "sql", "url": POSTGRES_URL, "table": table}
         if kind == "dynamodb":
-            url = self.request.getfixturevalue("moto_url")
+            url = self.request.getfixturevalue("moto_server")
             return {"backend": "dynamodb", "table": table, "region": "us-east-1", "endpoint_url": url,
                     "create_table": True}
         raise AssertionError(kind)

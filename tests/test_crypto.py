@@ -99,25 +99,12 @@ def test_rotate_keys_command_binds_legacy_records(tmp_path):
     import sys
     import time
 
-    import yaml
-
-    from harness import CLIENT_ID, COOKIE_SECRET
+    from harness import write_offline_config
     from tornado_signin.config import load_config
     from tornado_signin.wiring import open_store
 
     key = generate_key()
-    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": "s" * 24, "TS_KEY": key}
-    document = {
-        "development": True,
-        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
-        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_CLIENT_SECRET"},
-                   "endpoints": {"auth_uri": "http://127.0.0.1:1/auth", "token_uri": "http://127.0.0.1:1/token",
-                                 "certs_uri": "http://127.0.0.1:1/certs"}},
-        "store": {"backend": "sql", "url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}",
-                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path, env = write_offline_config(tmp_path, key)
     store = open_store(load_config(path, environ=env))
     fernet, now = Fernet(key.encode()), time.time()
     for sub in ("alice", "bob"):

@@ -16,11 +16,9 @@ import sys
 import time
 
 import pytest
-import yaml
 
-from harness import CLIENT_ID, COOKIE_SECRET
+from harness import write_offline_config
 from tornado_signin.config import load_config
-from tornado_signin.crypto import generate_key
 from tornado_signin.errors import ConsentRequiredError
 from tornado_signin.google import GoogleClient
 from tornado_signin.offline import OfflineAccess
@@ -34,20 +32,8 @@ ACCESS_TOKEN = "ya29.stored-and-dead"
 
 @pytest.fixture
 def config_file(tmp_path):
-    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": "s" * 24, "TS_KEY": generate_key()}
     # Google is unreachable: nothing here may need it.
-    document = {
-        "development": True,
-        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
-        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_CLIENT_SECRET"},
-                   "endpoints": {"auth_uri": "http://127.0.0.1:1/auth", "token_uri": "http://127.0.0.1:1/token",
-                                 "certs_uri": "http://127.0.0.1:1/certs"}},
-        "store": {"backend": "sql", "url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}",
-                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path, env
+    return write_offline_config(tmp_path)
 
 
 def store_record(config_file, **changes):

@@ -18,12 +18,10 @@ import sys
 import time
 
 import pytest
-import yaml
 
-from harness import CLIENT_ID, COOKIE_SECRET
+from harness import CLIENT_ID, write_offline_config
 from security_oracle import assert_rejected, stack_fixture
 from tornado_signin.config import GoogleConfig
-from tornado_signin.crypto import generate_key
 from tornado_signin.errors import TokenVerificationError
 from tornado_signin.store import TokenRecord
 from tornado_signin.verify import IdTokenVerifier
@@ -107,18 +105,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.fixture
 def hostile_store(tmp_path):
     """A SQLite store holding records with terminal escapes in every printed field, written straight to the store."""
-    env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": "s" * 24, "TS_KEY": generate_key()}
-    document = {
-        "development": True,
-        "server": {"cookie_secret": {"$env": "TS_COOKIE"}},
-        "google": {"client_id": CLIENT_ID, "client_secret": {"$env": "TS_CLIENT_SECRET"},
-                   "endpoints": {"auth_uri": "http://127.0.0.1:1/auth", "token_uri": "http://127.0.0.1:1/token",
-                                 "certs_uri": "http://127.0.0.1:1/certs"}},
-        "store": {"backend": "sql", "url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}",
-                  "encryption": {"keys": [{"$env": "TS_KEY"}]}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path, env = write_offline_config(tmp_path)
     from tornado_signin.config import load_config
     from tornado_signin.wiring import open_store
 

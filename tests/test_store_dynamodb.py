@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from moto import mock_aws
 from moto.dynamodb.responses import DynamoHandler
-from moto.server import ThreadedMotoServer
 
 from tornado_signin.errors import ConfigError, StorageError
 from tornado_signin.store import TokenRecord, load_store
@@ -48,15 +47,6 @@ def aws():
             patch.delenv(name, raising=False)
         with mock_aws():
             yield
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 class TestDynamoDBContract(TokenStoreContract):
