@@ -93,6 +93,14 @@ def chromium():
         browser.close()
 
 
+@pytest.fixture
+def clock():
+    """A :class:`harness.FakeClock` for the emulator and the server (``Emulator(clock=clock)``)."""
+    from harness import FakeClock
+
+    return FakeClock()
+
+
 @pytest.fixture(scope="module")
 def moto_server():
     """The URL of moto's DynamoDB (and every AWS service) as a server on a free loopback port, one per module."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -30,6 +31,19 @@ CLIENT_ID = "test-client.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-test-secret-0123456789"
 COOKIE_SECRET = "test-cookie-secret-" + "x" * 32
 ENCRYPTION_KEY = generate_key()
+
+
+class FakeClock:
+    """A clock that starts at real time and moves only when told (``clock.now += s`` or ``advance(s)``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def write_offline_config(folder: Path, key: str | None = None) -> tuple[Path, dict[str, str]]:

@@ -12,7 +12,6 @@ import base64
 import html.parser
 import json
 import re
-import time
 
 import pytest
 import requests
@@ -38,24 +37,6 @@ OTHER = EmulatorClient("other.apps.googleusercontent.com", "other-secret", ("htt
 EMAIL_URL = "https://www.googleapis.com/auth/userinfo.email"
 PROFILE_URL = "https://www.googleapis.com/auth/userinfo.profile"
 DRIVE = "https://www.googleapis.com/auth/drive.readonly"
-
-
-class FakeClock:
-    """A clock that starts at real time and moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import json
 import re
 import secrets
 import struct
-import time
 import zlib
 
 import pytest
@@ -30,19 +29,6 @@ EMAIL = "https://www.googleapis.com/auth/userinfo.email"
 PROFILE = "https://www.googleapis.com/auth/userinfo.profile"
 DRIVE = "https://www.googleapis.com/auth/drive.readonly"
 CALENDAR = "https://www.googleapis.com/auth/calendar.readonly"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

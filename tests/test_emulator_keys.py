@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import time
 
 import pytest
 import requests
@@ -25,19 +24,6 @@ from tornado_signin.emulator import DEFAULT_ACCOUNTS, EmulatorClient, EmulatorTh
 
 CLIENT = EmulatorClient("keys-client.apps.googleusercontent.com", "GOCSPX-keys", ("http://localhost:8080",))
 SCHEDULE = {"period": 1000.0, "lead": 400.0, "linger": 200.0}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
