@@ -521,3 +521,18 @@ def test_check_names_the_downloaded_file_when_it_lacks_the_client_secret(tmp_pat
     assert (result.returncode, result.stderr) == (EXIT_CONFIG, "")
     assert result.stdout == (f"config: FAILED: config key 'google.client_secrets_file': {tmp_path / 'client_secret.json'}"
                              " has no web.client_secret: download the client's JSON again from the Google API Console\n")
+
+
+def test_a_relative_sqlite_path_is_the_config_files_wherever_the_cli_runs(tmp_path):
+    """The example's `sqlite:///tornado-signin.sqlite3`: the CLI run from another folder opens the same database
+    (it used to create an empty one in the working directory and report no users)."""
+    deploy, elsewhere = tmp_path / "deploy", tmp_path / "elsewhere"
+    deploy.mkdir()
+    elsewhere.mkdir()
+    document = valid_document(deploy)
+    document["store"]["url"] = "sqlite:///tornado-signin.sqlite3"
+    config = write(deploy / "config.yaml", document)
+    result = tornado_signin("users", "--config", str(config), env=ENV, cwd=elsewhere)
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+    assert (deploy / "tornado-signin.sqlite3").exists()
+    assert list(elsewhere.iterdir()) == []

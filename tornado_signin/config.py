@@ -574,6 +574,24 @@ def _file_origins(web: dict[str, Any]) -> tuple[str, ...]:
     return tuple(o.rstrip("/").lower() for o in origins)
 
 
+_RELATIVE_SQLITE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)(?!file:)(?!:memory:)([^?]+)(\?.*)?$")
+
+
+def _sqlite_url_from(url: str, base_dir: Path) -> str:
+    """Return ``url`` with a relative SQLite path made absolute under ``base_dir`` (the config file's folder).
+
+    As the file store's path and google.client_secrets_file: the CLI run from
+    another folder opens the same database instead of creating an empty one
+    there. Other URLs (absolute paths, ``:memory:``, ``file:`` URIs, servers)
+    are returned unchanged.
+    """
+    match = _RELATIVE_SQLITE.match(url)
+    if match is None:
+        return url
+    scheme, path, query = match.groups()
+    return f"{scheme}{base_dir / path}{query or ''}"
+
+
 def _client_secrets(data: Any, base_dir: Path, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]]:
     """Return the path and ``web`` section of ``google.client_secrets_file`` (None and {} when unset)."""
     google = data.get("google") if isinstance(data, Mapping) else None
@@ -714,6 +732,8 @@ def config_from_dict(data: Any, *, base_dir: Path | None = None, environ: Mappin
     options = {k: v for k, v in st.data.items() if k not in ("backend", "encryption")}
     if backend == "file" and "path" in options and not Path(options["path"]).is_absolute():
         options["path"] = str(base_dir / options["path"])
+    if backend == "sql" and isinstance(options.get("url"), str):
+        options["url"] = _sqlite_url_from(options["url"], base_dir)
     store = StoreConfig(backend=backend, options=options, encryption_keys=keys)
 
     # hub
