@@ -97,6 +97,30 @@ def test_config_error_names_the_key(tmp_path):
     assert "server.cookie_secret" in result.stdout + result.stderr
 
 
+def store_bob_with_an_expired_access_token(config, emulator) -> tuple[str, dict]:
+    """Store bob@gmail.com as a sign-in at ``emulator`` would, with a working refresh token and an expired access
+    token; return his sub and the token endpoint's reply."""
+    import time
+
+    import requests
+
+    from tornado_signin.emulator import DEFAULT_ACCOUNTS
+    from tornado_signin.store import TokenRecord
+    from tornado_signin.wiring import open_store
+
+    reply = requests.post(emulator.base_url + "/token", data={
+        "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
+    sub = next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
+    now = time.time()
+    store = open_store(config)
+    store.save(TokenRecord(sub=sub, email="bob@gmail.com", refresh_token=reply["refresh_token"],
+                           refresh_token_issued_at=now, access_token="ya29.expired", access_token_expiry=now - 10,
+                           access_token_issued_at=now, scopes=tuple(reply["scope"].split())))
+    store.close()
+    return sub, reply
+
+
 @pytest.fixture
 def emulator_thread():
     app_sock, app_port = bind_unused_port()
@@ -200,28 +224,14 @@ def test_script_api_get_credentials_and_authorized_session(tmp_path, emulator_th
     """The plain-script API: google-auth Credentials and a self-refreshing requests-oauthlib session."""
     import time
 
-    import requests
-
-    from tornado_signin.wiring import open_store
     from tornado_signin.scripts import authorized_session, get_credentials
-    from tornado_signin.store import TokenRecord
+    from tornado_signin.wiring import open_store
 
     emulator, _, app_url = emulator_thread
     env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": CLIENT_SECRET, "TS_KEY": generate_key()}
     config = load_config(write_config(tmp_path, emulator.base_url, app_url), environ=env)
-    reply = requests.post(emulator.base_url + "/token", data={
-        "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
-    from tornado_signin.emulator import DEFAULT_ACCOUNTS
-
-    sub = next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
-    now = time.time()
-    store = open_store(config)
     # An access token that is already expired: both APIs must refresh it.
-    store.save(TokenRecord(sub=sub, email="bob@gmail.com", refresh_token=reply["refresh_token"],
-                           refresh_token_issued_at=now, access_token="ya29.expired", access_token_expiry=now - 10,
-                           access_token_issued_at=now, scopes=tuple(reply["scope"].split())))
-    store.close()
+    sub, _ = store_bob_with_an_expired_access_token(config, emulator)
 
     creds = get_credentials(config, "bob@gmail.com")
     assert creds.valid and creds.token != "ya29.expired"

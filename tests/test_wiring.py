@@ -6,16 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
-import requests
 
-from harness import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET
-from test_cli import emulator_thread, write_config  # noqa: F401  (the fixture is used by name)
+from harness import CLIENT_SECRET, COOKIE_SECRET
+from test_cli import emulator_thread, store_bob_with_an_expired_access_token, write_config  # noqa: F401
 from tornado_signin.config import load_config
 from tornado_signin.crypto import generate_key
-from tornado_signin.emulator import DEFAULT_ACCOUNTS
-from tornado_signin.store import TokenRecord
 from tornado_signin.wiring import open_store
 
 SCRIPT = textwrap.dedent("""
@@ -41,16 +37,7 @@ def test_a_script_logging_at_debug_logs_no_token_or_secret(tmp_path, emulator_th
     env = {"TS_COOKIE": COOKIE_SECRET, "TS_CLIENT_SECRET": CLIENT_SECRET, "TS_KEY": generate_key()}
     config_path = write_config(tmp_path, emulator.base_url, app_url)
     config = load_config(config_path, environ=env)
-    reply = requests.post(emulator.base_url + "/token", data={
-        "grant_type": "authorization_code", "code": emulator.mint_code(CLIENT_ID, "bob@gmail.com"),
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": "postmessage"}, timeout=10).json()
-    sub = next(a.sub for a in DEFAULT_ACCOUNTS if a.email == "bob@gmail.com")
-    now = time.time()
-    store = open_store(config)
-    store.save(TokenRecord(sub=sub, email="bob@gmail.com", refresh_token=reply["refresh_token"],
-                           refresh_token_issued_at=now, access_token="ya29.expired", access_token_expiry=now - 10,
-                           access_token_issued_at=now, scopes=tuple(reply["scope"].split())))
-    store.close()
+    sub, reply = store_bob_with_an_expired_access_token(config, emulator)
     emulator.configure(access_token_ttl=3600)
 
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(config_path)], capture_output=True, text=True,
