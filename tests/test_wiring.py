@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-
 from harness import CLIENT_SECRET, COOKIE_SECRET
 from test_cli import emulator_thread, store_bob_with_an_expired_access_token, write_config  # noqa: F401
 from tornado_signin.config import load_config
