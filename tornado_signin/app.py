@@ -148,7 +148,8 @@ def make_server(app: Application, config: Config) -> HTTPServer:
     limits = config.limits
     ctx: AppContext = app.settings["signin"]
     ctx.metrics.counter("signin_connections_refused_total",
-                        "Connections refused at accept: full (the connection cap), accept_error (EMFILE...).")
+                        "Connections refused at accept: full (the connection cap), address (the per-address cap), "
+                        "accept_error (EMFILE...).")
     server = GuardedHTTPServer(
         app,
         xheaders=config.server.xheaders,
@@ -157,6 +158,8 @@ def make_server(app: Application, config: Config) -> HTTPServer:
         idle_connection_timeout=limits.header_timeout,
         body_timeout=limits.body_timeout,
         max_connections=connection_budget(limits.max_connections, limits.descriptor_reserve),
+        # Behind a proxy every connection is the proxy's: the per-address cap would cap the deployment.
+        per_address=0 if config.server.xheaders else limits.connections_per_address,
         open_sockets=lambda: len(ctx.sockets),
         on_refused=lambda reason: ctx.metrics.inc("signin_connections_refused_total", reason=reason),
     )

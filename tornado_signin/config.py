@@ -178,6 +178,8 @@ class LimitsConfig:
     max_connections: int = 0
     #: Descriptors kept free of client connections, for the store, the hub, Google and logs.
     descriptor_reserve: int = 64
+    #: HTTP connections one peer address holds open, per process (0 disables; not applied with server.xheaders).
+    connections_per_address: int = 128
     #: Open /confirm websockets per browser session, per process (0 disables).
     sockets_per_session: int = 16
     #: Open /confirm websockets per client address, per process (0 disables).

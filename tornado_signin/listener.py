@@ -16,6 +16,10 @@ IOLoop's public ``add_handler``) with one that:
   refused handshakes say, frees room within milliseconds, and ``/healthz``
   is then served, late but served); still full after that, it answers each
   waiting connection a fixed ``503`` and closes it right after ``accept()``;
+- caps the HTTP connections of one peer address (``per_address``), so one
+  client cannot take every connection from the others (a health checker, a
+  user): past it, its new connection gets the ``503`` at once. Off behind a
+  proxy (``server.xheaders``), where every connection comes from the proxy;
 - on ``EMFILE``/``ENFILE``/``ENOBUFS``/``ENOMEM`` stops accepting on that
   socket for a short, growing pause (50 ms up to 1 s) and logs it once per
   :data:`LOG_INTERVAL` with the count of what it did not log.
@@ -76,6 +80,11 @@ def connection_budget(configured: int, reserve: int) -> int:
     return configured
 
 
+def _peer(address: Any) -> str:
+    """Return the host part of a socket's peer ``address`` (a tuple for IP, a path string for a Unix socket)."""
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+
 class _OncePerInterval:
     """A log line at most once per :data:`LOG_INTERVAL`, saying how many were held back."""
 
@@ -103,11 +112,16 @@ class GuardedHTTPServer(HTTPServer):
     accept error (``"accept_error"``), e.g. to count it.
     """
 
-    def initialize(self, *args: Any, max_connections: int = 0, open_sockets: Callable[[], int] = lambda: 0,
+    def initialize(self, *args: Any, max_connections: int = 0, per_address: int = 0,
+                   open_sockets: Callable[[], int] = lambda: 0,
                    on_refused: Callable[[str], None] = lambda reason: None,
                    clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections or connection_budget(0, 64)
+        #: HTTP connections one peer address may hold (0: no cap).
+        self.per_address = per_address
+        self._by_address: dict[str, int] = {}
+        self._address_of: dict[int, str] = {}  # id(stream) -> its peer address, while counted
         self.open_sockets = open_sockets
         self.on_refused = on_refused
         self.http_connections = 0
@@ -118,6 +132,7 @@ class GuardedHTTPServer(HTTPServer):
         self._full_since: float | None = None
         self._halted = False
         self._log_full = _OncePerInterval(clock)
+        self._log_address = _OncePerInterval(clock)
         self._log_error = _OncePerInterval(clock)
 
     @property
@@ -129,11 +144,21 @@ class GuardedHTTPServer(HTTPServer):
 
     def handle_stream(self, stream: Any, address: tuple) -> None:
         self.http_connections += 1
+        peer = _peer(address)
+        self._by_address[peer] = self._by_address.get(peer, 0) + 1
+        self._address_of[id(stream)] = peer
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
         # Called once per connection, also when a websocket takes its stream over.
         self.http_connections -= 1
+        peer = self._address_of.pop(id(getattr(server_conn, "stream", None)), None)
+        if peer is not None:
+            left = self._by_address.get(peer, 0) - 1
+            if left > 0:
+                self._by_address[peer] = left
+            else:
+                self._by_address.pop(peer, None)
         super().on_close(server_conn)
 
     # -- accepting -------------------------------------------------------------------
@@ -181,20 +206,27 @@ class GuardedHTTPServer(HTTPServer):
             if full:
                 self._refuse(connection)
                 continue
+            if self.per_address and self._by_address.get(_peer(address), 0) >= self.per_address:
+                self._refuse(connection, "address")
+                continue
             # The callback Tornado itself gives add_accept_handler: it wraps
             # the socket (TLS too) in an IOStream and calls handle_stream.
             self._handle_connection(connection, address)
 
-    def _refuse(self, connection: socket.socket) -> None:
+    def _refuse(self, connection: socket.socket, reason: str = "full") -> None:
         try:
             connection.setblocking(False)
             connection.send(REFUSAL)
         except OSError:
             pass
         connection.close()
-        self.on_refused("full")
-        self._log_full("connection refused: %d connections open, the limit (limits.max_connections)",
-                       self.open_connections)
+        self.on_refused(reason)
+        if reason == "full":
+            self._log_full("connection refused: %d connections open, the limit (limits.max_connections)",
+                           self.open_connections)
+        else:
+            self._log_address("connection refused: a peer address holds limits.connections_per_address (%d)",
+                              self.per_address)
 
     def _back_off(self, sock: socket.socket, exc: OSError) -> None:
         """Stop accepting on ``sock`` for a growing pause; log once per interval."""
