@@ -453,17 +453,6 @@ def test_check_through_the_client_secrets_file_and_its_origins(tmp_path, emulato
     assert lines[6:] == expected
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_check_creates_no_dynamodb_table_unless_asked(tmp_path, emulator, moto_server, unique_name):
     import boto3
 
