@@ -173,7 +173,7 @@ def test_check_refuses_the_placeholder_client_id(tmp_path):
 # --------------------------------------------------------------------------- check: store, hub, Google
 
 
-from harness import CLIENT_ID, CLIENT_SECRET  # noqa: E402  (tests/ is on the path)
+from harness import CLIENT_ID, CLIENT_SECRET, self_signed_files  # noqa: E402  (tests/ is on the path)
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_check_says_the_tls_certificate_is_not_trusted(tmp_path):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    key_file, cert_file = self_signed(tmp_path)
+    cert_file, key_file = self_signed_files(tmp_path)
     server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
@@ -311,30 +311,6 @@ def test_check_says_the_tls_certificate_is_not_trusted(tmp_path):
     assert result.returncode == 6
     assert result.stdout.splitlines()[-1].endswith(
         "TLS: the certificate of 127.0.0.1 is not trusted (self-signed, or an unknown CA)")
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    key_file, cert_file = folder / "key.pem", folder / "cert.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_file, cert_file
 
 
 @pytest.mark.parametrize("errno, url, reason", [

@@ -8,9 +8,7 @@ share the machine's services.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import http.client
-import ipaddress
 import json
 import signal
 import ssl
@@ -21,13 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, text
 
-from harness import PageClient, json_body, without_state
+from harness import PageClient, json_body, self_signed_files, without_state
 from procs import (
     Proc,
     free_port,
@@ -235,23 +229,6 @@ def start_nginx(tmp: Path, upstream_ports: list[int], *, http_port: int, tls_por
     wait_port(http_port, proc=nginx.proc)
     wait_port(tls_port, proc=nginx.proc)
     return nginx
-
-
-def self_signed_files(tmp: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "nginx-cert.pem", tmp / "nginx-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def request_via(url: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
