@@ -310,3 +310,22 @@ def test_token_after_time_limited_access_ended_says_so(demo_folder):
         assert (ended.returncode, ended.stdout) == (9, ""), ended.stderr
         assert ended.stderr == "tornado-signin: the user's time-limited access has ended: the user must sign in with " \
                                "consent again\n"
+
+
+@pytest.mark.slow
+def test_a_second_demo_in_the_same_folder_leaves_the_first_ones_config(demo_folder):
+    folder, start = demo_folder
+    first = start()
+    config_path = folder / DEMO_CONFIG_FILE
+    before = config_path.read_text()
+    second = subprocess.run(["tornado-signin", "serve", "--port", str(free_port()), "--emulator-port", str(free_port())],
+                            cwd=folder, env=ENV, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 3 and "is in use by another emulator" in second.stderr, second.stderr
+    # The file still names the running demo's ports: its printed CLI line keeps working.
+    assert config_path.read_text() == before
+    assert run(first.cli_line).returncode == 0
+    # And the running demo's emulator still pushes security events to its receiver.
+    first.sign_in("alice@example.com")
+    pushed = requests.post(first.emulator_url + "/emulator/risc/event", timeout=10,
+                           data={"type": "sessions-revoked", "email": "alice@example.com"})
+    assert pushed.status_code == 200 and pushed.json()["deliveries"][0]["statuses"] == [202], pushed.text

@@ -435,14 +435,21 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
     config = config_from_dict(document, base_dir=folder, environ={})
     origins = tuple(sorted({f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}))
     # A port in use puts the previous config file back: it never names a demo that did not start.
+    # So does an emulator state folder in use (another demo runs in this folder: the file names its ports).
     with demo_config_written(folder, document, name=config_file or DEMO_CONFIG_FILE) as path:
         emulator_sockets = bind("emulator", emulator_port, host)
         app_sockets = bind("app", port, host)
+        try:
+            emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins,
+                                                        secret_generated=True)],
+                                base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
+        except BaseException:
+            for sock in emulator_sockets + app_sockets:
+                sock.close()
+            raise
 
     async def main() -> None:
         stop = stop_on_signals()
-        emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins, secret_generated=True)],
-                            base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
         emulator_server = HTTPServer(emulator.make_app())
         emulator_server.add_sockets(emulator_sockets)
         if config.risc.enabled:
