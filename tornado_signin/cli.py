@@ -470,16 +470,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_hub(config: Any, command: str) -> Any:
-    """Return the configured shared hub; raise ConfigError for the memory hub (it lives inside the server)."""
-    from .wiring import open_hub
-
-    if config.hub.backend == "memory":
-        raise ConfigError("hub.backend", f"`{command}` needs a shared hub (redis): with the memory hub the "
-                                         "records live inside the server process")
-    return open_hub(config)
-
-
 def _resolve_sub(config: Any, user: str) -> str:
     """Return the sub of ``user`` (a sub or an email of a stored user); a sub not in the store is kept as given."""
     from .errors import UnknownUserError
@@ -494,7 +484,7 @@ def _resolve_sub(config: Any, user: str) -> str:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     from .errors import HubUnavailableError
-    from .wiring import session_registry
+    from .wiring import open_shared_hub, session_registry
 
     if args.all and args.end is None:
         print("tornado-signin: --all goes with --end (sessions --config C USER --end --all)", file=sys.stderr)
@@ -506,7 +496,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     sub = _resolve_sub(config, args.user)
 
     async def work() -> int:
-        hub = _open_hub(config, "sessions")
+        hub = open_shared_hub(config, "sessions")
         registry = session_registry(config, hub)
         try:
             if args.end is None:

@@ -134,13 +134,10 @@ class RiscAdmin:
 def wait_for_verification(config: Config, state: str, timeout: float) -> bool:
     """Return True once a receiver sharing the configured hub recorded the verification ``state``
     (polled every 0.2 s), False after ``timeout`` seconds. Raise ConfigError for the memory hub."""
-    from .wiring import open_hub
-
-    if config.hub.backend == "memory":
-        raise ConfigError("hub.backend", "`risc verify` needs a shared hub (redis) to see what the receiver got")
+    from .wiring import open_shared_hub
 
     async def poll() -> bool:
-        hub = open_hub(config)
+        hub = open_shared_hub(config, "risc verify")
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -8,7 +8,8 @@ would otherwise log the refresh POST (curl's debug output: the refresh token
 and the client secret).
 
 - :func:`open_store` — the configured token store, encrypted at rest.
-- :func:`open_hub`, :func:`open_google` — the configured hub; a Google client.
+- :func:`open_hub`, :func:`open_google` — the configured hub; a Google client;
+  :func:`open_shared_hub` — the hub for a tool outside the servers (not ``memory``).
 - :func:`session_registry` — the live sessions recorded in a hub (the CLI's
   ``sessions`` command and the server).
 - :func:`build_context` — every service of one application (the server).
@@ -27,6 +28,7 @@ from .certs import CertCache
 from .config import Config
 from .context import AppContext
 from .crypto import EncryptingStore, TokenCipher
+from .errors import ConfigError
 from .google import GoogleClient
 from .grants import GrantGuard
 from .health import StoreHealth
@@ -45,8 +47,8 @@ from .store import TokenStore, load_store
 from .verify import IdTokenVerifier
 from .workers import WorkerPool
 
-__all__ = ["install_config_redaction", "open_store", "open_hub", "open_google", "session_registry", "build_context",
-           "run_offline"]
+__all__ = ["install_config_redaction", "open_store", "open_hub", "open_shared_hub", "open_google", "session_registry",
+           "build_context", "run_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,18 @@ def open_hub(config: Config) -> ConfirmationHub:
     """
     install_config_redaction(config)
     return load_hub(config.hub.backend, config.hub.url, key_prefix=config.hub.key_prefix)
+
+
+def open_shared_hub(config: Config, command: str) -> ConfirmationHub:
+    """Return the configured hub for a tool outside the servers (``command`` names it in the error).
+
+    Raise ConfigError naming ``hub.backend`` for the memory hub: its records
+    live inside the server process, so another process would see none of them.
+    """
+    if config.hub.backend == "memory":
+        raise ConfigError("hub.backend", f"`{command}` needs a shared hub (redis): with the memory hub the "
+                                         "records live inside the server process")
+    return open_hub(config)
 
 
 def open_google(config: Config) -> GoogleClient:
