@@ -255,7 +255,7 @@ def test_the_demo_writes_its_secrets_and_config_before_either_port_answers(tmp_p
     with pytest.raises(_Listening):
         serve_demo(host="127.0.0.1", port=port, emulator_port=emulator_port, folder=tmp_path,
                    on_listening=on_listening)
-    assert written == ["secrets file", "config file"]
+    assert written == ["secrets file", "config file", "secrets file"]  # the last: the service-account key
     assert announced == [tmp_path / DEMO_CONFIG_FILE]
     for name in (".tornado-signin-dev.json", DEMO_CONFIG_FILE):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
@@ -329,3 +329,19 @@ def test_a_second_demo_in_the_same_folder_leaves_the_first_ones_config(demo_fold
     pushed = requests.post(first.emulator_url + "/emulator/risc/event", timeout=10,
                            data={"type": "sessions-revoked", "email": "alice@example.com"})
     assert pushed.status_code == 200 and pushed.json()["deliveries"][0]["statuses"] == [202], pushed.text
+
+
+def test_risc_status_works_against_the_demo_as_printed(demo_folder):
+    """The demo's config names its emulator's service-account key, so `risc status` answers (and after a restart)."""
+    folder, start = demo_folder
+    demo = start()
+    config = shlex.quote(str(folder / DEMO_CONFIG_FILE))
+    for _ in range(2):
+        status = run(f"tornado-signin risc status --config {config}")
+        assert status.returncode == 0, status.stderr
+        assert "status: enabled" in status.stdout
+        assert f"receiver: {demo.app_url}/risc" in status.stdout
+        key = folder / DEMO_EMULATOR_DIR / "service_account.json"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        demo.kill()
+        demo = start()

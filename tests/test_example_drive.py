@@ -161,9 +161,16 @@ def test_sync_while_the_app_is_down_says_so_and_fails(tmp_path):
     assert "alice@example.com: failed:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_busy_port_is_one_line_naming_it(example):
+def test_a_busy_port_is_one_line_naming_it(example, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
     again = subprocess.run([sys.executable, str(APP), "--port", str(example.port), "--emulator-port",
-                            str(free_port())], cwd=example.folder, capture_output=True, text=True, timeout=60)
+                            str(free_port())], cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2
     lines = [line for line in again.stderr.splitlines() if line.startswith("app.py:")]
     assert len(lines) == 1 and str(example.port) in lines[0] and "Traceback" not in again.stderr
+    # A second app in the same folder: its emulator state is in use, one line naming it (a traceback before).
+    here = subprocess.run([sys.executable, str(APP), "--port", str(free_port()), "--emulator-port",
+                           str(free_port())], cwd=example.folder, capture_output=True, text=True, timeout=60)
+    assert here.returncode == 2 and "Traceback" not in here.stderr, here.stderr
+    lines = [line for line in here.stderr.splitlines() if line.startswith("app.py:")]
+    assert len(lines) == 1 and "is in use by another emulator" in lines[0], here.stderr

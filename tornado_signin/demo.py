@@ -28,7 +28,7 @@ from .config import Config, config_from_dict
 from .crypto import generate_key
 
 __all__ = ["DEMO_CLIENT_ID", "DEV_SECRETS_FILE", "DEMO_STORE_FILE", "DEMO_EMULATOR_DIR", "DEMO_CONFIG_FILE",
-           "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config", "demo_config_written", "cli_command"]
+           "DEMO_SERVICE_ACCOUNT_FILE", "load_dev_secrets", "demo_config", "demo_config_document", "write_demo_config", "demo_config_written", "cli_command"]
 
 DEMO_CLIENT_ID = "tornado-signin-demo.apps.googleusercontent.com"
 DEV_SECRETS_FILE = ".tornado-signin-dev.json"
@@ -37,6 +37,8 @@ DEMO_STORE_FILE = "tornado-signin-demo.sqlite3"
 DEMO_EMULATOR_DIR = ".tornado-signin-emulator"
 #: The demo's effective config, for the CLI (``--config``), inside the demo folder.
 DEMO_CONFIG_FILE = "tornado-signin-demo.yaml"
+#: The emulator's development service-account key (0600), inside DEMO_EMULATOR_DIR: ``risc status|verify|register``.
+DEMO_SERVICE_ACCOUNT_FILE = "service_account.json"
 
 
 def write_secret_file(path: Path, document: dict[str, Any]) -> None:
@@ -103,6 +105,8 @@ def demo_config_document(*, folder: Path, host: str, port: int, emulator_url: st
             "enabled": True,
             "configuration_url": emulator_url + "/.well-known/risc-configuration",
             "management_url": emulator_url + "/v1beta",
+            # Written by the demo at start-up (the emulator's key, as Google's console would hand it out).
+            "service_account_file": str(folder / DEMO_EMULATOR_DIR / DEMO_SERVICE_ACCOUNT_FILE),
         },
     }
 

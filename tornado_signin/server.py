@@ -421,8 +421,8 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
 
     from .app import make_app, make_server
     from .config import config_from_dict
-    from .demo import (DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, demo_config_document, demo_config_written,
-                       load_dev_secrets)
+    from .demo import (DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, DEMO_SERVICE_ACCOUNT_FILE,
+                       demo_config_document, demo_config_written, load_dev_secrets, write_secret_file)
     from .emulator import Emulator, EmulatorClient
 
     # The files first, then the ports: whoever sees a port answer (a test, a
@@ -437,15 +437,21 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
     # A port in use puts the previous config file back: it never names a demo that did not start.
     # So does an emulator state folder in use (another demo runs in this folder: the file names its ports).
     with demo_config_written(folder, document, name=config_file or DEMO_CONFIG_FILE) as path:
-        emulator_sockets = bind("emulator", emulator_port, host)
-        app_sockets = bind("app", port, host)
+        # The emulator first (its state folder's lock: a second demo here is refused before any port), then
+        # the key the config's risc.service_account_file names (for the CLI's risc commands), then the ports.
+        emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins,
+                                                    secret_generated=True)],
+                            base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
+        sockets: list[Any] = []
         try:
-            emulator = Emulator(clients=[EmulatorClient(DEMO_CLIENT_ID, dev["client_secret"], origins,
-                                                        secret_generated=True)],
-                                base_url=emulator_url, development=True, state_dir=folder / DEMO_EMULATOR_DIR)
+            write_secret_file(folder / DEMO_EMULATOR_DIR / DEMO_SERVICE_ACCOUNT_FILE,
+                              emulator.risc.service_account(emulator_url))
+            sockets += (emulator_sockets := bind("emulator", emulator_port, host))
+            sockets += (app_sockets := bind("app", port, host))
         except BaseException:
-            for sock in emulator_sockets + app_sockets:
+            for sock in sockets:
                 sock.close()
+            emulator.close()
             raise
 
     async def main() -> None:

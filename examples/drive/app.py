@@ -41,6 +41,7 @@ from googleapiclient.errors import HttpError
 from tornado_signin.app import NotFoundHandler, signin_routes
 from tornado_signin.config import Config, config_from_dict
 from tornado_signin.demo import demo_config_document
+from tornado_signin.emulator import EmulatorStateError
 from tornado_signin.errors import ConsentRequiredError, GoogleUnavailableError, MissingScopeError, SigninError
 from tornado_signin.google import normalize_scopes as expand_scopes
 from tornado_signin.hooks import Revoked, SignedIn, SigninHooks
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return sync(args) if args.command == "sync" else serve(args)
-    except SigninError as exc:  # a busy port, an unusable state folder, a store that cannot be opened
+    except (SigninError, EmulatorStateError) as exc:  # a busy port, a state folder in use, a store that cannot open
         print(f"app.py: {exc}", file=sys.stderr)
         return 2
 
