@@ -283,7 +283,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except SigninError as exc:
         hint = " (check creates no table: if it is missing, run check with --create-table)" if (
             creatable and not args.create_table) else ""
-        print(f"{name}: FAILED: {reason(exc)}{hint}")
+        print(f"{name}: FAILED: {_CLASS_BEFORE_REASON.sub('', reason(exc))}{hint}")
         return EXIT_STORE
     finally:
         store.close()
@@ -765,6 +765,8 @@ def _fail(message: str, code: int) -> int:
 # A class name the message ends with, e.g. "cannot list records (OperationalError)" or
 # "failed: CurlError": replaced by what the cause says.
 _CLASS_NAME = re.compile(r"(?:: | \()([A-Z][A-Za-z0-9]*(?:Error|Exception))(?:: ([^)]*))?\)?$")
+# One in the middle, before the cause's own words: "cannot reach the table (OperationalError): no such table".
+_CLASS_BEFORE_REASON = re.compile(r" \([A-Z][A-Za-z0-9]*(?:Error|Exception)\)(?=: )")
 
 
 def _cause_reason(exc: BaseException) -> str | None:
@@ -786,7 +788,7 @@ def _cause_reason(exc: BaseException) -> str | None:
 
 def _error_message(exc: BaseException) -> str:
     """Return the user-facing text of ``exc``: its message, with the cause's reason instead of a class name."""
-    message = str(exc) or "failed"
+    message = _CLASS_BEFORE_REASON.sub("", str(exc)) or "failed"
     match = _CLASS_NAME.search(message)
     if match:
         reason = _cause_reason(exc) or match.group(2)
