@@ -178,8 +178,7 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     sessions = context.sessions
     from .web.confirm import SocketPinger  # the web layer's, built here with the other services
 
-    context.pinger = SocketPinger(context.sockets, config.limits.websocket_ping_interval,
-                                  config.limits.websocket_ping_timeout)
+    context.pinger = SocketPinger(config.limits.websocket_ping_interval, config.limits.websocket_ping_timeout)
     context.expiry = AccessExpiry(
         hub, notice=config.limits.access_expiry_notice_seconds,
         is_live=lambda sid, sub: sessions.is_live(Session(sid=sid, sub=sub)))

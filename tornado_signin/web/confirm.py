@@ -12,8 +12,10 @@ the socket (Tornado's ``websocket_max_message_size``); pings detect dead peers
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import weakref
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
@@ -47,25 +49,40 @@ class SocketPinger:
     because a measurement earned it: Tornado's pinging keeps a task, its
     coroutine and a timer for each socket, ~1 KB of an idle socket's ~17 KB
     (tracemalloc, 2,000 sockets) and one timer per socket in the IOLoop's heap.
-    The timer starts with the first socket and stops with :meth:`stop`.
+    Sockets wait in two queues in time order (due for a ping; pinged, not
+    answered), so a tick touches only the sockets it acts on, and ticks come
+    at most every 0.5 s, so the pings of sockets opened together are spread
+    as their opening was (no stall of the IOLoop every interval). The queues
+    hold weak references: a closed socket is not kept. The timer starts with
+    the first socket and stops with :meth:`stop`.
     """
 
-    def __init__(self, sockets: set, interval: float, timeout: float) -> None:
-        self.sockets = sockets
+    def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
         self._timer: PeriodicCallback | None = None
+        self._due: collections.deque[tuple[float, weakref.ref[ConfirmSocket]]] = collections.deque()
+        self._unanswered: collections.deque[tuple[float, weakref.ref[ConfirmSocket]]] = collections.deque()
 
     @property
     def enabled(self) -> bool:
         """Return True when sockets are pinged at all (``limits.websocket_ping_interval`` > 0)."""
         return self.interval > 0
 
+    def watch(self, socket: ConfirmSocket, now: float) -> None:
+        """Schedule ``socket``'s next ping ``interval`` seconds after ``now`` (it opened or answered then)."""
+        if not self.enabled:
+            return
+        self.start()
+        socket.ping_due = now + self.interval
+        self._due.append((socket.ping_due, weakref.ref(socket)))
+
     def start(self) -> None:
         """Start the timer on the current IOLoop, unless it runs already (or pinging is off)."""
         if self._timer is None and self.enabled:
-            # A few ticks per interval or timeout: a dead peer is found within a quarter of either of them late.
-            tick = max(0.01, min(self.interval, self.timeout or self.interval) / 4)
+            # A few ticks per interval or timeout, at most 0.5 s apart: a dead peer is found at most a quarter
+            # of either late, and the pings of sockets opened together go out spread, not at once.
+            tick = max(0.01, min(0.5, self.interval / 4, (self.timeout or self.interval) / 4))
             self._timer = PeriodicCallback(self.tick, tick * 1000)
             self._timer.start()
 
@@ -75,11 +92,24 @@ class SocketPinger:
             self._timer.stop()
             self._timer = None
 
-    def tick(self) -> None:
-        """Ping the sockets that are due; close those whose ping went unanswered for ``timeout`` seconds."""
-        now = IOLoop.current().time()
-        for socket in list(self.sockets):
-            socket.check_alive(now, self.interval, self.timeout)
+    def tick(self, now: float | None = None) -> None:
+        """Close the sockets whose ping went unanswered for ``timeout`` seconds; ping the sockets that are due.
+
+        ``now``: the IOLoop's time (by default, read here).
+        """
+        now = IOLoop.current().time() if now is None else now
+        unanswered, due = self._unanswered, self._due
+        while unanswered and unanswered[0][0] + self.timeout <= now:
+            sent, ref = unanswered.popleft()
+            socket = ref()
+            if socket is not None and socket.pinged_at == sent:  # not answered since
+                socket.ping_timed_out()
+        while due and due[0][0] <= now:
+            when, ref = due.popleft()
+            socket = ref()
+            # An entry a pong replaced (ping_due moved on) or of a closed socket is dropped.
+            if socket is not None and socket.ping_due == when and socket.ping_now(now):
+                unanswered.append((now, ref))
 
 
 class ConfirmSocket(WebSocketHandler):
@@ -94,8 +124,10 @@ class ConfirmSocket(WebSocketHandler):
         self.channel: str | None = None
         #: (session id, client address) of the quota slot this socket holds.
         self.slot: tuple[str, str] | None = None
-        #: IOLoop time the peer last showed it is alive (open, a pong); when the unanswered ping left.
+        #: IOLoop time the peer last showed it is alive (open, a pong); when its next ping is due; when the
+        #: unanswered ping left (see SocketPinger).
         self.alive_at = 0.0
+        self.ping_due = 0.0
         self.pinged_at: float | None = None
 
     def check_origin(self, origin: str) -> bool:
@@ -176,7 +208,7 @@ class ConfirmSocket(WebSocketHandler):
         self.alive_at = IOLoop.current().time()
         self.ctx.sockets.add(self)
         if self.ctx.pinger is not None:
-            self.ctx.pinger.start()
+            self.ctx.pinger.watch(self, self.alive_at)
         await self._follow(self.session.sid)
         recorded = await self.ctx.hub.last(self.session.sid)
         if recorded is not None:
@@ -202,25 +234,27 @@ class ConfirmSocket(WebSocketHandler):
             # sign-out of the new session reaches this socket too.
             IOLoop.current().add_callback(self._follow, message["rebind"])
 
-    def check_alive(self, now: float, interval: float, timeout: float) -> None:
-        """Ping the peer once ``interval`` seconds passed since it last was alive; close it when a ping stayed
-        unanswered ``timeout`` seconds (called by :class:`SocketPinger`)."""
+    def ping_now(self, now: float) -> bool:
+        """Ping the peer (called by :class:`SocketPinger`); return False when the socket is closed or closing."""
         if self.ws_connection is None or self.ws_connection.is_closing():
-            return
-        if self.pinged_at is not None:
-            if now - self.pinged_at >= timeout:
-                self.close(reason="ping timed out")
-            return
-        if now - self.alive_at >= interval:
-            self.pinged_at = now
-            try:
-                self.ping()
-            except WebSocketClosedError:
-                return
+            return False
+        try:
+            self.ping()
+        except WebSocketClosedError:
+            return False
+        self.pinged_at = now
+        return True
+
+    def ping_timed_out(self) -> None:
+        """Close the socket: its ping went unanswered (called by :class:`SocketPinger`)."""
+        if self.ws_connection is not None and not self.ws_connection.is_closing():
+            self.close(reason="ping timed out")
 
     def on_pong(self, data: bytes) -> None:
         self.alive_at = IOLoop.current().time()
         self.pinged_at = None
+        if self.ctx.pinger is not None:
+            self.ctx.pinger.watch(self, self.alive_at)
 
     def on_message(self, message: str | bytes) -> None:
         # The page has nothing to say; junk is ignored, oversized frames are
