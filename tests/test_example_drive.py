@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 import requests
 
-from drive_example import APP, DriveExample
+from drive_example import APP, ENV, DriveExample
 from procs import free_port
 from tornado_signin.config import load_config
 from tornado_signin.demo import DEMO_CLIENT_ID
@@ -174,3 +174,30 @@ def test_a_busy_port_is_one_line_naming_it(example, tmp_path_factory):
     assert here.returncode == 2 and "Traceback" not in here.stderr, here.stderr
     lines = [line for line in here.stderr.splitlines() if line.startswith("app.py:")]
     assert len(lines) == 1 and "is in use by another emulator" in lines[0], here.stderr
+
+
+def test_the_printed_lines_work_as_printed_and_the_page_has_its_icon(example):
+    """The CLI and sync lines the app prints run from a shell without the venv on PATH; /favicon.ico is there."""
+    import shlex
+
+    import time
+
+    deadline = time.monotonic() + 10
+    while "the CLI reaches this app with: " not in (printed := example.log()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # printed once both ports listen
+    cli = next(line for line in printed.splitlines() if "the CLI reaches this app with: " in line)
+    env = {**ENV, "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(shlex.split(cli.split("with: ", 1)[1]), capture_output=True, text=True, env=env,
+                            cwd=example.folder, timeout=60)
+    assert listed.returncode == 0 and "no users stored" in listed.stderr, listed.stderr
+    job = next(line for line in printed.splitlines() if line.startswith("the offline job: "))
+    synced = subprocess.run(shlex.split(job.split(": ", 1)[1]), capture_output=True, text=True, env=env,
+                            cwd=example.folder, timeout=60)
+    assert "no stored users" in synced.stderr, synced.stderr
+    sign_in(example, "alice@example.com")
+    synced = example.sync()
+    assert synced.returncode == 0 and "file_cache" not in synced.stderr, synced.stderr  # no library noise
+    # The page names tornado-signin's icon, so the browser asks for no /favicon.ico (a 404 in the console before).
+    assert '<link rel="icon" href="/auth/favicon.ico">' in requests.get(example.url + "/", timeout=10).text
+    icon = requests.get(example.url + "/auth/favicon.ico", timeout=10)
+    assert icon.status_code == 200 and icon.headers["Content-Type"].startswith("image/")

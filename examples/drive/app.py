@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from googleapiclient.errors import HttpError
 
 from tornado_signin.app import NotFoundHandler, signin_routes
 from tornado_signin.config import Config, config_from_dict
-from tornado_signin.demo import demo_config_document
+from tornado_signin.demo import cli_command, demo_config_document
 from tornado_signin.emulator import EmulatorStateError
 from tornado_signin.errors import ConsentRequiredError, GoogleUnavailableError, MissingScopeError, SigninError
 from tornado_signin.google import normalize_scopes as expand_scopes
@@ -89,7 +90,7 @@ def list_drive(credentials: Any, api_endpoint: str) -> dict[str, Any]:
     ``/drive/v3/`` is part of it). A new service per call: httplib2 is not
     thread-safe.
     """
-    drive = discovery.build("drive", "v3", credentials=credentials, static_discovery=True,
+    drive = discovery.build("drive", "v3", credentials=credentials, static_discovery=True, cache_discovery=False,
                             client_options={"api_endpoint": api_endpoint})
     appfolder = drive.files().get(fileId="appfolder", fields="id, name").execute()
     listing = drive.files().list(pageSize=100, q="trashed = false",
@@ -200,8 +201,7 @@ def make_app(config: Config) -> tornado.web.Application:
         ui_modules=UI_MODULES,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
-        websocket_ping_interval=config.limits.websocket_ping_interval,
-        websocket_ping_timeout=config.limits.websocket_ping_timeout,
+        # /confirm is pinged by the context's one timer (limits.websocket_ping_*), not by Tornado per socket.
         websocket_max_message_size=config.limits.websocket_max_message_bytes,
     )
 
@@ -211,8 +211,11 @@ def serve(args: argparse.Namespace) -> int:
 
     def listening(app_url: str, emulator_url: str, config_path: Path) -> None:
         print(f"Drive example on {app_url} (Google emulator on {emulator_url}/)", flush=True)
-        print(f"the offline job: python {sys.argv[0]} sync --emulator-port {args.emulator_port}", flush=True)
-        print(f"the CLI reaches this app with: tornado-signin users --config {config_path}", flush=True)
+        # Lines that run as pasted, from any shell: this interpreter and the CLI by absolute paths when needed.
+        job = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(sys.argv[0]).resolve()))} sync"
+        print(f"the offline job: {job} --emulator-port {args.emulator_port}", flush=True)
+        print(f"the CLI reaches this app with: {cli_command()} users --config {shlex.quote(str(config_path))}",
+              flush=True)
 
     serve_demo(host=args.host, port=args.port, emulator_port=args.emulator_port, folder=folder,
                on_listening=listening, document=config_document(folder, args.host, args.port, args.emulator_port),
