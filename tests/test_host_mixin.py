@@ -297,3 +297,17 @@ async def test_a_host_app_with_xsrf_cookies_keeps_its_check_and_the_sign_in_work
         server.stop()
         emu_server.stop()
         await ctx.close()
+
+
+async def test_a_host_app_without_websocket_settings_still_caps_socket_frames(host):
+    """The host app sets no ``websocket_max_message_size`` (as README's shows): /confirm still closes a socket
+    sending more than ``limits.websocket_max_message_bytes`` (Tornado's default would take 10 MiB)."""
+    import asyncio
+
+    client = await host.sign_in()
+    signin = PageClient(host.url + "/auth", host.url)
+    signin.cookies = client.cookies
+    sock = await signin.socket()
+    await asyncio.wait_for(sock.read_message(), 3)  # the session's recorded outcome
+    sock.write_message("x" * (host.ctx.config.limits.websocket_max_message_bytes + 1))
+    assert await asyncio.wait_for(sock.read_message(), 3) is None

@@ -130,6 +130,12 @@ class ConfirmSocket(WebSocketHandler):
         self.ping_due = 0.0
         self.pinged_at: float | None = None
 
+    @property
+    def max_message_size(self) -> int:
+        """Return ``limits.websocket_max_message_bytes``: the cap holds in a host app that sets no
+        ``websocket_max_message_size`` (Tornado's default is 10 MiB)."""
+        return self.ctx.config.limits.websocket_max_message_bytes
+
     def check_origin(self, origin: str) -> bool:
         # The code endpoint's own check (gate.origin_allowed): exact serialized origin in the allow-list.
         own = inputs.own_origin(self.request, self.ctx.config.server)
