@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import pytest
 
 from harness import CLIENT_ID, json_body, start_stack, without_state
+from tornado_signin.errors import GoogleProtocolError
+from tornado_signin.google import parse_token_response
 from tornado_signin.signin import CONSENT_REQUIRED, SIGNED_IN
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -190,3 +193,31 @@ async def test_health_and_metrics(stack):
 async def test_unknown_path_is_json_404(stack):
     response = await stack.client().fetch("/nope")
     assert response.code == 404 and json_body(response) == {"error": "not found"}
+
+
+async def test_a_one_second_access_token_lifetime_signs_in_without_an_error_line(stack, caplog):
+    """POST /emulator/settings {"access_token_ttl": 1}: the reply's expires_in stays positive, the sign-in stands."""
+    stack.emulator.configure(access_token_ttl=1)
+    client = stack.client()
+    await client.fetch("/")
+    with caplog.at_level(logging.DEBUG):
+        response = await client.post_code(stack.mint("alice@example.com"))
+    assert response.code == 200, response.body
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("expires_in", [0, -3, "0", "-3"])
+def test_a_zero_or_negative_expires_in_is_a_token_already_expired(expires_in, caplog):
+    """Google's expires_in are positive; an upstream's odd value is no 502 and no ERROR line (a WARNING at most)."""
+    document = {"access_token": "ya29.a0" + "x" * 40, "token_type": "Bearer", "expires_in": expires_in}
+    with caplog.at_level(logging.DEBUG):
+        reply = parse_token_response(document, received_at=1000.0)
+    assert reply.expires_in == 0 and reply.expiry == 1000.0
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+@pytest.mark.parametrize("expires_in", ["soon", 1.5, True, None, "１２", 86400 * 367, "9" * 13])
+def test_a_malformed_expires_in_is_still_refused(expires_in):
+    with pytest.raises(GoogleProtocolError, match="expires_in"):
+        parse_token_response({"access_token": "ya29.a0" + "x" * 40, "token_type": "Bearer", "expires_in": expires_in},
+                             received_at=1000.0)

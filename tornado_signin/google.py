@@ -205,10 +205,15 @@ def parse_token_response(document: dict[str, Any], received_at: float) -> TokenR
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise GoogleProtocolError("reply field 'token_type' is not Bearer")
     expires_in = document.get("expires_in", 3600)
-    if isinstance(expires_in, str) and expires_in.isdigit():
+    if isinstance(expires_in, str) and re.fullmatch(r"-?[0-9]{1,12}", expires_in):
         expires_in = int(expires_in)
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 0 < expires_in <= 86400 * 366:
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in > 86400 * 366:
         raise GoogleProtocolError("reply field 'expires_in' is malformed")
+    if expires_in < 1:
+        # Google sends positive integers; a zero or negative one (a clock or rounding oddity upstream)
+        # is a token that is valid but already expired: the next use refreshes it, the sign-in stands.
+        log.warning("token reply's expires_in is %d: the access token is taken as already expired", expires_in)
+        expires_in = 0
     scope = document.get("scope", "")
     if not isinstance(scope, str):
         raise GoogleProtocolError("reply field 'scope' is malformed")

@@ -53,7 +53,7 @@ answers all of them; an unknown name or a bad value is a 400;
 :meth:`Emulator.configure` is the Python form)::
 
     access_token_ttl       seconds, > 0 (default 3600): lifetime of access tokens issued from now on
-                           (``expires_in`` is one less, as with Google)
+                           (``expires_in`` is one less, as with Google, and at least 1)
     code_ttl               seconds, > 0 (default 600): lifetime of codes minted from now on
     rotate_refresh_tokens  bool (default false): a refresh returns a new refresh token and the
                            old one answers invalid_grant from then on

@@ -661,7 +661,7 @@ class State:
         self._changed()
         return IssuedTokens(
             access_token=access_token,
-            expires_in=max(int(self.access_token_ttl) - 1, 0),
+            expires_in=max(int(self.access_token_ttl) - 1, 1),  # Google's are positive integers
             scopes=scopes,
             refresh_token=refresh_token,
             id_token_claims=claims,
