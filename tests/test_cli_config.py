@@ -92,6 +92,21 @@ def test_check_reports_a_typo_first_with_the_closest_key(tmp_path, name, edit, m
     assert not (tmp_path / "tokens.sqlite3").exists()
 
 
+def test_check_and_serve_report_every_typo_in_one_line(tmp_path):
+    document = valid_document(tmp_path)
+    document = {"developement": True, **document, "server": {"cookie_secert": document["server"]["cookie_secret"]},
+                "store": {**{k: v for k, v in document["store"].items() if k != "url"}, "ulr": document["store"]["url"]}}
+    path = write(tmp_path / "config.yaml", document)
+    message = ("config key 'developement': unknown; did you mean 'development'? Also unknown: "
+               "'server.cookie_secert' (did you mean 'server.cookie_secret'?), "
+               "'store.ulr' (unknown option of backend 'sql'; did you mean 'store.url'?)")
+    result = tornado_signin("check", "--config", str(path), env={})
+    assert (result.returncode, result.stdout, result.stderr) == (EXIT_CONFIG, f"config: FAILED: {message}\n", "")
+    result = tornado_signin("serve", "--config", str(path), env=ENV)
+    assert (result.returncode, result.stdout, result.stderr) == (EXIT_CONFIG, "", f"tornado-signin: {message}\n")
+    assert not (tmp_path / "tokens.sqlite3").exists()
+
+
 @pytest.mark.parametrize("name, edit, message", TYPOS[:3], ids=[t[0] for t in TYPOS[:3]])
 def test_serve_reports_a_typo_first_with_the_closest_key(tmp_path, name, edit, message):
     path = write(tmp_path / "config.yaml", edit(valid_document(tmp_path)))

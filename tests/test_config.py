@@ -224,6 +224,28 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
     assert str(caught.value) == "config key 'hub.colour': unknown (valid here: backend, key_prefix, url)"
 
 
+def test_every_unknown_key_is_reported_at_once_each_with_its_closest_key_in_the_documents_order():
+    document = minimal(server={"cookie_secert": "s" * 40}, hub={"colour": "blue"}, limts={},
+                       google={"token_uri": "https://oauth2.googleapis.com/token"})
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(document, environ={})
+    assert caught.value.key == "server.cookie_secert"
+    assert str(caught.value) == (
+        "config key 'server.cookie_secert': unknown; did you mean 'server.cookie_secret'? Also unknown: "
+        "'google.token_uri' (did you mean 'google.endpoints.token_uri'?), "
+        "'hub.colour' (valid here: backend, key_prefix, url), 'limts' (did you mean 'limits'?)")
+
+
+def test_unknown_store_options_join_the_other_unknown_keys_before_an_unknown_hub_backend():
+    document = minimal(sever={}, hub={"backend": "memroy"},
+                       store={"backend": "sql", "ulr": "sqlite://", "encryption": {"key": ["x"]}})
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(document, environ={})
+    assert str(caught.value) == (
+        "config key 'store.ulr': unknown option of backend 'sql'; did you mean 'store.url'? Also unknown: "
+        "'store.encryption.key' (did you mean 'store.encryption.keys'?), 'sever' (did you mean 'server'?)")
+
+
 def test_typo_comes_before_an_unset_environment_variable():
     document = minimal(server={"cookie_secret": {"$env": "UNSET_VAR"}}, limts={})
     with pytest.raises(ConfigError) as caught:

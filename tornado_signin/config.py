@@ -8,7 +8,7 @@ settings come from the ``client_secret.json`` the API Console downloads (its
 ``auth_provider_x509_cert_url``, and the same key given in the YAML with
 another value is an error naming both. Google's real values are the defaults.
 Every problem raises :class:`~tornado_signin.errors.ConfigError` naming the
-key, in this order: unknown keys and backends (with the closest valid name),
+key, in this order: all unknown keys at once, then unknown backends (with the closest valid name),
 then the client secrets file, then everything else.
 
 Outside ``development: true`` the configuration refuses plain ``http://``
@@ -265,10 +265,18 @@ def _all_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _unknown_key_error(prefix: str, unknown: list[Any], valid: list[str], everywhere: list[str],
-                       what: str = "unknown") -> ConfigError:
-    """Return the error for the first of ``unknown`` at ``prefix``, with the closest valid key."""
-    name = str(unknown[0])
+@dataclass(frozen=True)
+class _UnknownKey:
+    """One unknown key: its dotted name, what it is (``unknown``, ``unknown option of backend 'sql'``), the hint."""
+
+    key: str
+    what: str
+    hint: str  # "did you mean 'server'?" or "valid here: a, b"
+
+
+def _unknown_key(prefix: str, name: Any, valid: list[str], everywhere: list[str], what: str = "unknown") -> _UnknownKey:
+    """Return the unknown key ``name`` at ``prefix`` with the closest valid key (or the valid ones there)."""
+    name = str(name)
     key = f"{prefix}.{name}" if prefix else name
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     suggestion: str | None
@@ -278,23 +286,30 @@ def _unknown_key_error(prefix: str, unknown: list[Any], valid: list[str], everyw
         # The right name in the wrong section (token_uri directly under google:).
         elsewhere = [k for k in everywhere if k.rsplit(".", 1)[-1] == name]
         suggestion = elsewhere[0] if elsewhere else None
-    message = f"{what}; did you mean {suggestion!r}?" if suggestion else (
-        f"{what} (valid here: {', '.join(sorted(valid)) or 'none'})")
-    if len(unknown) > 1:
-        message += " (also unknown: " + ", ".join(repr(f"{prefix}.{u}" if prefix else str(u)) for u in unknown[1:]) + ")"
-    return ConfigError(key, message)
+    hint = f"did you mean {suggestion!r}?" if suggestion else f"valid here: {', '.join(sorted(valid)) or 'none'}"
+    return _UnknownKey(key, what, hint)
 
 
-def _check_keys(data: Any, tree: dict[str, Any], prefix: str, everywhere: list[str]) -> None:
-    """Raise ConfigError for the first key of ``data`` (or its sections) that ``tree`` does not have."""
+def _unknown_keys_error(unknown: list[_UnknownKey]) -> ConfigError:
+    """Return ONE error naming every unknown key, each with its hint; it is keyed by the first."""
+    first, rest = unknown[0], unknown[1:]
+    message = f"{first.what}; {first.hint}" if first.hint.startswith("did") else f"{first.what} ({first.hint})"
+    if rest:
+        message += " Also unknown: " + ", ".join(
+            f"{u.key!r} ({'' if u.what == 'unknown' else u.what + '; '}{u.hint})" for u in rest)
+    return ConfigError(first.key, message)
+
+
+def _check_keys(data: Any, tree: dict[str, Any], prefix: str, everywhere: list[str],
+                found: list[_UnknownKey]) -> None:
+    """Add to ``found`` every key of ``data`` (and of its known sections) that ``tree`` does not have."""
     if not isinstance(data, Mapping) or _is_env_ref(data):
         return  # not a section: the typed read reports it
-    unknown = [k for k in data if k not in tree]
-    if unknown:
-        raise _unknown_key_error(prefix, unknown, list(tree), everywhere)
-    for name, sub in tree.items():
-        if isinstance(sub, dict) and name in data:
-            _check_keys(data[name], sub, f"{prefix}.{name}" if prefix else name, everywhere)
+    for name in data:  # in the document's order
+        if name not in tree:
+            found.append(_unknown_key(prefix, name, list(tree), everywhere))
+        elif isinstance(tree[name], dict):
+            _check_keys(data[name], tree[name], f"{prefix}.{name}" if prefix else name, everywhere, found)
 
 
 def _check_backend_name(value: Any, group: plugins.PluginGroup) -> str | None:
@@ -310,22 +325,29 @@ def _check_backend_name(value: Any, group: plugins.PluginGroup) -> str | None:
                                                      f"entry-point group {group.name!r}: {', '.join(installed) or 'none'})")
 
 
-def _check_store_keys(data: Any, everywhere: list[str]) -> None:
+def _check_store_keys(data: Any, everywhere: list[str], found: list[_UnknownKey]) -> None:
+    """Add the store section's unknown options to ``found``; raise ConfigError for an unknown backend
+    only when no unknown key was found (the typos come first, all of them)."""
     if not isinstance(data, Mapping) or _is_env_ref(data):
         return
-    backend = _check_backend_name(data.get("backend", "sql"), plugins.STORES)
+    unknown_backend: ConfigError | None = None
+    try:
+        backend = _check_backend_name(data.get("backend", "sql"), plugins.STORES)
+    except ConfigError as error:
+        backend, unknown_backend = None, error
     options = plugins.option_names(plugins.STORES, backend) if backend else None
     if options is not None:
         tree: dict[str, Any] = {"backend": None, "encryption": {"keys": None}, **{o: None for o in options}}
-        unknown = [k for k in data if k not in tree]
-        if unknown:
-            raise _unknown_key_error("store", unknown, list(tree), everywhere,
-                                     what=f"unknown option of backend {backend!r}")
-    _check_keys(data.get("encryption"), {"keys": None}, "store.encryption", everywhere)
+        found.extend(_unknown_key("store", k, list(tree), everywhere, what=f"unknown option of backend {backend!r}")
+                     for k in data if k not in tree)
+    _check_keys(data.get("encryption"), {"keys": None}, "store.encryption", everywhere, found)
+    if unknown_backend is not None and not found:
+        raise unknown_backend
 
 
 def check_keys(data: Any) -> None:
-    """Raise ConfigError for the first unknown key, or unknown store or hub backend, of the document.
+    """Raise ONE ConfigError naming every unknown key of the document (each with the closest valid key),
+    or else the first unknown store or hub backend.
 
     Run before anything else reads the document, so that a typo is reported
     as itself (with the closest valid key) rather than as the key it hides
@@ -335,8 +357,14 @@ def check_keys(data: Any) -> None:
         return
     tree = _key_tree(Config)
     everywhere = _all_keys({**tree, "store": {"backend": None, "encryption": {"keys": None}}})
-    _check_keys(data, {**tree, "store": None}, "", everywhere)  # store: its keys depend on the backend
-    _check_store_keys(data.get("store"), everywhere)
+    found: list[_UnknownKey] = []
+    _check_keys(data, {**tree, "store": None}, "", everywhere, found)  # store: its keys depend on the backend
+    _check_store_keys(data.get("store"), everywhere, found)
+    if found:
+        # In the document's order: the store section's options were read after the rest.
+        order = {str(name): index for index, name in enumerate(data)}
+        found.sort(key=lambda u: order.get(u.key.split(".", 1)[0], len(order)))
+        raise _unknown_keys_error(found)
     hub = data.get("hub")
     if isinstance(hub, Mapping) and not _is_env_ref(hub):
         _check_backend_name(hub.get("backend", "memory"), plugins.HUBS)
@@ -424,8 +452,9 @@ class _Section:
     def reject_unknown(self, allowed_extra: frozenset[str] = frozenset()) -> None:
         unknown = set(self.data) - self.used - allowed_extra
         if unknown:
-            name = sorted(unknown)[0]
-            raise ConfigError(self.key(name), "unknown key (see config.example.yaml for the valid keys)")
+            name, *rest = sorted(unknown, key=str)
+            also = f" (also unknown: {', '.join(repr(self.key(r)) for r in rest)})" if rest else ""
+            raise ConfigError(self.key(name), f"unknown key (see config.example.yaml for the valid keys){also}")
 
 
 #: The fields of a client_secret.json ``web`` section that the config reads, and the keys they stand for.
