@@ -122,9 +122,9 @@ async def start_host(hooks: SigninHooks | None = None, **settings: Any) -> Host:
     routes = [(r"/me", MeHandler), (r"/who", WhoHandler), (r"/creds", CredsHandler),
               (r"/forgetful", ForgetfulHandler), (r"/prepare", PrepareHandler)]
     app = tornado.web.Application([*routes, *signin_routes(ctx, prefix="/auth")], signin=ctx,
-                                  cookie_secret=config.server.cookie_secret, template_path=template_path(),
+                                  cookie_secret=config.server.cookie_secret,
                                   default_handler_class=NotFoundHandler, default_handler_args={"ctx": ctx},
-                                  **settings)
+                                  **{"template_path": template_path(), **settings})
     server = HTTPServer(app)
     server.add_sockets([app_sock])
     return Host(url=url, emulator=emulator, ctx=ctx, servers=[server, emu_server])
@@ -311,3 +311,19 @@ async def test_a_host_app_without_websocket_settings_still_caps_socket_frames(ho
     await asyncio.wait_for(sock.read_message(), 3)  # the session's recorded outcome
     sock.write_message("x" * (host.ctx.config.limits.websocket_max_message_bytes + 1))
     assert await asyncio.wait_for(sock.read_message(), 3) is None
+
+
+async def test_the_sign_in_page_renders_in_a_host_app_with_its_own_templates(io_loop, tmp_path):
+    """README's host app sets ``template_path`` to its own folder: ``/auth/`` (where ``authenticated`` sends a
+    visitor when the app has no ``login_url``) still renders tornado-signin's page (a 500 before)."""
+    (tmp_path / "home.html").write_text("host page")
+    opened = await start_host(template_path=str(tmp_path))
+    try:
+        redirected = await opened.browser().fetch("/me")
+        assert redirected.code == 302 and redirected.headers["Location"].startswith("/auth/?next=")
+        page = await opened.browser().fetch(redirected.headers["Location"])
+        assert page.code == 200 and b'id="signinButton"' in page.body, page.body[:200]
+    finally:
+        for server in opened.servers:
+            server.stop()
+        await opened.ctx.close()

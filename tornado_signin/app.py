@@ -8,10 +8,8 @@ just the URL table, to merge into a bigger application.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -30,7 +28,8 @@ from .web.confirm import ConfirmSocket
 from .web.host import SessionHandler
 from .web.ops import HealthHandler, MetricsHandler
 from .web.risc import RiscHandler
-from .web.signin import DisconnectHandler, PageHandler, SignoutHandler, StateHandler, StoreAuthCodeHandler
+from .web.signin import (DisconnectHandler, PageHandler, SignoutHandler, StateHandler, StoreAuthCodeHandler,
+                         page_template_path)
 from .wiring import build_context
 
 __all__ = ["make_app", "make_server", "signin_routes", "template_path"]
@@ -38,7 +37,7 @@ __all__ = ["make_app", "make_server", "signin_routes", "template_path"]
 
 def template_path() -> str:
     """Return the folder of the page templates, from an editable install or a wheel alike."""
-    return str(Path(str(importlib.resources.files("tornado_signin.templates"))))
+    return page_template_path()
 
 
 class NotFoundHandler(BaseHandler):

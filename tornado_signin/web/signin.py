@@ -8,8 +8,10 @@ through :data:`~tornado_signin.web.base.ERROR_RESPONSES`.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import secrets
+from pathlib import Path
 from typing import Any, cast
 
 from tornado.http1connection import HTTP1Connection
@@ -41,13 +43,23 @@ __all__ = [
     "StoreAuthCodeHandler",
     "SignoutHandler",
     "DisconnectHandler",
+    "page_template_path",
 ]
 
 log = logging.getLogger(__name__)
 
 
+def page_template_path() -> str:
+    """Return the folder of the page's template, from an editable install or a wheel alike."""
+    return str(Path(str(importlib.resources.files("tornado_signin.templates"))))
+
+
 class PageHandler(BaseHandler):
     """``GET <prefix>/``: the sign-in page (seed steps 1–4); its script's URLs start with the prefix."""
+
+    def get_template_path(self) -> str:
+        """Return the package's templates: a host app's ``template_path`` is its own pages' folder."""
+        return page_template_path()
 
     async def get(self) -> None:
         await self.rate_limit("state")
