@@ -338,6 +338,18 @@ def test_token_errors(stack):
     assert "ya29." not in line
 
 
+def test_user_errors_name_the_user_given_escaped(stack):
+    """Every error about a USER repeats it (escaped: a stored or typed value never acts on the terminal)."""
+    sub = stack.sign_in(ALICE)
+    for command in ("token", "call", "revoke"):
+        assert_error(stack.cli(command, "nobody@example.com"), EXIT_UNKNOWN_USER,
+                     "tornado-signin: user 'nobody@example.com': no stored user with that sub or verified email")
+    line = assert_error(stack.cli("token", "x\x1b]0;owned\x07\u202e@example.com"), EXIT_UNKNOWN_USER)
+    assert line.startswith("tornado-signin: user 'x\\x1b]0;owned\\x07\\u202e@example.com': no stored user"), line
+    assert_error(stack.cli("token", sub, "--scope", "https://www.googleapis.com/auth/drive.appdata"),
+                 EXIT_CONSENT, f"tornado-signin: user '{sub}': missing scopes: ")
+
+
 def test_token_of_a_user_revoked_at_google(stack):
     """The grant is revoked behind our back: the next refresh learns it, the user must consent again."""
     # Access tokens that live less than the refresh margin: every `token` refreshes.

@@ -37,6 +37,7 @@ from .errors import (
     HubUnavailableError,
     ListenError,
     MissingScopeError,
+    SigninBlockedError,
     SigninError,
     StorageError,
     UnknownUserError,
@@ -507,7 +508,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                     return EXIT_OK
                 if not records:
                     # As `users` on an empty store: stdout stays what a script parses (no rows, so nothing).
-                    print(f"tornado-signin: no live sessions of {sub}", file=sys.stderr)
+                    print(f"tornado-signin: no live sessions of {_printable(sub)}", file=sys.stderr)
                     return EXIT_OK
                 print(f"{'SESSION_ID':<24} {'STARTED':<21} {'ADDRESS':<16} USER_AGENT")
                 for r in records:
@@ -515,14 +516,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 return EXIT_OK
             if args.all:
                 ended = await registry.end_all(sub, reason="cli")
-                print(f"ended {len(ended)} session(s) of {sub}")
+                print(f"ended {len(ended)} session(s) of {_printable(sub)}")
                 return EXIT_OK
             live = {r.sid for r in await registry.list(sub)}
             if args.end not in live:
-                print(f"tornado-signin: no live session {args.end} of {sub}", file=sys.stderr)
+                print(f"tornado-signin: no live session {_printable(args.end)} of {_printable(sub)}", file=sys.stderr)
                 return EXIT_ERROR
             await registry.end(args.end, reason="cli")
-            print(f"ended session {args.end} of {sub}")
+            print(f"ended session {_printable(args.end)} of {_printable(sub)}")
             return EXIT_OK
         except HubUnavailableError as exc:
             print(f"tornado-signin: hub ({config.hub.backend}) unavailable: {exc}", file=sys.stderr)
@@ -756,6 +757,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The errors about the USER a command was given: their line names that USER.
+_USER_ERRORS = (UnknownUserError, ConsentRequiredError, SigninBlockedError)
+
+
+def _about_user(args: argparse.Namespace, exc: BaseException) -> str:
+    """Return ``user 'USER': `` (escaped for the terminal) when ``exc`` is about the command's USER, else ""."""
+    user = getattr(args, "user", None)
+    if not isinstance(user, str) or not isinstance(exc, _USER_ERRORS):
+        return ""
+    return f"user '{_printable(user)}': "
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``message`` as the command's one error line on stderr; return ``code``."""
     print(f"tornado-signin: {_printable(' '.join(message.split()))}", file=sys.stderr)
@@ -837,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{_error_message(exc)}{_config_origin(args)}", EXIT_CONFIG)
     except SigninError as exc:
         code = next((c for kind, c in _EXIT_CODES if isinstance(exc, kind)), EXIT_ERROR)
-        return _fail(_error_message(exc), code)
+        return _fail(_about_user(args, exc) + _error_message(exc), code)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(f"{exc.strerror or _error_message(exc)}{where}", EXIT_ERROR)
