@@ -35,6 +35,24 @@ def test_signin_under_the_prefix_in_chromium(chromium, prefixed_server):  # noqa
     context.close()
 
 
+def test_the_sign_in_page_goes_back_to_next_once_signed_in(chromium, prefixed_server):  # noqa: F811
+    """``tornado.web.authenticated`` sends a visitor to ``<prefix>/?next=/path`` when the app has no login_url."""
+    app_url, _, server = prefixed_server
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(app_url + "/auth/?next=%2Fauth%2Fsession")
+    page.wait_for_selector("#signinButton:not([disabled])")
+    with page.expect_popup() as popup_info:
+        page.click("#signinButton")
+    popup = popup_info.value
+    popup.wait_for_load_state()
+    popup.check("input[data-email='carol@example.org']")
+    popup.click("#approve")
+    page.wait_for_url(app_url + "/auth/session", timeout=15000)
+    assert "carol@example.org" in page.text_content("body")
+    context.close()
+
+
 # -- the example host app: examples/drive/app.py ------------------------------------------------
 
 

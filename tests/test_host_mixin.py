@@ -323,6 +323,10 @@ async def test_the_sign_in_page_renders_in_a_host_app_with_its_own_templates(io_
         assert redirected.code == 302 and redirected.headers["Location"].startswith("/auth/?next=")
         page = await opened.browser().fetch(redirected.headers["Location"])
         assert page.code == 200 and b'id="signinButton"' in page.body, page.body[:200]
+        assert b'"next": "/me"' in page.body  # the page goes back there once signed in
+        for elsewhere in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "me", "/a\nb"):
+            page = await opened.browser().fetch("/auth/?" + urllib.parse.urlencode({"next": elsewhere}))
+            assert page.code == 200 and b'"next": null' in page.body, elsewhere
     finally:
         for server in opened.servers:
             server.stop()

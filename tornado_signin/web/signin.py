@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import secrets
+import urllib.parse
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +48,20 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def local_next(value: str) -> str | None:
+    """Return ``value`` when it is a path of this origin (``/me?x=1``), else None: ``?next=`` never leaves the site.
+
+    Refused: absolute and scheme-relative URLs (``//evil.example``), backslashes (browsers read ``/\\`` as
+    ``//``), control characters.
+    """
+    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return None
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        return None
+    parts = urllib.parse.urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else None
 
 
 def page_template_path() -> str:
@@ -86,6 +101,8 @@ class PageHandler(BaseHandler):
             user=({"sub": session.sub, "email": session.email, "name": session.name} if session.sub else None),
             development=config.development,
             prefix=self.ctx.path_prefix,
+            # Where tornado.web.authenticated came from (login_url defaults to this page): back there once signed in.
+            next_url=local_next(self.get_query_argument("next", "")),
         )
 
 
