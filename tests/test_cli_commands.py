@@ -350,6 +350,16 @@ def test_user_errors_name_the_user_given_escaped(stack):
                  EXIT_CONSENT, f"tornado-signin: user '{sub}': missing scopes: ")
 
 
+@pytest.mark.parametrize("scope", ["bad scope!", "drive\treadonly", "drive!", "https://x.example/a b", ""])
+def test_token_refuses_a_malformed_scope_with_a_usage_error(tmp_path, scope):
+    """Refused before the config is read: exit 2, one line naming the scope (escaped)."""
+    result = run("token", "--config", str(tmp_path / "absent.yaml"), "--scope", "drive.readonly", "--scope", scope,
+                 "alice@example.com")
+    line = assert_error(result, EXIT_USAGE, "tornado-signin: --scope: malformed scope ",
+                        "a scope is a URL or a name of letters, digits and ._-/: (no spaces)")
+    assert repr(scope) in line and "googleapis.com/auth/" not in line
+
+
 def test_token_of_a_user_revoked_at_google(stack):
     """The grant is revoked behind our back: the next refresh learns it, the user must consent again."""
     # Access tokens that live less than the refresh margin: every `token` refreshes.

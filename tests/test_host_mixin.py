@@ -55,6 +55,10 @@ class CredsHandler(SigninMixin, tornado.web.RequestHandler):
         scopes = self.get_query_arguments("scope")
         try:
             creds = await self.google_credentials(scopes=scopes)
+        except ValueError as exc:  # a malformed scope: the caller's bug, said before anything is read
+            self.set_status(400)
+            self.write({"bad_scope": str(exc)})
+            return
         except MissingScopeError as exc:
             self.set_status(403)
             self.write({"missing": sorted(exc.missing), "consent": self.consent_url(scopes)})
@@ -203,6 +207,14 @@ async def test_google_credentials_are_valid_and_refreshed_when_expired(host):
     second = json_body(await browser.fetch("/creds"))
     assert second["valid"] is True and second["token"] != record.access_token
     assert host.ctx.store.get(sub).access_token == second["token"]
+
+
+async def test_google_credentials_refuse_a_malformed_scope_with_value_error(host):
+    browser = await host.sign_in("alice@example.com")
+    for scope in ("bad%20scope!", "drive%0Areadonly", "drive%09x", "%1B[31m"):
+        response = await browser.fetch(f"/creds?scope={scope}")
+        assert response.code == 400, (scope, response.body)
+        assert json_body(response)["bad_scope"].startswith("malformed scope ")
 
 
 async def test_missing_scope_and_consent_required(host):

@@ -118,6 +118,21 @@ async def test_granted_scopes_recorded_and_missing_scope_is_clear(stack):
     assert DRIVE in creds.scopes
 
 
+@pytest.mark.parametrize("scope", ["bad scope!", "drive\nreadonly", "drive\x00", "", "https://x/ y", "drive!", 7])
+async def test_a_malformed_required_scope_is_a_value_error(stack, scope):
+    sub = await sign_in(stack)
+    with pytest.raises(ValueError, match="malformed scope"):
+        await stack.ctx.offline.credentials(sub, required_scopes=[scope])
+    with pytest.raises(ValueError, match="malformed scope"):
+        async for _ in stack.ctx.offline.credentials_for_all(required_scopes=["email", scope]):
+            pass
+    with pytest.raises(ValueError, match="not the string"):
+        await stack.ctx.offline.credentials(sub, required_scopes="drive")
+    # The well-formed ones still pass: URLs, bare names, openid.
+    await stack.ctx.offline.credentials(sub, required_scopes=["openid", "email",
+                                                              "https://www.googleapis.com/auth/userinfo.profile"])
+
+
 async def test_refresh_token_rotation_is_persisted(stack):
     stack.emulator.configure(access_token_ttl=5, rotate_refresh_tokens=True)
     sub = await sign_in(stack)

@@ -441,6 +441,12 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from .google import checked_scopes
+
+    try:
+        checked_scopes(args.scope or ())
+    except ValueError as exc:
+        return _fail(f"--scope: {exc}", EXIT_USAGE)
     config = _load(args)
 
     async def work(offline: Any) -> Any:

@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Literal, overload
 from urllib.parse import urlencode, urlsplit
 
@@ -62,6 +63,29 @@ def expand_scope(scope: str) -> str:
     if scope == "openid" or ":" in scope or "/" in scope:
         return scope
     return SCOPE_BASE + scope
+
+
+#: A scope a caller asks for: a URL, or a bare name (``drive.readonly``, ``openid``); never whitespace or controls.
+_SCOPE_URL = re.compile(r"https?://[!-~]{1,500}")
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9._\-/:]{1,200}")
+
+
+def checked_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """Return the scopes a caller requires, expanded as :func:`normalize_scopes` does.
+
+    Raise ValueError naming the first malformed one: a scope is a URL
+    (``https://…``, no whitespace or controls) or a bare name of letters,
+    digits and ``._-/:``. A string is refused too (a list of names is
+    meant: ``"drive"`` would be five one-letter scopes).
+    """
+    if isinstance(scopes, str):
+        raise ValueError(f"scopes must be a list of scope names, not the string {scopes!r}")
+    items = list(scopes)
+    for scope in items:
+        if not isinstance(scope, str) or not (_SCOPE_URL.fullmatch(scope) or _SCOPE_NAME.fullmatch(scope)):
+            raise ValueError(f"malformed scope {scope!r}: a scope is a URL or a name of letters, digits and ._-/: "
+                             "(no spaces)")
+    return frozenset(expand_scope(s) for s in items)
 
 
 def normalize_scopes(scopes: "str | list[str] | tuple[str, ...] | None") -> frozenset[str]:

@@ -48,7 +48,7 @@ from .errors import (
     SigninError,
     UnknownUserError,
 )
-from .google import GoogleClient, normalize_scopes
+from .google import GoogleClient, checked_scopes, normalize_scopes
 from .grants import GrantGuard
 from .hooks import Revoked, SigninHooks
 from .metrics import Metrics
@@ -251,15 +251,17 @@ class OfflineAccess:
         """Return google-auth Credentials for ``user`` valid now (refreshed and persisted if needed).
 
         Raise MissingScopeError when ``required_scopes`` (short names or URLs)
-        were not all granted, and as :meth:`fresh_record`.
+        were not all granted, ValueError for a malformed one (whitespace, controls:
+        see :func:`~tornado_signin.google.checked_scopes`), and as :meth:`fresh_record`.
 
         Example (in a handler of the app; never blocks the IOLoop)::
 
             offline = self.settings["signin"].offline
             creds = await offline.credentials(sub, required_scopes=["drive.appdata"])
         """
+        wanted = checked_scopes(required_scopes)
         record = await self.find(user)
-        missing = normalize_scopes(tuple(required_scopes)) - normalize_scopes(record.scopes)
+        missing = wanted - normalize_scopes(record.scopes)
         if missing:
             raise MissingScopeError(missing)
         # The record just read serves the freshness check (one store read less than fresh_record).
@@ -292,7 +294,7 @@ class OfflineAccess:
         the retries), StorageError or OverloadedError is that user's outcome
         and the job goes on. Raise ClientConfigError (Google refused this
         client: every user would fail), StorageError when the store cannot be
-        listed, and ValueError for ``concurrency`` < 1.
+        listed, and ValueError for ``concurrency`` < 1 or a malformed scope.
         With ``users`` None the store is read page by page (each record once,
         and again under its grant lease only when it needs a refresh); a
         record's access token valid for ``min_valid`` seconds more is handed
@@ -321,7 +323,7 @@ class OfflineAccess:
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        wanted = normalize_scopes(tuple(required_scopes))
+        wanted = checked_scopes(required_scopes)
         run = _Batcher(self.workers, max(1, self.workers.capacity // 2)).run
 
         gate = asyncio.Semaphore(concurrency)

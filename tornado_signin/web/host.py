@@ -51,7 +51,7 @@ from tornado.escape import xhtml_escape
 from tornado.web import UIModule
 from ..context import AppContext
 from ..errors import ConsentRequiredError, MissingScopeError, UnknownUserError
-from ..google import expand_scope
+from ..google import checked_scopes, expand_scope
 from ..hooks import ConsentRequired
 from ..users import SignedInUser
 from . import inputs
@@ -188,8 +188,10 @@ class SigninMixin:
         has no usable refresh token (revoked, expired, never offline) or was
         forgotten; MissingScopeError (a ConsentRequiredError) when a scope is
         not granted yet — the host sends the user to consent
-        (:meth:`consent_url`); GoogleUnavailableError and StorageError pass.
+        (:meth:`consent_url`); ValueError for a malformed scope (whitespace, controls);
+        GoogleUnavailableError and StorageError pass.
         """
+        scopes = tuple(checked_scopes(scopes))  # a malformed scope is the caller's bug: ValueError, before anything
         user = self.get_current_user()
         hooks = self.signin.hooks
         if user is None:
