@@ -463,6 +463,32 @@ def test_migrate_errors(stack):
     assert str(same) in line
 
 
+def test_migrate_refuses_one_store_spelled_two_ways(tmp_path):
+    """./, .., a symlink, relative to the config's folder: still the same SQLite file or file-store folder."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "files").mkdir()
+    os.symlink(tmp_path / "tokens.sqlite3", tmp_path / "link.sqlite3")
+    os.symlink(tmp_path / "files", tmp_path / "files-link")
+
+    def config(folder: Path, name: str, store: dict[str, Any]) -> Path:
+        return write_config(folder, name=name, emulator_url="http://127.0.0.1:9", origins=["http://127.0.0.1:8"],
+                            store=store)
+
+    sqlite = config(tmp_path, "a", {"backend": "sql", "url": "sqlite:///tokens.sqlite3"})
+    files = config(tmp_path, "f", {"backend": "file", "path": "files"})
+    for source, other in [
+        (sqlite, config(tmp_path / "sub", "b", {"backend": "sql", "url": "sqlite:///../tokens.sqlite3"})),
+        (sqlite, config(tmp_path, "c", {"backend": "sql", "url": "sqlite:///./sub/../link.sqlite3"})),
+        (sqlite, config(tmp_path, "d", {"backend": "sql", "url": f"sqlite+pysqlite:///{tmp_path}/./tokens.sqlite3"})),
+        (files, config(tmp_path / "sub", "g", {"backend": "file", "path": "../files/"})),
+        (files, config(tmp_path, "h", {"backend": "file", "path": "./files-link"})),
+    ]:
+        line = assert_error(run("migrate", "--from", str(source), "--to", str(other)), EXIT_CONFIG, "name the same",
+                            "rotate-keys")
+        assert str(other) in line
+    assert not (tmp_path / "tokens.sqlite3").exists()  # refused before anything was opened
+
+
 # ----------------------------------------------------------------------------- config and store errors
 
 

@@ -595,12 +595,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .config import load_config
-    from .migrate import migrate
+    from .migrate import migrate, same_store
     from .wiring import open_store
 
     source_config, target_config = load_config(args.source), load_config(args.target)
-    same = (source_config.store.backend, dict(source_config.store.options))
-    if source_config.store.backend != "memory" and same == (target_config.store.backend, dict(target_config.store.options)):
+    if same_store(source_config.store.backend, source_config.store.options,
+                  target_config.store.backend, target_config.store.options):
         # Copying a store onto itself rewrites every record under --to's keys, which --from may not hold.
         return _fail(f"--from {args.source} and --to {args.target} name the same {source_config.store.backend} store: "
                      "migrate copies between two stores (to re-encrypt one in place, use rotate-keys)", EXIT_CONFIG)

@@ -20,15 +20,46 @@ for a record the target does not have yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 
 from .store import TokenRecord, TokenStore
 
-__all__ = ["MigrationReport", "migrate"]
+__all__ = ["MigrationReport", "migrate", "same_store"]
 
 log = logging.getLogger(__name__)
+
+#: A SQLite URL on a file: its driver variant, the path, the query (as the config leaves it: absolute).
+_SQLITE_FILE = re.compile(r"^sqlite(?:\+\w+)?:///(?!:memory:)(?!file:)([^?]+)(\?.*)?$")
+
+
+def _canonical_options(backend: str, options: Mapping[str, object]) -> dict[str, object]:
+    """Return ``options`` with the paths that name the store in canonical form (``./``, ``..``, symlinks resolved)."""
+    canonical = dict(options)
+    path = canonical.get("path")
+    if backend == "file" and isinstance(path, str):
+        canonical["path"] = os.path.realpath(path)
+    url = canonical.get("url")
+    match = _SQLITE_FILE.match(url) if backend == "sql" and isinstance(url, str) else None
+    if match is not None:
+        canonical["url"] = f"sqlite:///{os.path.realpath(match.group(1))}{match.group(2) or ''}"
+    return canonical
+
+
+def same_store(backend_a: str, options_a: Mapping[str, object], backend_b: str, options_b: Mapping[str, object]) -> bool:
+    """Return True when the two store configurations name the same store (never for ``memory``).
+
+    SQLite database paths and file-store folders are compared canonicalised
+    (``./``, ``..`` and symlinks resolved; the config already made relative
+    paths absolute under its folder); other options are compared as written.
+    """
+    if backend_a != backend_b or backend_a == "memory":
+        return False
+    return _canonical_options(backend_a, options_a) == _canonical_options(backend_b, options_b)
+
 
 #: How many mismatching subs a report lists (the counts are always complete).
 MAX_LISTED_MISMATCHES = 100
