@@ -818,3 +818,20 @@ def test_custom_accounts():
     assert claims["email_verified"] is False
     assert claims["hd"] == "corp.test"
     assert "family_name" not in claims
+
+
+def test_favicon_is_a_16x16_icon_not_a_404(emu):
+    """The browser asks the consent page's origin for /favicon.ico: a 404 there is a console error."""
+    import struct
+
+    before = dict(emu.stats)
+    response = requests.get(emu.base_url + "/favicon.ico", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/x-icon"
+    body = response.content
+    assert struct.unpack("<HHH", body[:6]) == (0, 1, 1)  # an icon file holding one image
+    width, height, _, _, planes, bits, size, offset = struct.unpack("<BBBBHHII", body[6:22])
+    assert (width, height, planes, bits, offset, size) == (16, 16, 1, 32, 22, len(body) - 22)
+    png = body[offset:]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (16, 16)
+    assert dict(emu.stats) == before  # not a Google endpoint: no stats, no faults

@@ -27,6 +27,7 @@ Paths (Google's where Google has one)::
     GET  /gsi/client                     google.accounts.oauth2.initCodeClient
     GET  /js/platform.js[?onload=fn]     gapi.auth2 ... grantOfflineAccess
     GET  /client_secret.json[?client_id=]
+    GET  /favicon.ico                    the emulator's icon (the browser asks on the consent page)
     GET  /drive/v3/files                 Drive files.list (spaces, fields, pageSize, pageToken, q)
     GET  /drive/v3/files/{fileId}        Drive files.get (appfolder / appDataFolder, root)
     GET  /.well-known/risc-configuration Cross-Account Protection (:mod:`.risc`): issuer, jwks_uri

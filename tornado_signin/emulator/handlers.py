@@ -29,7 +29,7 @@ import tornado.iostream
 import tornado.web
 
 from .faults import Fault, FaultError
-from .pictures import avatar_png
+from .pictures import avatar_png, favicon_ico
 from .state import GOOGLE_ISSUER, IDENTITY_SCOPES, OAuthError, format_scopes, ordered_scopes
 
 if TYPE_CHECKING:
@@ -436,6 +436,16 @@ class PictureHandler(EmulatorHandler):
         self.set_header("Cache-Control", "public, max-age=86400, no-transform")
         self.set_header("Content-Type", "image/png")
         self.finish(avatar_png(account.sub, pixels))
+
+
+class FaviconHandler(EmulatorHandler):
+    """``GET /favicon.ico``: the emulator's icon, so its consent page makes no 404 in the browser's console."""
+
+    async def get(self) -> None:
+        self.clear_header("Pragma")
+        self.set_header("Cache-Control", "public, max-age=86400")
+        self.set_header("Content-Type", "image/x-icon")
+        self.finish(favicon_ico())
 
 
 #: Google's answer when a web client tries the device flow, verbatim (its
@@ -868,6 +878,7 @@ HANDLERS: list[tuple[str, type[EmulatorHandler], dict[str, Any]]] = [
     (r"/oauth2/v3/tokeninfo", TokeninfoHandler, {"endpoint": "tokeninfo", "version": 3}),
     (r"/oauth2/v2/tokeninfo", TokeninfoHandler, {"endpoint": "tokeninfo", "version": 2}),
     (r"/a/([0-9]{1,30})(?:=s([0-9]{1,3})-c)?", PictureHandler, {"endpoint": "picture"}),
+    (r"/favicon\.ico", FaviconHandler, {}),
     (r"/oauth2/v1/certs", CertsHandler, {"endpoint": "certs.pem"}),
     (r"/oauth2/v3/certs", CertsHandler, {"endpoint": "certs.jwks"}),
     (r"/\.well-known/openid-configuration", DiscoveryHandler, {"endpoint": "discovery"}),

@@ -2,7 +2,9 @@
 
 Google's ``picture`` claim is a URL on its image host (``…/a/<id>=s96-c``);
 the emulator serves its own at ``/a/<sub>=s<size>-c``: a PNG disc in a
-colour derived from the account's ``sub``, stable across restarts.
+colour derived from the account's ``sub``, stable across restarts. Its own
+icon (``/favicon.ico``, asked for by the browser on the consent page) is such
+a disc too, in an ICO.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import struct
 import zlib
 
-__all__ = ["avatar_png"]
+__all__ = ["avatar_png", "favicon_ico"]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -38,3 +40,11 @@ def avatar_png(sub: str, size: int = 96) -> bytes:
         [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(b"".join(rows), 9)),
          _chunk(b"IEND", b"")]
     )
+
+
+@functools.lru_cache(maxsize=1)
+def favicon_ico() -> bytes:
+    """Return the emulator's 16x16 icon: an ICO holding one PNG (Windows Vista's form, read by every browser)."""
+    png = avatar_png("tornado-signin emulator", 16)
+    # ICONDIR (reserved, type 1 = icon, 1 image), then its ICONDIRENTRY (16x16, 32 bpp, size, offset 6 + 16).
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
