@@ -308,8 +308,8 @@ def test_token_after_time_limited_access_ended_says_so(demo_folder):
     for command in ("token", "call"):
         ended = run(f"tornado-signin {command} --config {config} carol@example.org")
         assert (ended.returncode, ended.stdout) == (9, ""), ended.stderr
-        assert ended.stderr == "tornado-signin: the user's time-limited access has ended: the user must sign in with " \
-                               "consent again\n"
+        assert ended.stderr == "tornado-signin: user 'carol@example.org': the user's time-limited access has ended: " \
+                               "the user must sign in with consent again\n"
 
 
 @pytest.mark.slow

@@ -129,6 +129,7 @@ class Emulator:
         self._defaults = {"code_ttl": code_ttl, "access_token_ttl": access_token_ttl}
         self._base_url: str | None = None
         self.base_url = base_url
+        self._restored: tuple[int, int, int] | None = None
         self._state_dir = StateDir(state_dir) if state_dir is not None else None
         if self._state_dir is not None:
             try:
@@ -150,10 +151,10 @@ class Emulator:
             self.risc.restore(document.get("risc"))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise EmulatorStateError(f"emulator state file {folder.file} is malformed ({exc!r})") from None
-        log.info(
-            "emulator state loaded: %d client(s), %d grant(s), %d refresh token(s)",
-            len(self.state.clients), len(document.get("grants", [])), len(document.get("refresh_tokens", {})),
-        )
+        # Said when the emulator starts serving (make_app), not here: the demo opens the emulator (its
+        # folder's lock, its key file) before its ports, and a start refused for a busy port prints one line.
+        self._restored = (len(self.state.clients), len(document.get("grants", [])),
+                          len(document.get("refresh_tokens", {})))
 
     @property
     def state_dir(self) -> str | None:
@@ -199,6 +200,9 @@ class Emulator:
 
     def make_app(self, **settings: Any) -> tornado.web.Application:
         """Return a Tornado application serving every emulator path (``settings`` pass through)."""
+        if self._restored is not None:
+            log.info("emulator state loaded: %d client(s), %d grant(s), %d refresh token(s)", *self._restored)
+            self._restored = None
         routes = [(path, handler, {"emulator": self, **extra})
                   for path, handler, extra in HANDLERS + DRIVE_HANDLERS + RISC_HANDLERS]
         settings.setdefault("log_function", _log_request)
