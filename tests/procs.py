@@ -118,10 +118,19 @@ class Proc:
         self.log_file.close()
 
 
+def _wait_or_stop(proc: Proc, port: int) -> None:
+    """Wait for ``proc`` to listen on ``port``; stop it if it never does (no process outlives its test)."""
+    try:
+        wait_port(port, proc=proc.proc)
+    except BaseException:
+        proc.stop()
+        raise
+
+
 def start_emulator(tmp: Path, config: Path, port: int) -> Proc:
     proc = Proc([PYTHON, "-m", "tornado_signin.cli", "emulator", "--config", str(config), "--port", str(port)],
                 tmp / f"emulator-{port}.log")
-    wait_port(port, proc=proc.proc)
+    _wait_or_stop(proc, port)
     return proc
 
 
@@ -129,14 +138,14 @@ def start_server(tmp: Path, config: Path, port: int, *extra: str, preexec_fn: An
     """Start `tornado-signin serve`; ``preexec_fn`` runs in the child before exec (e.g. to lower a limit)."""
     proc = Proc([PYTHON, "-m", "tornado_signin.cli", "serve", "--config", str(config), "--port", str(port), *extra],
                 tmp / f"serve-{port}.log", preexec_fn=preexec_fn)
-    wait_port(port, proc=proc.proc)
+    _wait_or_stop(proc, port)
     return proc
 
 
 def start_redis(port: int, tmp: Path) -> Proc:
     proc = Proc(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--daemonize", "no"], tmp / f"redis-{port}.log")
-    wait_port(port, proc=proc.proc)
+    _wait_or_stop(proc, port)
     return proc
 
 

@@ -57,12 +57,19 @@ class Deployment:
             limits=limits,
         )
         self.procs: list[Proc] = []
-        self.emulator = start_emulator(tmp, self.config, int(self.emulator_url.rsplit(":", 1)[1]))
-        self.procs.append(self.emulator)
-        self.servers = [start_server(tmp, self.config, port, *serve_args) for port in self.ports]
-        self.procs.extend(self.servers)
-        for url in self.urls:
-            assert get(url + "/healthz?ready=1")[0] == 200
+        self.servers: list[Proc] = []
+        try:
+            self.emulator = start_emulator(tmp, self.config, int(self.emulator_url.rsplit(":", 1)[1]))
+            self.procs.append(self.emulator)
+            for port in self.ports:
+                self.servers.append(start_server(tmp, self.config, port, *serve_args))
+                self.procs.append(self.servers[-1])
+            for url in self.urls:
+                assert get(url + "/healthz?ready=1")[0] == 200
+        except BaseException:
+            # The fixture never yields a deployment that failed to start: stop what did start here.
+            self.close()
+            raise
 
     def client(self, index: int = 0, origin: str | None = None) -> PageClient:
         return PageClient(self.urls[index], origin or self.urls[0])
