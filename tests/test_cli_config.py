@@ -226,12 +226,26 @@ def sqlite_tables(path: Path) -> list[str]:
 
 def test_check_creates_no_table_unless_asked(tmp_path, emulator):
     document = dev_document(tmp_path, emulator.base_url)
+    database = tmp_path / "tokens.sqlite3"
+    write(tmp_path / "config.yaml", document)
+    before = sorted(tmp_path.iterdir())
     result = check(tmp_path, document)
     assert result.returncode == 4, result.stdout
-    assert result.stdout.splitlines()[1].startswith("store (sql): FAILED: SQL token store")
-    assert "no such table: tornado_signin_tokens" in result.stdout and "--create-table" in result.stdout
+    line = result.stdout.splitlines()[1]
+    assert line.startswith("store (sql): FAILED: SQL token store")
+    assert f"the database file {database} does not exist" in line, line
+    assert "check creates nothing: run check with --create-table to create it" in line, line
     assert "OperationalError" not in result.stdout  # the cause's words, not its class
-    assert sqlite_tables(tmp_path / "tokens.sqlite3") == []
+    assert sorted(tmp_path.iterdir()) == before  # no database file left behind (nor -wal, -shm, .lock)
+
+    import sqlite3
+
+    sqlite3.connect(database).close()  # a database without the table (as check left behind before)
+    result = check(tmp_path, document)
+    assert result.returncode == 4, result.stdout
+    assert "no such table: tornado_signin_tokens" in result.stdout and "--create-table" in result.stdout
+    assert sqlite_tables(database) == []
+    database.unlink()
 
     result = check(tmp_path, document, "--create-table")
     assert (result.returncode, result.stderr) == (0, "")

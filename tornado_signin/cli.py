@@ -251,10 +251,25 @@ def _store_without_creation(config: Any) -> Any:
     return config.with_changes(store=replace(config.store, options=options))
 
 
+def _has_no_table(store: Any) -> bool:
+    """Return True when ``store``'s backend says its table does not exist yet; False when it exists or it cannot tell.
+
+    Not part of the TokenStore interface: the SQL and DynamoDB stores have
+    ``has_schema()`` (which creates nothing, not even a SQLite file).
+    """
+    has_schema = getattr(store.inner, "has_schema", None)
+    if not callable(has_schema):
+        return False
+    try:
+        return not has_schema()
+    except SigninError:  # unreachable: the caller reports its own error
+        return False
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Check config, store, hub and Google in that order; return the exit status of the first failure.
 
-    Nothing is changed anywhere: no table is created unless ``--create-table``.
+    Nothing is changed anywhere: no table (nor SQLite file) is created unless ``--create-table``.
     """
     from .redact import reason, redact_url
     from .wiring import open_store
@@ -282,8 +297,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         store.check()
         print(f"{name}: ok")
     except SigninError as exc:
-        hint = " (check creates no table: if it is missing, run check with --create-table)" if (
-            creatable and not args.create_table) else ""
+        hint = ""
+        if creatable and not args.create_table:
+            hint = (" (the store has no table yet, and check creates nothing: run check with --create-table "
+                    "to create it)" if _has_no_table(store) else
+                    " (check creates no table: if it is missing, run check with --create-table)")
         print(f"{name}: FAILED: {_CLASS_BEFORE_REASON.sub('', reason(exc))}{hint}")
         return EXIT_STORE
     finally:
@@ -689,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check config, store, hub and Google endpoints (exit status says which failed)")
     _config_option(p)
     p.add_argument("--create-table", action="store_true",
-                   help="create the store's table if it is missing (check changes nothing without it)")
+                   help="create the store's table (and SQLite file) if missing (check changes nothing without it)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("users", help="list stored users")

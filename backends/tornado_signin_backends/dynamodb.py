@@ -304,6 +304,17 @@ class DynamoDBTokenStore(TokenStore):
             self._create()
             self._table_ready = True
 
+    def has_schema(self) -> bool:
+        """Return whether the table exists (``DescribeTable``), creating nothing. Raise StorageError on failure."""
+        with self._translate("describe the table"):
+            try:
+                self._client.describe_table(TableName=self.table_name)
+            except ClientError as exc:
+                if _error_code(exc) != "ResourceNotFoundException":
+                    raise
+                return False
+        return True
+
     def drop_schema(self) -> None:
         """Delete the table and every record in it (idempotent)."""
         with self._translate("delete the table"), self._table_lock:

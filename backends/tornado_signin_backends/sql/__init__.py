@@ -17,6 +17,11 @@ migration job)::
 
     SQLTokenStore(url=..., create_table=False).create_schema()
 
+With ``create_table`` false nothing is created before that, not even a
+missing SQLite file (its connection fails: "the database file … does not
+exist"); :meth:`SQLTokenStore.has_schema` tells whether the table exists,
+creating nothing.
+
 A table an older release created lacks the later nullable columns
 (``refresh_token_expires_at``, ``disabled_at``, ``enabled_at``,
 ``security_event``, ``security_event_at``): the same first use (or

@@ -55,19 +55,23 @@ def lock_path(database: str, uri: bool) -> str:
     return file_path(database, uri) + ".lock"
 
 
-def private_file(path: str) -> Callable[[Any, Any, Any, Any], None]:
+def private_file(path: str, may_create: Callable[[], bool]) -> Callable[[Any, Any, Any, Any], None]:
     """Return a ``do_connect`` event listener that creates the database file 0600 before SQLite opens it.
 
     SQLite creates a new database 0644 (it fchmods to its default, whatever
     the umask) and gives its ``-wal`` and ``-shm`` files the database's own
     mode; an email or a ciphertext must not be readable by other local users.
     A file that exists already is left as it is, with a warning when others
-    can read it.
+    can read it. While ``may_create()`` is False a missing file is not
+    created (SQLite would create it): the connection fails with the driver's
+    OperationalError "the database file PATH does not exist".
     """
     warned = False
 
-    def create_private(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+    def create_private(dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
         nonlocal warned
+        if not may_create() and not os.path.exists(path):
+            raise dialect.loaded_dbapi.OperationalError(f"the database file {path} does not exist")
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except FileExistsError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -91,6 +92,7 @@ class SQLTokenStore(TokenStore):
 
         options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         connect_args: dict[str, Any] = {}
+        database_file: str | None = None  # a SQLite file's path
         # Reads take _serial, writes _writes (see sqlite.WriteQueue).
         self._serial: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._writes = sqlite.WriteQueue(None, contextlib.nullcontext())
@@ -122,8 +124,11 @@ class SQLTokenStore(TokenStore):
             raise ConfigError("store.url", f"no driver for {parsed.drivername!r}: pip install 'tornado-signin[sql]'") from exc
         except (ArgumentError, TypeError) as exc:
             raise ConfigError("store.engine_options", f"rejected by SQLAlchemy: {exc}") from exc
-        if backend == "sqlite" and not in_memory:
-            event.listen(self._engine, "do_connect", sqlite.private_file(database_file))
+        self._database_file = database_file
+        # A store that creates no table creates no SQLite file either, until create_schema() is called.
+        self._may_create_file = create_table
+        if database_file is not None:
+            event.listen(self._engine, "do_connect", sqlite.private_file(database_file, lambda: self._may_create_file))
             event.listen(self._engine, "connect", sqlite.pragmas(sqlite_synchronous))
 
         self._table = define_table(table)
@@ -233,9 +238,24 @@ class SQLTokenStore(TokenStore):
             log.info("SQL token store %s: added columns %s", self._label, ", ".join(c.name for c in missing))
 
     def create_schema(self) -> None:
-        """Create the table if it does not exist (idempotent). Raise StorageError on failure."""
+        """Create the table (and a missing SQLite file) if it does not exist (idempotent). Raise StorageError on failure."""
         with self._translate("create the table"), self._schema_lock:
+            self._may_create_file = True
             self._create_all()
+
+    def has_schema(self) -> bool:
+        """Return whether the table exists, creating nothing (not even a missing SQLite file).
+
+        A missing SQLite file is a store without its table; one whose folder
+        is missing too is a wrong path. Raise StorageError for that, and
+        when the database cannot answer.
+        """
+        with self._translate("look for the table"):
+            path = self._database_file
+            if path is not None and not os.path.exists(path) and os.path.isdir(os.path.dirname(path) or "."):
+                return False
+            with self._serial:
+                return bool(inspect(self._engine).has_table(self._table.name))
 
     def drop_schema(self) -> None:
         """Drop the table and every record in it (idempotent). Raise StorageError on failure."""
