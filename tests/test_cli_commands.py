@@ -181,6 +181,24 @@ class Stack:
         assert response.status_code == 200, response.text
         return response.json()["user"]["sub"]
 
+    def store_created(self) -> bool:
+        """Whether the store's table exists (on SQLite: whether any file of the database does)."""
+        if self.kind == "sqlite":
+            return any(p.name.startswith("tokens.sqlite3") for p in self.tmp.iterdir())
+        if self.kind == "postgres":
+            from sqlalchemy import create_engine, inspect
+
+            engine = create_engine(POSTGRES_URL)
+            try:
+                return inspect(engine).has_table(self.store["table"])
+            finally:
+                engine.dispose()
+        import boto3
+
+        client = boto3.client("dynamodb", endpoint_url=self.store["endpoint_url"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self.store["table"] in client.list_tables()["TableNames"]
+
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
@@ -285,6 +303,31 @@ def test_users_empty_store(stack):
     as_json = stack.cli("users", "--json")
     assert_ok(as_json)
     assert json.loads(as_json.stdout) == [] and as_json.stderr == ""
+
+
+def test_read_only_commands_create_no_table(stack):
+    """On a store nobody created yet, the commands that read it create nothing (no table, no SQLite file) and
+    answer as for an empty store; rotate-keys, which writes, still creates the table."""
+    assert not stack.store_created()
+    result = stack.cli("users")
+    assert (result.returncode, result.stdout, result.stderr) == (EXIT_OK, "", "tornado-signin: no users stored\n")
+    result = stack.cli("users", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout) == []
+    assert not stack.store_created()
+    for args in (("token", ALICE), ("token", SUBS[ALICE], "--json"), ("call", ALICE), ("revoke", SUBS[ALICE]),
+                 ("sessions", ALICE)):
+        line = assert_error(stack.cli(*args), EXIT_UNKNOWN_USER, "no user is stored yet: the store has no table",
+                            "--create-table")
+        assert line.startswith(f"tornado-signin: user '{args[1]}': "), line
+    result = stack.cli("check")
+    assert result.returncode == EXIT_STORE, result.stdout
+    assert "the store has no table yet, and check creates nothing: run check with --create-table" in result.stdout
+    target = stack.write("target", stack.stores.section("sqlite", "target"))
+    assert_error(run("migrate", "--from", str(stack.config), "--to", str(target)), EXIT_STORE)
+    assert not stack.store_created()
+    assert_ok(stack.cli("rotate-keys"))
+    assert stack.store_created()
 
 
 def test_users_lists_signed_in_users(stack):

@@ -527,7 +527,9 @@ def test_a_relative_sqlite_path_is_the_config_files_wherever_the_cli_runs(tmp_pa
     document = valid_document(deploy)
     document["store"]["url"] = "sqlite:///tornado-signin.sqlite3"
     config = write(deploy / "config.yaml", document)
+    result = tornado_signin("rotate-keys", "--config", str(config), env=ENV, cwd=elsewhere)  # writes: creates it
+    assert result.returncode == 0, result.stderr
+    assert (deploy / "tornado-signin.sqlite3").exists()
     result = tornado_signin("users", "--config", str(config), env=ENV, cwd=elsewhere)
     assert (result.returncode, result.stdout) == (0, ""), result.stderr
-    assert (deploy / "tornado-signin.sqlite3").exists()
     assert list(elsewhere.iterdir()) == []

@@ -236,21 +236,6 @@ def cmd_backends(args: argparse.Namespace) -> int:
 CHECK_CODE = "4/tornado-signin-check-this-code-is-invalid"
 
 
-def _store_without_creation(config: Any) -> Any:
-    """Return ``config`` with the store's ``create_table`` off, when its backend has that option.
-
-    `check` must leave a production database as it found it (see ``--create-table``).
-    """
-    from dataclasses import replace
-
-    from .plugins import STORES, option_names
-
-    if "create_table" not in (option_names(STORES, config.store.backend) or ()):
-        return config
-    options = {**config.store.options, "create_table": False}
-    return config.with_changes(store=replace(config.store, options=options))
-
-
 def _has_no_table(store: Any) -> bool:
     """Return True when ``store``'s backend says its table does not exist yet; False when it exists or it cannot tell.
 
@@ -278,7 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         config = _load(args)
         # Building the store object is part of the config: an unknown backend,
         # a bad option, a missing extra or a bad key fails here, not as the store.
-        store = open_store(_store_without_creation(config))
+        store = open_store(config, create=False)
     except ConfigError as exc:
         print(f"config: FAILED: {exc}{_config_origin(args)}")
         return EXIT_CONFIG
@@ -391,9 +376,24 @@ async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> in
 
 
 def _with_offline(config: Any, work: Any) -> Any:
-    from .wiring import run_offline
+    """Return ``run_offline(config, work)`` on a store that creates nothing (these commands act on stored users).
 
-    return run_offline(config, work)
+    A store without its table holds no user: raise UnknownUserError saying so.
+    """
+    from .wiring import open_store, run_offline
+
+    try:
+        return run_offline(config, work, create_store=False)
+    except StorageError:
+        store = open_store(config, create=False)
+        try:
+            missing = _has_no_table(store)
+        finally:
+            store.close()
+        if missing:
+            raise UnknownUserError("no user is stored yet: the store has no table (tornado-signin check "
+                                   "--create-table creates it; so does the server, with create_table on)") from None
+        raise
 
 
 def _fmt_time(value: float | None) -> str:
@@ -438,9 +438,14 @@ def cmd_users(args: argparse.Namespace) -> int:
     from .wiring import open_store
 
     config = _load(args)
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
-        records = sorted(store.inner.records(), key=lambda r: (r.email or "", r.sub))
+        try:
+            records = sorted(store.inner.records(), key=lambda r: (r.email or "", r.sub))
+        except StorageError:
+            if not _has_no_table(store):
+                raise
+            records = []  # no table yet: no user
     finally:
         store.close()
     if args.json:
@@ -622,7 +627,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         # Copying a store onto itself rewrites every record under --to's keys, which --from may not hold.
         return _fail(f"--from {args.source} and --to {args.target} name the same {source_config.store.backend} store: "
                      "migrate copies between two stores (to re-encrypt one in place, use rotate-keys)", EXIT_CONFIG)
-    source = open_store(source_config)
+    source = open_store(source_config, create=False)  # read only: its table must exist
     try:
         target = open_store(target_config)
         try:

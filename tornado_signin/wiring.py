@@ -7,7 +7,8 @@ opened: a script that turns on ``logging.basicConfig(level=logging.DEBUG)``
 would otherwise log the refresh POST (curl's debug output: the refresh token
 and the client secret).
 
-- :func:`open_store` — the configured token store, encrypted at rest.
+- :func:`open_store` — the configured token store, encrypted at rest
+  (``create=False``: one that creates nothing, for the commands that read).
 - :func:`open_hub`, :func:`open_google` — the configured hub; a Google client;
   :func:`open_shared_hub` — the hub for a tool outside the servers (not ``memory``).
 - :func:`session_registry` — the live sessions recorded in a hub (the CLI's
@@ -38,6 +39,7 @@ from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
+from .plugins import STORES, option_names
 from .ratelimit import RequestLimits, SocketQuota
 from .redact import install_redaction
 from .risc import RiscReceiver, SecurityEventVerifier
@@ -67,10 +69,14 @@ def _cipher(config: Config) -> TokenCipher:
     return TokenCipher(config.store.encryption_keys, config_key="store.encryption.keys")
 
 
-def open_store(config: Config) -> EncryptingStore:
+def open_store(config: Config, *, create: bool = True) -> EncryptingStore:
     """Load the configured backend and wrap it with encryption at rest; install redaction first.
 
-    Raise ConfigError naming the key for an unknown backend, a bad option or a bad key.
+    ``create`` False: the backend's ``create_table`` option (where it has
+    one) is off, so this store creates nothing, no table and no SQLite
+    file: what the commands that only read use (a missing table is then the
+    backend's error). Raise ConfigError naming the key for an unknown
+    backend, a bad option or a bad key.
 
     Example::
 
@@ -81,7 +87,10 @@ def open_store(config: Config) -> EncryptingStore:
             store.close()
     """
     install_config_redaction(config)
-    return EncryptingStore(load_store(config.store.backend, dict(config.store.options)), _cipher(config))
+    options = dict(config.store.options)
+    if not create and "create_table" in (option_names(STORES, config.store.backend) or ()):
+        options["create_table"] = False
+    return EncryptingStore(load_store(config.store.backend, options), _cipher(config))
 
 
 def open_hub(config: Config) -> ConfirmationHub:
@@ -205,11 +214,12 @@ def build_context(config: Config, *, store: TokenStore | None = None, hub: Confi
     return context
 
 
-def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -> T:
+def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]], *, create_store: bool = True) -> T:
     """Run ``await work(offline)`` on a private IOLoop with a store and client of ``config``; return its result.
 
     For scripts and the CLI: redaction is installed first, and everything
-    opened is closed again. Raise what ``work`` raises, and ConfigError as
+    opened is closed again. ``create_store`` is :func:`open_store`'s
+    ``create``. Raise what ``work`` raises, and ConfigError as
     :func:`open_store`.
 
     Example::
@@ -221,7 +231,7 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]]) -
     """
 
     async def main() -> T:
-        store = open_store(config)
+        store = open_store(config, create=create_store)
         # A shared hub orders this process's revokes with the servers' sign-ins
         # (a memory hub would share nothing: the guard keeps its leases here).
         hub = None if config.hub.backend == "memory" else open_hub(config)
