@@ -17,6 +17,8 @@ class TestMemoryHub(ConfirmationHubContract):
 
 
 class TestRedisHub(ConfirmationHubContract):
+    subscribe_settle = 0  # subscribe() returns once Redis confirmed the SUBSCRIBE
+
     @pytest.fixture
     def hub(self, redis_url, unique_name, io_loop):
         hub = load_hub("redis", redis_url, key_prefix=f"{unique_name}:")

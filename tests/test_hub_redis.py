@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from procs import free_port, start_redis
-from tornado_signin.errors import ConfigError
+from tornado_signin.errors import ConfigError, HubUnavailableError
 from tornado_signin.hub import ConfirmationHub, load_hub
 from tornado_signin_backends.redis_hub import MAX_CONNECTIONS, RedisHub
 from tornado_signin_backends.redis_hub.scripts import RECORD_AND_PUBLISH_SHA
@@ -83,8 +83,7 @@ async def test_loaded_through_the_entry_point_group(hubs):
 async def test_publish_on_one_process_reaches_subscribers_of_another_once_and_is_recorded(hubs):
     a, b = hubs(), hubs()
     got: list[dict] = []
-    subscription = await a.subscribe("chan", got.append)
-    await asyncio.sleep(0.2)  # the SUBSCRIBE reaches Redis
+    subscription = await a.subscribe("chan", got.append)  # returns once Redis confirmed the SUBSCRIBE
     await b.publish("chan", {"frame": {"type": "signed_in"}})
     await until(lambda: got)
     await asyncio.sleep(0.2)
@@ -96,6 +95,41 @@ async def test_publish_on_one_process_reaches_subscribers_of_another_once_and_is
     await asyncio.sleep(0.2)
     assert len(got) == 1
     assert await a.last("chan") == {"frame": {"type": "signed_in"}}  # record=False leaves the record
+
+
+async def test_a_publish_right_after_subscribe_returns_reaches_the_subscriber(hubs):
+    """subscribe() returns only once Redis confirmed the SUBSCRIBE: a peer's publish sent the moment it returns is
+    delivered, on a hub whose listener is not connected yet (a process's first subscribe) and on one listening."""
+    peer = hubs()
+    got: dict[str, list[dict]] = {}
+    for n in range(20):
+        channel = f"first-{n}"
+        await hubs().subscribe(channel, got.setdefault(channel, []).append)
+        await peer.publish(channel, {"n": n}, record=False)  # pub/sub only: no record to catch up from
+    listening = hubs()
+    for n in range(200):
+        channel = f"chan-{n}"
+        await listening.subscribe(channel, got.setdefault(channel, []).append)
+        await peer.publish(channel, {"n": n}, record=False)
+    await until(lambda: all(got.values()))
+    assert all(len(messages) == 1 for messages in got.values())
+
+
+@pytest.mark.slow
+async def test_a_subscribe_redis_does_not_confirm_raises_within_the_deadline(private_redis):
+    hub = RedisHub(url=private_redis.url, key_prefix="unconfirmed:", timeout=0.5)
+    admin = aioredis.from_url(private_redis.url)
+    try:
+        await hub.subscribe("first", lambda message: None)  # the listener is connected
+        await admin.client_pause(3000)  # Redis reads no client's commands meanwhile
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(HubUnavailableError, match="did not confirm the subscription"):
+            await hub.subscribe("second", lambda message: None)
+        assert asyncio.get_running_loop().time() - started < 2
+        assert hub.subscriber_count == 1  # the unconfirmed subscription was dropped
+    finally:
+        await admin.aclose()
+        await hub.close()
 
 
 async def test_consume_once_is_shared_and_prefixes_isolate(hubs, unique_name):

@@ -30,7 +30,12 @@ redis-py's asyncio client:
   dropped, so this process delivers its own messages exactly once, whatever an
   outage replays (:mod:`.envelope`).
 - ``subscribe``: one redis-py ``PubSub`` per hub (per process), read by a
-  background task, subscribed to the channels that have local subscribers. A
+  background task, subscribed to the channels that have local subscribers.
+  ``subscribe`` returns once Redis has confirmed the channel's ``SUBSCRIBE``
+  (the task reads the confirmation), so a message any process publishes after
+  it returns reaches the subscriber; if Redis took the connection but does
+  not confirm within ``timeout``, it raises HubUnavailableError and the
+  subscription is dropped. A
   channel whose last local subscriber leaves is unsubscribed just before the
   next ``SUBSCRIBE``, or after a quiet second. After a quiet second the task
   also sends ``PING``: a pub/sub connection that does not answer within
@@ -71,7 +76,8 @@ retried); a connection idle for 30 s is pinged before use (redis-py's
 ``health_check_interval``).
 
 Redis down. Logins must not depend on the hub, so no method raises for an
-unreachable Redis: ``publish`` delivers to this process's subscribers at once
+unreachable Redis: ``subscribe`` returns at once (without the confirmation),
+``publish`` delivers to this process's subscribers at once
 and keeps the message in a local outbox (:mod:`.outbox`), ``last`` answers
 from that outbox, ``consume_once`` falls back to a per-process marker (a
 state can then be replayed on *another* process during the outage only; it
@@ -80,7 +86,8 @@ backoff (0.1 s to 2 s) and, once Redis answers, writes the outbox (``SET …
 EX`` with the remaining TTL, then ``PUBLISH``), re-marks the locally consumed
 keys, re-subscribes, and re-reads the recorded message of every subscribed
 channel so that a message published by another process during the outage is
-still delivered. Each message carries an id (the publishing hub's random
+still delivered (also after a start that found Redis down, or a ``subscribe``
+that returned unconfirmed). Each message carries an id (the publishing hub's random
 origin and a counter); a subscriber never gets the same one twice. Only
 :meth:`~.hub.RedisHub.check` (readiness) reports the outage.
 """

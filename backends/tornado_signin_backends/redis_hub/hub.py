@@ -176,6 +176,11 @@ class RedisHub(RedisQuota, ConfirmationHub):
         self._pubsub: PubSub | None = None  # while the listener is connected
         self._listening: set[str] = set()  # channels SUBSCRIBEd on it
         self._abandoned: set[str] = set()  # of those, the ones left without a local subscriber
+        self._confirmed: set[str] = set()  # of those, the ones whose every SUBSCRIBE Redis confirmed
+        self._unconfirmed: dict[str, int] = {}  # channel -> SUBSCRIBEs written, not confirmed yet
+        self._confirming: dict[str, list[asyncio.Future[bool]]] = {}  # subscribe()s waiting for a channel
+        self._listener_down = False  # the listener failed and waits to reconnect (an outage)
+        self._catch_up = False  # the next connection re-reads the records of every local channel
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._available = False
@@ -233,11 +238,9 @@ class RedisHub(RedisQuota, ConfirmationHub):
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN
-        first = True
         while not self._closed:
             try:
-                await self._connect(catch_up=not first)
-                first = False
+                await self._connect()
                 backoff = _BACKOFF_MIN
                 await self._listen()
             except asyncio.CancelledError:
@@ -247,13 +250,15 @@ class RedisHub(RedisQuota, ConfirmationHub):
             except Exception:  # a bug must not end delivery for the whole process
                 log.exception("redis hub: unexpected error in the pub/sub loop")
                 self._available = False
+            # Whatever was published meanwhile is read from the records once connected again.
+            self._listener_down = self._catch_up = True
             await self._reset_pubsub()
             if self._closed:
                 return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def _connect(self, *, catch_up: bool) -> None:
+    async def _connect(self) -> None:
         await self._command(self._redis.ping())
         pubsub = self._listener_client.pubsub()
         try:
@@ -265,9 +270,11 @@ class RedisHub(RedisQuota, ConfirmationHub):
         # No await between publishing the listener and listing the channels: a
         # subscribe() from now on subscribes its channel itself.
         self._pubsub = pubsub
+        self._listener_down = False
         channels = list(self._subscribers)
         if channels:
             self._listening.update(channels)
+            self._subscribing(channels)
             async with _deadline(self.timeout):
                 await pubsub.subscribe(*map(self._channel_key, channels))
         if await self._outbox.flush(_Writes(self)):
@@ -276,6 +283,7 @@ class RedisHub(RedisQuota, ConfirmationHub):
             log.info("redis hub: connected")
         self._available = True
         self._wake.clear()
+        catch_up, self._catch_up = self._catch_up, False
         channels = list(self._subscribers)
         if catch_up and channels:
             # decode_responses: replies are str.
@@ -308,7 +316,9 @@ class RedisHub(RedisQuota, ConfirmationHub):
                     await self._unsubscribe_abandoned(pubsub)
                 continue
             pinged = None  # any reply shows the connection alive
-            # The rest are "subscribe"/"unsubscribe"/"pong" confirmations.
+            if message["type"] == "subscribe":
+                self._subscribed(message["channel"][skip:])
+            # The rest are "unsubscribe"/"pong" confirmations.
             if message["type"] != "message":
                 continue
             raw = message["data"]
@@ -330,18 +340,77 @@ class RedisHub(RedisQuota, ConfirmationHub):
         if self._abandoned:
             await self._unsubscribe_abandoned(pubsub)
         self._listening.add(channel)
+        self._subscribing([channel])
         async with _deadline(self.timeout):
             await pubsub.subscribe(self._channel_key(channel))
 
     async def _unsubscribe_abandoned(self, pubsub: PubSub) -> None:
         abandoned, self._abandoned = self._abandoned, set()
         self._listening -= abandoned
+        self._confirmed -= abandoned  # a SUBSCRIBE written after this UNSUBSCRIBE is confirmed after it
         async with _deadline(self.timeout):
             await pubsub.unsubscribe(*map(self._channel_key, abandoned))
+
+    def _subscribing(self, channels: list[str]) -> None:
+        """Count a SUBSCRIBE of ``channels`` about to be written: each is unconfirmed until Redis answers it."""
+        for channel in channels:
+            self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+            self._confirmed.discard(channel)
+
+    def _subscribed(self, channel: str) -> None:
+        """Take Redis's confirmation of one SUBSCRIBE of ``channel`` (they come in the order they were written)."""
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left > 0:
+            self._unconfirmed[channel] = left
+            return
+        self._unconfirmed.pop(channel, None)
+        if channel in self._listening:
+            self._confirmed.add(channel)
+            self._tell_confirming(channel, True)
+
+    def _tell_confirming(self, channel: str | None, confirmed: bool) -> None:
+        """Wake the subscribe()s waiting for ``channel`` (None: for every channel) with ``confirmed``."""
+        channels = list(self._confirming) if channel is None else [channel]
+        for name in channels:
+            for future in self._confirming.pop(name, ()):
+                if not future.done():
+                    future.set_result(confirmed)
+
+    async def _until_confirmed(self, channel: str) -> bool:
+        """Wait until Redis confirms the SUBSCRIBE of ``channel``; return False for an outage, True once confirmed.
+
+        An outage (the listener failed, or has not reached Redis within the
+        deadline) returns at once: the reconnect subscribes every local channel
+        and re-reads their records, so nothing recorded meanwhile is missed.
+        Raise HubUnavailableError when Redis took the connection but does not
+        confirm within ``timeout``.
+        """
+        if channel in self._confirmed:
+            return True
+        if self._listener_down or self._closed:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(channel, []).append(future)
+        try:
+            async with _deadline(self.timeout):
+                return await future
+        except asyncio.TimeoutError:
+            if self._pubsub is None:
+                return False  # still connecting: its own deadline ends that as an outage
+            raise HubUnavailableError(f"Redis hub: Redis did not confirm the subscription within {self.timeout} s") \
+                from None
+        finally:
+            waiting = self._confirming.get(channel)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._confirming[channel]
 
     async def _reset_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._listening, self._abandoned = set(), set()
+        self._confirmed, self._unconfirmed = set(), {}
+        self._tell_confirming(None, False)
         if pubsub is not None:
             try:
                 await pubsub.aclose()  # disconnects without waiting on a broken peer
@@ -389,6 +458,12 @@ class RedisHub(RedisQuota, ConfirmationHub):
         await self._deliver(channel, message)
 
     async def subscribe(self, channel: str, callback: Callback) -> Subscription:
+        """Return once Redis has confirmed the channel's SUBSCRIBE: a publish after that, by any process, reaches it.
+
+        While Redis is unreachable it returns at once (see :meth:`_until_confirmed`);
+        raise HubUnavailableError, the subscription dropped, when Redis took the
+        connection but does not confirm within ``timeout``.
+        """
         self._ensure_running()
         subscription = _RedisSubscription(self, channel, callback)
         subscribers = self._subscribers.setdefault(channel, set())
@@ -399,6 +474,14 @@ class RedisHub(RedisQuota, ConfirmationHub):
                 await self._listen_to(channel)
             except _FAILURES as exc:
                 self._mark_down(exc)  # the reconnect subscribes every local channel again
+                self._catch_up = True
+                return subscription
+        try:
+            if not await self._until_confirmed(channel):
+                self._catch_up = True
+        except HubUnavailableError:
+            subscription.close()
+            raise
         return subscription
 
     def _drop(self, subscription: _RedisSubscription) -> None:
