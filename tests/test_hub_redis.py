@@ -196,7 +196,11 @@ async def test_a_redis_that_refuses_scripts_gets_multi_exec(hubs, private_redis)
         await until(lambda: len(got) == 2)
         assert got == [{"n": 1}, {"n": 2}]
         assert await b.last("chan") == {"n": 2}  # recorded
-        assert a.available
+        # The budgets and states too, for the deployment (b counts into a's key, spends a's state once).
+        assert await a.hit("code:x", 2, 60) and await b.hit("code:x", 2, 60) and not await a.hit("code:x", 2, 60)
+        await a.issue_state("sid", "n1", keep=2, ttl=60)
+        assert await b.spend_state("sid", "n1", ttl=60) and not await a.spend_state("sid", "n1", ttl=60)
+        assert a.available and b.available
         assert await admin.script_exists(RECORD_AND_PUBLISH_SHA) == [False]
     finally:
         await admin.aclose()

@@ -14,7 +14,8 @@ How it maps the :class:`~tornado_signin.hub.ConfirmationHub` contract:
   anywhere removes the member; an expired one is removed and refused.
 
 A Redis that refuses scripts (an ACL without ``@scripting``, a renamed
-command) gets the same commands in ``MULTI``/``EXEC`` (``spend_state``: a
+command; :meth:`~.scripts.Scripts.run` tells, for every script of the hub)
+gets the same commands in ``MULTI``/``EXEC`` (``spend_state``: a
 bare ``ZREM``; the state's own signed expiry still holds). redis-py's
 ``register_script`` reloads a script Redis lost (``NOSCRIPT``).
 
@@ -27,19 +28,18 @@ raises HubUnavailableError (a state that cannot be checked is not spent).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tornado_signin.errors import HubUnavailableError
 from tornado_signin.hub import ConfirmationHub, LocalCounters, LocalStates, _in_process
 
-__all__ = ["RedisQuota", "HIT", "ISSUE_STATE", "SPEND_STATE"]
+from .scripts import Scripts
 
-log = logging.getLogger(__name__)
+__all__ = ["RedisQuota", "HIT", "ISSUE_STATE", "SPEND_STATE"]
 
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -68,16 +68,13 @@ return 0
 """
 
 
-def _refused(exc: ResponseError) -> bool:
-    return isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower()
-
-
 class RedisQuota(ConfirmationHub):
     """``hit``, ``issue_state`` and ``spend_state`` on Redis, for a hub with ``_redis`` (redis-py's
-    asyncio client), ``_command(coroutine)`` (one command in its turn, under the hub's deadline),
-    ``prefix`` and ``_mark_down(exc)``."""
+    asyncio client), ``_scripts`` (its :class:`~.scripts.Scripts`), ``_command(coroutine)`` (one command
+    in its turn, under the hub's deadline), ``prefix`` and ``_mark_down(exc)``."""
 
     _redis: Any
+    _scripts: Scripts
     _command: Callable[[Awaitable[Any]], Awaitable[Any]]
     prefix: str
 
@@ -96,16 +93,8 @@ class RedisQuota(ConfirmationHub):
 
     async def _quota_script(self, name: str, keys: list[str], args: list[Any]) -> tuple[bool, Any]:
         """Run script ``name``; return (True, its reply), or (False, None) when this Redis refuses scripts."""
-        if self.__dict__.get("_quota_no_scripts"):
-            return False, None
-        try:
-            return True, await self._command(self._quota_scripts()[name](keys=keys, args=args))
-        except ResponseError as exc:
-            if not _refused(exc):
-                raise
-            log.warning("redis hub: Redis refuses scripts (%s); budgets and states use MULTI/EXEC", exc)
-            self.__dict__["_quota_no_scripts"] = True
-            return False, None
+        result: tuple[bool, Any] = await self._command(self._scripts.run(self._quota_scripts()[name], keys, args))
+        return result
 
     async def _multi(self, queue: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``queue(pipe)`` adds in one MULTI/EXEC; return their replies."""

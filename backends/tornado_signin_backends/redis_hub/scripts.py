@@ -95,23 +95,23 @@ class Scripts:
         self._exchanges_before = client.register_script(EXCHANGES_BEFORE)
         self._use_scripts = True
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> bool:
-        """Run ``script``; return False (and stop using scripts) when this Redis refuses them."""
+    async def run(self, script: Any, keys: list[str], args: list[Any]) -> tuple[bool, Any]:
+        """Run ``script`` (registered on this client); return (True, its reply), or (False, None) once this Redis
+        refuses scripts (from then on without asking it: the caller sends the MULTI/EXEC equivalent)."""
         if not self._use_scripts:
-            return False
+            return False, None
         try:
-            await script(keys=keys, args=args)
-            return True
+            return True, await script(keys=keys, args=args)
         except ResponseError as exc:
             if not _refused(exc):
                 raise
             log.warning("redis hub: Redis refuses scripts (%s); using MULTI/EXEC", exc)
             self._use_scripts = False
-            return False
+            return False, None
 
     async def record_and_publish(self, last_key: str, channel_key: str, raw: str, ttl: int) -> None:
         """``SET <last_key> <raw> EX <ttl>`` then ``PUBLISH <channel_key> <raw>``, atomically."""
-        if await self._run(self._record_and_publish, [last_key], [raw, ttl, channel_key]):
+        if (await self.run(self._record_and_publish, [last_key], [raw, ttl, channel_key]))[0]:
             return
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(last_key, raw, ex=ttl)
@@ -124,7 +124,7 @@ class Scripts:
         One script: a redis-py MULTI/EXEC pipeline cost ~160 us of CPU per
         sign-in, the script ~25 (bench/session_check.py).
         """
-        if await self._run(self._start_session, [session_key, index_key], [record, seconds, sid]):
+        if (await self.run(self._start_session, [session_key, index_key], [record, seconds, sid]))[0]:
             return
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(session_key, record, ex=seconds)
