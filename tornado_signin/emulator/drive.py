@@ -316,7 +316,7 @@ def _merge(tree: Selection, name: str, sub: Selection | None) -> None:
             _merge(existing, key, value)
 
 
-def check_fields(tree: Selection, allowed: frozenset[str], file_level: Selection | None = None) -> None:
+def check_fields(tree: Selection, allowed: frozenset[str]) -> None:
     """Raise :class:`DriveError` when ``tree`` names a property the resource does not have.
 
     ``allowed`` are the top-level names; the ``files`` sub-selection (a list
