@@ -107,8 +107,6 @@ REQUESTED_EVENTS = tuple(EVENT_TYPES.values())
 MAX_SET_LENGTH = 16 * 1024
 #: How long a jti is remembered (Google redelivers for a limited time).
 JTI_TTL = 30 * 86400.0
-#: How long a received verification stays readable by ``risc verify``.
-VERIFICATION_TTL = 600.0
 #: Failures to apply a verified event: answered 503 so that Google delivers the SET again
 #: (a retry within the hub's record_ttl is applied despite its jti having been seen).
 APPLY_ERRORS = (StorageError, HubUnavailableError)
