@@ -108,8 +108,9 @@ class GuardedHTTPServer(HTTPServer):
     ``open_sockets()`` returns the number of upgraded websockets the
     application holds (Tornado hands a websocket's stream over to it, so the
     server no longer counts it as a connection). ``on_refused(reason)`` is
-    called for every connection refused at accept (``"full"``) and every
-    accept error (``"accept_error"``), e.g. to count it.
+    called for every connection refused at accept (``"full"``: the connection
+    cap; ``"address"``: its peer's cap) and every accept error
+    (``"accept_error"``), e.g. to count it.
     """
 
     def initialize(self, *args: Any, max_connections: int = 0, per_address: int = 0,
