@@ -394,11 +394,6 @@ class State:
             raise OAuthError("invalid_client", "Unauthorized")
         return client
 
-    def granted_scopes(self, client_id: str, sub: str) -> tuple[str, ...]:
-        """Return the scopes of the live grant of ``sub`` to ``client_id``, in grant order (empty if none)."""
-        grant = self._grants.get((client_id, sub))
-        return tuple(grant.scopes) if grant else ()
-
     def grant_revoked(self, client_id: str, email_or_sub: str) -> bool:
         """Return True when that user has no live grant for ``client_id`` (revoked or never given)."""
         return (client_id, self.account(email_or_sub).sub) not in self._grants
