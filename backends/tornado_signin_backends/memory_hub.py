@@ -140,5 +140,5 @@ class MemoryHub(ConfirmationHub):
 
     @property
     def subscriber_count(self) -> int:
-        """Return the number of live subscriptions (for metrics)."""
+        """Return the number of live subscriptions (a diagnostic: no metric reads it)."""
         return sum(len(s) for s in self._subscribers.values())

@@ -632,5 +632,5 @@ class RedisHub(RedisQuota, ConfirmationHub):
 
     @property
     def subscriber_count(self) -> int:
-        """Return the number of live local subscriptions (for metrics)."""
+        """Return the number of live local subscriptions (a diagnostic: no metric reads it)."""
         return sum(len(s) for s in self._subscribers.values())
