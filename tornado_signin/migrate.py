@@ -110,7 +110,7 @@ def migrate(
 
     Example (what ``tornado-signin migrate --from old.yaml --to new.yaml`` does)::
 
-        report = migrate(open_store(load_config("old.yaml")), open_store(load_config("new.yaml")),
+        report = migrate(open_store(load_config("old.yaml"), create=False), open_store(load_config("new.yaml")),
                          progress=lambda stage, n: print(stage, n, file=sys.stderr))
         print(report)
     """
