@@ -163,8 +163,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
                    client_library=args.client_library or "gis", folder=Path.cwd(),
                    on_listening=announce)
     except EmulatorStateError as exc:
-        print(f"tornado-signin: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(exc), EXIT_CONFIG)
     except ListenError as exc:
         option = "--emulator-port" if exc.listener == "emulator" else "--port"
         return _fail(f"{exc}; choose another with {option}", EXIT_LISTEN)
@@ -183,9 +182,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         if not config.development:
             # The emulator stands in for Google only in development: a production
             # config's client and secret are real Google's, never the emulator's.
-            print(f"tornado-signin: refusing to run the emulator for {args.config}: it has development: false "
-                  "(the emulator stands in for Google only with development: true)", file=sys.stderr)
-            return EXIT_CONFIG
+            return _fail(f"refusing to run the emulator for {args.config}: it has development: false "
+                         "(the emulator stands in for Google only with development: true)", EXIT_CONFIG)
         origins = config.server.allowed_origins or (
             config.server.public_origin or f"http://{config.server.host}:{config.server.port}",)
         client = EmulatorClient(config.google.client_id, config.google.client_secret, tuple(origins))
@@ -203,8 +201,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         serve_emulator(client, host=host, port=args.port, development=development, state_dir=args.state_dir,
                        on_listening=announce)
     except EmulatorStateError as exc:
-        print(f"tornado-signin: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(exc), EXIT_CONFIG)
     except ListenError as exc:
         return _fail(f"{exc}; choose another with --port", EXIT_LISTEN)
     return EXIT_OK
@@ -517,11 +514,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from .wiring import open_shared_hub, session_registry
 
     if args.all and args.end is None:
-        print("tornado-signin: --all goes with --end (sessions --config C USER --end --all)", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("--all goes with --end (sessions --config C USER --end --all)", EXIT_USAGE)
     if args.end == "" and not args.all:
-        print("tornado-signin: --end needs a SESSION_ID or --all", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("--end needs a SESSION_ID or --all", EXIT_USAGE)
     config = _load(args)
     sub = _resolve_sub(config, args.user)
 
@@ -549,14 +544,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 return EXIT_OK
             live = {r.sid for r in await registry.list(sub)}
             if args.end not in live:
-                print(f"tornado-signin: no live session {_printable(args.end)} of {_printable(sub)}", file=sys.stderr)
-                return EXIT_ERROR
+                return _fail(f"no live session {args.end} of {sub}", EXIT_ERROR)
             await registry.end(args.end, reason="cli")
             print(f"ended session {_printable(args.end)} of {_printable(sub)}")
             return EXIT_OK
         except HubUnavailableError as exc:
-            print(f"tornado-signin: hub ({config.hub.backend}) unavailable: {exc}", file=sys.stderr)
-            return EXIT_HUB
+            return _fail(f"hub ({config.hub.backend}) unavailable: {exc}", EXIT_HUB)
         finally:
             await hub.close()
 
@@ -593,12 +586,9 @@ def cmd_risc(args: argparse.Namespace) -> int:
         if wait_for_verification(config, state, args.timeout):
             print("verification event received by the receiver")
             return EXIT_OK
-        print(f"tornado-signin: no verification event reached the receiver within {args.timeout:g}s",
-              file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(f"no verification event reached the receiver within {args.timeout:g}s", EXIT_ERROR)
     except RiscAdminError as exc:
-        print(f"tornado-signin: {exc}", file=sys.stderr)
-        return EXIT_GOOGLE
+        return _fail(str(exc), EXIT_GOOGLE)
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
