@@ -43,6 +43,7 @@ files by their hash, never a token.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -66,22 +67,9 @@ log = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _RECORD_FILE = re.compile(r"^[0-9a-f]{64}\.json$")
-_FIELDS = (
-    "email",
-    "refresh_token",
-    "refresh_token_issued_at",
-    "access_token",
-    "access_token_expiry",
-    "access_token_issued_at",
-    "created_at",
-    "updated_at",
-    "revoked_at",
-    "refresh_token_expires_at",
-    "disabled_at",
-    "enabled_at",
-    "security_event",
-    "security_event_at",
-)
+#: The record's fields a file holds as they are: every field but ``sub`` and ``scopes`` (written apart), read
+#: from TokenRecord so that a field it gains is stored here without a second list to keep in step.
+_FIELDS = tuple(f.name for f in dataclasses.fields(TokenRecord) if f.name not in ("sub", "scopes"))
 
 
 def _file_id(sub: str) -> str:
