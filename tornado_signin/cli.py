@@ -409,6 +409,11 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _fmt_time_or_none(value: float | None) -> str | None:
+    """Return ``value`` as :func:`_fmt_time` does, or None for a time that is not set (JSON's null, not "-")."""
+    return _fmt_time(value) if value else None
+
+
 def _public_record(record: Any) -> dict[str, Any]:
     return {
         "sub": record.sub,
@@ -418,16 +423,15 @@ def _public_record(record: Any) -> dict[str, Any]:
         "access_token_expiry": _fmt_time(record.access_token_expiry),
         "created": _fmt_time(record.created_at),
         "updated": _fmt_time(record.updated_at),
-        "revoked": _fmt_time(record.revoked_at) if record.revoked_at else None,
+        "revoked": _fmt_time_or_none(record.revoked_at),
         # Time-limited access: when the refresh token stops working (None: no limit).
-        "refresh_token_expires_at": _fmt_time(record.refresh_token_expires_at)
-        if record.refresh_token_expires_at else None,
+        "refresh_token_expires_at": _fmt_time_or_none(record.refresh_token_expires_at),
         # What security events (Cross-Account Protection) did to the record.
         "signin_blocked": record.signin_blocked,
-        "disabled_at": _fmt_time(record.disabled_at) if record.disabled_at else None,
-        "enabled_at": _fmt_time(record.enabled_at) if record.enabled_at else None,
+        "disabled_at": _fmt_time_or_none(record.disabled_at),
+        "enabled_at": _fmt_time_or_none(record.enabled_at),
         "security_event": record.security_event,
-        "security_event_at": _fmt_time(record.security_event_at) if record.security_event_at else None,
+        "security_event_at": _fmt_time_or_none(record.security_event_at),
     }
 
 
