@@ -136,3 +136,46 @@ def test_rotate_keys_command_binds_legacy_records(tmp_path):
     swapped = cli("token", "bob")
     assert swapped.returncode != 0 and "ya29" not in swapped.stdout + swapped.stderr
     assert "does not belong to this record" in swapped.stderr and swapped.stderr.count("\n") == 1
+
+
+# -- the batch forms through the encryption (issue 16: the offline job's reads and saves) ----------------
+
+from tornado_signin.crypto import EncryptingStore  # noqa: E402
+from tornado_signin.store import load_store  # noqa: E402
+from tornado_signin.testing import TokenStoreContract  # noqa: E402
+
+
+class TestEncryptingStoreContract(TokenStoreContract):
+    """The whole contract above the encryption: get_many/save_many over the sql store's own batches (one query,
+    one transaction) and over the memory store's defaults (one get/save each)."""
+
+    @pytest.fixture(params=["sql", "memory"])
+    def store(self, request, tmp_path):
+        options = {"url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}"} if request.param == "sql" else {}
+        store = EncryptingStore(load_store(request.param, options), TokenCipher([generate_key()]))
+        yield store
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sql", "memory"])
+def test_a_batch_read_of_a_record_that_does_not_decrypt_fails_that_record_alone(backend, tmp_path):
+    options = {"url": f"sqlite:///{tmp_path / 'tokens.sqlite3'}"} if backend == "sql" else {}
+    store = EncryptingStore(load_store(backend, options), TokenCipher([generate_key()]))
+    try:
+        alice = store.save(TokenRecord(sub="alice", refresh_token="1//rt-alice", refresh_token_issued_at=1.0))
+        bob = store.save(TokenRecord(sub="bob", refresh_token="1//rt-bob", refresh_token_issued_at=1.0))
+        # Alice's ciphertext copied into Carol's row: bound to Alice, it does not open as Carol's.
+        store.inner.save(TokenRecord(sub="carol", refresh_token=store.inner.get("alice").refresh_token,
+                                     refresh_token_issued_at=2.0))
+        answers = store.get_many(["alice", "carol", "nobody", "bob"])
+        assert answers[0] == alice and answers[2] is None and answers[3] == bob
+        assert isinstance(answers[1], CryptoError)
+        # Saved in a batch: encrypted at rest, bound to each record, plaintext in each answer.
+        saved = store.save_many([TokenRecord(sub="dave", access_token="ya29.at-dave", access_token_issued_at=3.0),
+                                 TokenRecord(sub="alice", access_token="ya29.at-alice", access_token_issued_at=3.0)])
+        assert [r.access_token for r in saved] == ["ya29.at-dave", "ya29.at-alice"]
+        assert saved[1].refresh_token == "1//rt-alice"
+        assert store.inner.get("dave").access_token.startswith("tsg1.")
+        assert saved == store.get_many(["dave", "alice"])
+    finally:
+        store.close()

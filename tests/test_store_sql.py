@@ -227,6 +227,92 @@ def test_merge_is_one_statement_on_the_server(server, request, unique_name):
         store.close()
 
 
+@pytest.mark.parametrize("server", ["sqlite", "postgres", "mariadb"])
+def test_batches_are_one_query_and_one_transaction(server, request, unique_name):
+    """get_many is one SELECT … IN; save_many one transaction (one write-queue turn, one commit) running each
+    record's upsert as save does."""
+    url = request.getfixturevalue(f"{server}_url")
+    store = SQLTokenStore(url=url, table=unique_name)
+    seen = spy_statements(store)
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    try:
+        existing = [store.save(full_record(sub=f"batch-{i}", email=f"{i}@example.com")) for i in range(3)]
+        seen.clear()
+        commits.clear()
+        assert store.get_many([r.sub for r in existing] + ["missing"]) == [*existing, None]
+        assert len(seen) == 1 and " IN " in seen[0].upper()
+        seen.clear()
+        incoming = [full_record(sub=f"batch-{i}", access_token=f"at-new-{i}", access_token_issued_at=1_800_000_000.0,
+                                email=None) for i in range(5)]
+        answers = store.save_many(incoming)
+        assert [a.access_token for a in answers] == [f"at-new-{i}" for i in range(5)]
+        # Merged over the stored rows (emails kept), new rows created.
+        assert [a.email for a in answers] == ["0@example.com", "1@example.com", "2@example.com", None, None]
+        assert answers == store.get_many([r.sub for r in incoming])
+        assert len(commits) == 1
+        assert len([s for s in seen if s.lstrip().upper().startswith("INSERT")]) == 5
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres", "mariadb"])
+def test_a_record_failing_in_a_batch_fails_alone(server, request, unique_name):
+    """A record the database refuses rolls its batch back; the batch is then saved record by record, so the
+    others are saved and only that record's item is its StorageError (no value in it)."""
+    url = request.getfixturevalue(f"{server}_url")
+    store = SQLTokenStore(url=url, table=unique_name)
+    try:
+        incoming = [full_record(sub=f"ok-{i}") for i in range(3)]
+        incoming.insert(1, full_record(sub="bad", refresh_token_issued_at="1//rt-SECRET-as-a-time"))
+        incoming.append(full_record(sub="bad-email", email="no\ud800utf-8"))  # the driver cannot encode it
+        answers = store.save_many(incoming)
+        assert isinstance(answers[1], StorageError) and "SECRET" not in str(answers[1])
+        assert isinstance(answers[-1], (StorageError, UnicodeError))  # what its own save raises
+        assert [a.sub for a in answers if isinstance(a, TokenRecord)] == ["ok-0", "ok-1", "ok-2"]
+        assert store.get("bad") is None and store.get("bad-email") is None
+        assert all(store.get(f"ok-{i}") is not None for i in range(3))
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+def test_batches_larger_than_a_batch_are_split(sqlite_url, monkeypatch):
+    monkeypatch.setattr(sql_store, "_BATCH_SIZE", 4)
+    store = SQLTokenStore(url=sqlite_url)
+    store.check()  # the table created
+    seen = spy_statements(store)
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    subs = [f"user-{i:02d}" for i in range(10)]
+    answers = store.save_many([TokenRecord(sub=sub, email=f"{sub}@example.com") for sub in subs])
+    assert [a.sub for a in answers] == subs
+    assert len([s for s in seen if s.lstrip().upper().startswith("INSERT")]) == 10
+    assert len(commits) == 3  # transactions of 4, 4 and 2 records
+    seen.clear()
+    assert store.get_many(subs[::-1] + ["nobody"]) == [*answers[::-1], None]
+    assert len(seen) == 3
+    store.close()
+
+
+def test_a_failing_batch_read_is_read_one_by_one(sqlite_url):
+    """A SELECT … IN that fails is retried sub by sub: each sub gets the outcome of its own get."""
+    store = SQLTokenStore(url=sqlite_url)
+    saved = store.save(full_record(sub="there"))
+
+    def refuse_in(_conn, _cursor, statement, *_args):
+        if " IN " in statement.upper():
+            raise sqlite3.OperationalError("disk I/O error")
+
+    event.listen(store.engine, "before_cursor_execute", refuse_in)
+    assert store.get_many(["there", "absent"]) == [saved, None]
+    event.remove(store.engine, "before_cursor_execute", refuse_in)
+    store.close()
+    answers = store.get_many(["there"])
+    assert isinstance(answers[0], StorageError)  # closed: each sub's own StorageError
+
+
 def test_mysql_assignment_order_reads_old_issue_times(mariadb_url, unique_name):
     """On MySQL a column assigned earlier in ON DUPLICATE KEY UPDATE is already new when read later."""
     store = SQLTokenStore(url=mariadb_url, table=unique_name)

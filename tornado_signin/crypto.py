@@ -164,14 +164,44 @@ class EncryptingStore(TokenStore):
         record = self.inner.get(sub)
         return None if record is None else self._open(record)
 
+    @staticmethod
+    def _made(record: TokenRecord, sealed: TokenRecord) -> dict[tuple[str, str], str]:
+        """Return the ciphertexts ``_seal`` just made for ``record``, mapped to their plaintext (see ``_open``)."""
+        return {(field, getattr(sealed, field)): getattr(record, field) for field in TOKEN_FIELDS
+                if getattr(sealed, field)}
+
     def save(self, record: TokenRecord) -> TokenRecord:
         sealed = self._seal(record)
-        known = {(field, getattr(sealed, field)): getattr(record, field) for field in TOKEN_FIELDS
-                 if getattr(sealed, field)}
-        return self._open(self.inner.save(sealed), known)
+        return self._open(self.inner.save(sealed), self._made(record, sealed))
 
     def delete(self, sub: str) -> bool:
         return self.inner.delete(sub)
+
+    def get_many(self, subs: Sequence[str]) -> list[TokenRecord | None | Exception]:
+        """As :meth:`TokenStore.get_many`, through the inner store's: a record that does not decrypt is its
+        sub's CryptoError, the others are returned."""
+        results: list[TokenRecord | None | Exception] = []
+        for item in self.inner.get_many(subs):
+            if isinstance(item, TokenRecord):
+                try:
+                    item = self._open(item)
+                except Exception as exc:  # that record's outcome, as its get would raise it
+                    item = exc
+            results.append(item)
+        return results
+
+    def save_many(self, records: Sequence[TokenRecord]) -> list[TokenRecord | Exception]:
+        """As :meth:`TokenStore.save_many`, through the inner store's (one batch below as above)."""
+        sealed = [self._seal(record) for record in records]
+        results: list[TokenRecord | Exception] = []
+        for record, closed, item in zip(records, sealed, self.inner.save_many(sealed), strict=True):
+            if isinstance(item, TokenRecord):
+                try:
+                    item = self._open(item, self._made(record, closed))
+                except Exception as exc:  # that record's outcome, as its save would raise it
+                    item = exc
+            results.append(item)
+        return results
 
     def _stored_ciphertext(self, sub: str, refresh_token: str | None) -> tuple[bool, str | None]:
         """Return (True, the stored ciphertext) when ``sub``'s stored refresh token decrypts to ``refresh_token``."""

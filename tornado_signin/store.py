@@ -17,6 +17,9 @@ The contract, checked for every backend by :mod:`tornado_signin.testing`:
 * :meth:`TokenStore.mark_revoked` and :meth:`TokenStore.delete_if` are
   atomic compare-and-set writes on the stored refresh token: an outcome
   applies only to the token it was computed for.
+* :meth:`TokenStore.get_many` and :meth:`TokenStore.save_many` are optional:
+  the defaults loop over ``get`` / ``save``; a backend may do a batch's work
+  in one go (one query, one transaction) with the same per-record outcomes.
 * Every backend failure is raised as :class:`~tornado_signin.errors.StorageError`
   chained to its cause.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +305,48 @@ class TokenStore(abc.ABC):
         Return True when the record was deleted, False (nothing changed) when
         none is stored or it holds another refresh token. Atomic.
         """
+
+    # -- batches ----------------------------------------------------------------
+    #
+    # Optional: the defaults below call get / save once per item, so every
+    # backend (a third party's included) has them. A backend overrides them
+    # only to do a batch's work in one go (the sql store: one SELECT … IN, one
+    # transaction), with exactly the outcomes of the one-by-one calls.
+
+    def get_many(self, subs: Sequence[str]) -> list[TokenRecord | None | Exception]:
+        """Return, for each of ``subs`` in order, what ``get(sub)`` returns, or the exception it raises.
+
+        One item per sub (a sub given twice is answered twice). Each item is
+        as that sub's own ``get`` would answer at some moment during the call
+        (the batch need not be one snapshot). A failure is that sub's item
+        (StorageError, or above the backend CryptoError), never the call's.
+        """
+        results: list[TokenRecord | None | Exception] = []
+        for sub in subs:
+            try:
+                results.append(self.get(sub))
+            except Exception as exc:  # that sub's outcome; the others go on
+                results.append(exc)
+        return results
+
+    def save_many(self, records: Sequence[TokenRecord]) -> list[TokenRecord | Exception]:
+        """Save each of ``records`` as ``save`` does, in order; return, for each, what its ``save`` returns or
+        the exception it raises.
+
+        Each record is its own atomic merge (following :func:`merge_records`,
+        whatever runs concurrently), applied in the given order, so two
+        records of one sub merge as two saves one after the other. The batch
+        as a whole is not atomic: one record's failure (ValueError for a sub
+        the backend refuses, StorageError) is that record's item, and the
+        others are saved.
+        """
+        results: list[TokenRecord | Exception] = []
+        for record in records:
+            try:
+                results.append(self.save(record))
+            except Exception as exc:  # that record's outcome; the others go on
+                results.append(exc)
+        return results
 
     def find_by_email(self, email: str) -> list[TokenRecord]:
         """Return every stored record whose email equals ``email`` under :func:`email_key` (order unspecified).

@@ -20,7 +20,9 @@ even when the test has already closed the store)::
 pytest then runs every ``test_*`` method below against it: misses, the round
 trip of every field, each rule of :func:`~tornado_signin.store.merge_records`
 (plus a randomised comparison against it), delete, ``records()``,
-``find_by_email()`` (exact, ASCII case only), the conditional writes
+``find_by_email()`` (exact, ASCII case only), the batch forms ``get_many()``
+and ``save_many()`` (each item as its one-by-one call would answer, merged in
+order, a refused record its own outcome), the conditional writes
 ``mark_revoked()`` and ``delete_if()`` (exact compare, atomic against saves),
 ``check()``, ``close()``, awkward ``sub`` values, and 20 threads saving the
 same user at once.
@@ -453,6 +455,73 @@ class TokenStoreContract:
             _same_fields(merged, expected, _FIELDS + ("created_at", "updated_at"))
         for sub, expected in model.items():
             assert store.get(sub) == expected
+
+    # -- batches (get_many, save_many: the defaults loop; a backend may do them in one go) ----
+
+    def test_get_many_answers_each_sub_as_get_does(self, store: TokenStore) -> None:
+        saved = [store.save(full_record(sub=sub, email=f"{index}@example.com"))
+                 for index, sub in enumerate(("b1", "b2", *EDGE_SUBS[:4]))]
+        asked = ["b2", "missing", "b1", "b2", *(record.sub for record in saved[2:])]
+        answers = store.get_many(asked)
+        assert answers == [store.get(sub) for sub in asked]
+        assert answers[:4] == [saved[1], None, saved[0], saved[1]]
+        assert store.get_many([]) == []
+
+    def test_get_many_of_subs_the_store_refuses(self, store: TokenStore) -> None:
+        saved = store.save(full_record(sub="kept"))
+        answers = store.get_many(["kept", *INVALID_SUBS, "kept"])
+        assert len(answers) == len(INVALID_SUBS) + 2
+        assert answers[0] == answers[-1] == saved
+        for sub, answer in zip(INVALID_SUBS, answers[1:-1], strict=True):
+            # As its get: not stored (None), or refused as that sub's own item.
+            assert answer is None or isinstance(answer, (ValueError, StorageError)), f"{sub[:20]!r}: {answer!r}"
+
+    def test_save_many_merges_each_record_in_order(self, store: TokenStore) -> None:
+        store.save(full_record(sub="m1"))
+        newer = full_record(sub="m1", refresh_token="rt-m1-newer", refresh_token_issued_at=1_800_000_000.0,
+                            access_token="at-m1-newer", access_token_issued_at=1_800_000_000.0, email=None)
+        older = TokenRecord(sub="m1", refresh_token="rt-m1-older", refresh_token_issued_at=1_700_000_000.0,
+                            access_token="at-m1-older", access_token_issued_at=1_700_000_000.0)
+        fresh = full_record(sub="m2", email="m2@example.com")
+        incoming = [newer, fresh, older, TokenRecord(sub="m2", email="m2-new@example.com")]
+        model: dict[str, TokenRecord | None] = {"m1": store.get("m1"), "m2": None}
+        answers = store.save_many(incoming)
+        assert len(answers) == len(incoming)
+        for record, answer in zip(incoming, answers, strict=True):
+            assert isinstance(answer, TokenRecord), f"save_many failed for {record.sub!r}: {answer!r}"
+            expected = merge_records(model[record.sub], record, now=answer.updated_at)
+            _same_fields(answer, expected)
+            model[record.sub] = expected
+        # The older save after the newer one left the newer tokens: each merge saw the one before it.
+        final = _stored(store, "m1")
+        assert (final.refresh_token, final.access_token) == ("rt-m1-newer", "at-m1-newer")
+        assert final.email == full_record().email
+        assert _stored(store, "m2").email == "m2-new@example.com"
+        assert answers[-1] == store.get("m2") and answers[2] == final
+        assert store.save_many([]) == []
+
+    def test_save_many_a_refused_record_is_its_own_outcome(self, store: TokenStore) -> None:
+        incoming = [full_record(sub="ok-1"), *(TokenRecord(sub=sub, email="x@example.com") for sub in INVALID_SUBS),
+                    full_record(sub="ok-2", email="ok2@example.com")]
+        answers = store.save_many(incoming)
+        assert len(answers) == len(incoming)
+        for record, answer in zip(incoming, answers, strict=True):
+            if record.sub.startswith("ok-"):
+                assert isinstance(answer, TokenRecord), f"a good record failed with its batch: {answer!r}"
+                assert answer == store.get(record.sub) and answer.email == record.email
+            elif isinstance(answer, TokenRecord):  # stored exactly, as its save would
+                assert answer.sub == record.sub
+            else:
+                assert isinstance(answer, (ValueError, StorageError)), f"{record.sub[:20]!r}: {answer!r}"
+                assert store.get(record.sub) is None
+
+    def test_save_many_of_many_records(self, store: TokenStore) -> None:
+        incoming = [contended_record(f"many-{i:04d}", i, email=f"m{i}@example.com") for i in range(120)]
+        answers = store.save_many(incoming)
+        assert [a.sub if isinstance(a, TokenRecord) else a for a in answers] == [r.sub for r in incoming]
+        got = store.get_many([r.sub for r in incoming])
+        assert got == answers
+        assert all(_at(r.access_token_issued_at) == 1000.0 + i for i, r in enumerate(got) if isinstance(r, TokenRecord))
 
     # -- delete, records, check, close -----------------------------------------
 
