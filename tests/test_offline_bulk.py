@@ -166,10 +166,12 @@ async def test_the_jobs_store_calls_share_worker_hops(stack):
 
 
 async def test_one_users_store_failure_is_that_users_outcome(stack):
+    # The job's re-reads and saves go through the store's batch forms; one item failing there (a shard
+    # down, a record that does not decrypt) is that user's outcome, the others of its batch go on.
     from tornado_signin.errors import StorageError
 
-    subs = seed(stack, 6)
-    ctx, broken = stack.ctx, subs[3]
+    subs = seed(stack, 8)
+    ctx, unreadable, unsaved = stack.ctx, subs[3], subs[5]
 
     class Flaky:
         def __init__(self, inner):
@@ -179,10 +181,62 @@ async def test_one_users_store_failure_is_that_users_outcome(stack):
             return getattr(self.inner, name)
 
         def get(self, sub):
-            if sub == broken:
-                raise StorageError("disk on fire")
+            return self.get_many([sub])[0]
+
+        def get_many(self, subs):
+            return [StorageError("disk on fire") if sub == unreadable else item
+                    for sub, item in zip(subs, self.inner.get_many(subs), strict=True)]
+
+        def save(self, record):
+            return self.save_many([record])[0]
+
+        def save_many(self, records):
+            return [StorageError("disk on fire") if record.sub == unsaved else item
+                    for record, item in zip(records, self.inner.save_many(records), strict=True)]
+
+    outcomes = await collect(OfflineAccess(Flaky(ctx.store), ctx.google, ctx.workers), concurrency=8)
+    assert isinstance(outcomes[unreadable].error, StorageError)
+    assert isinstance(outcomes[unsaved].error, StorageError)
+    assert all(outcomes[sub].credentials.valid for sub in subs if sub not in (unreadable, unsaved))
+
+
+async def test_the_jobs_reads_and_saves_go_through_the_stores_batch_forms(stack):
+    # Per refreshed user one re-read under its lease and one save; the job hands the calls of a turn to
+    # get_many / save_many (one query, one transaction on the sql store), never to get / save one by one.
+    subs = seed(stack, 24)
+    ctx = stack.ctx
+    calls: dict[str, list[int]] = {"get": [], "save": [], "get_many": [], "save_many": []}
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get(self, sub):
+            calls["get"].append(1)
             return self.inner.get(sub)
 
-    outcomes = await collect(OfflineAccess(Flaky(ctx.store), ctx.google, ctx.workers), concurrency=6)
-    assert isinstance(outcomes[broken].error, StorageError)
-    assert all(outcomes[sub].credentials.valid for sub in subs if sub != broken)
+        def save(self, record):
+            calls["save"].append(1)
+            return self.inner.save(record)
+
+        def get_many(self, subs):
+            calls["get_many"].append(len(subs))
+            return self.inner.get_many(subs)
+
+        def save_many(self, records):
+            calls["save_many"].append(len(records))
+            return self.inner.save_many(records)
+
+    before = {sub: ctx.store.get(sub) for sub in subs}
+    outcomes = await collect(OfflineAccess(Spy(ctx.store), ctx.google, ctx.workers), concurrency=24)
+    assert all(outcomes[sub].refreshed and outcomes[sub].credentials.valid for sub in subs)
+    assert calls["get"] == calls["save"] == []
+    assert sum(calls["get_many"]) == sum(calls["save_many"]) == len(subs)
+    assert max(calls["get_many"]) > 1 and max(calls["save_many"]) > 1  # batched, not one by one
+    for sub in subs:
+        stored = ctx.store.get(sub)
+        assert stored.access_token == outcomes[sub].credentials.token != before[sub].access_token
+        assert stored.refresh_token == before[sub].refresh_token

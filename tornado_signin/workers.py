@@ -29,6 +29,7 @@ class WorkerPool:
 
     def __init__(self, threads: int = 8, queue: int = 64, *, name: str = "tornado-signin") -> None:
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=name)
+        self._threads = max(1, threads)
         self._capacity = max(1, threads) + max(0, queue)
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -37,6 +38,11 @@ class WorkerPool:
     def in_flight(self) -> int:
         """Return how many calls are running or queued now."""
         return self._in_flight
+
+    @property
+    def threads(self) -> int:
+        """Return how many calls run at once (the worker threads)."""
+        return self._threads
 
     @property
     def capacity(self) -> int:
