@@ -168,6 +168,7 @@ def verification_channel(state: str) -> str:
 
 
 def _printable(value: Any, limit: int = 200) -> str:
+    """Return ``value`` as at most ``limit`` characters, each non-printable one as ``?`` (for what Google sent)."""
     text = str(value)[:limit]
     return "".join(c if c.isprintable() else "?" for c in text)
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .config import Config
 from .errors import ConfigError, SigninError
-from .risc import REQUESTED_EVENTS, verification_channel
+from .risc import REQUESTED_EVENTS, _printable, verification_channel
 
 __all__ = ["RiscAdmin", "RiscAdminError", "MANAGEMENT_AUDIENCE", "PUSH_DELIVERY", "wait_for_verification"]
 
@@ -103,8 +103,8 @@ class RiscAdmin:
         if response.status_code >= 400 or document is None:
             message = "not JSON"
             if isinstance(document, dict) and isinstance(document.get("error"), dict):
-                message = str(document["error"].get("message", "error"))[:300]
-            raise RiscAdminError(response.status_code, "".join(c if c.isprintable() else "?" for c in message))
+                message = _printable(document["error"].get("message", "error"), limit=300)
+            raise RiscAdminError(response.status_code, message)
         return document
 
     def register(self, url: str) -> dict[str, Any]:
