@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,17 @@ def _describe(status: int) -> str:
     return f"exited with status {code}"
 
 
+@dataclass
+class _Child:
+    """A forked worker, as the supervisor knows it."""
+
+    task_id: int
+    #: The read end of its ready pipe, until read (or closed).
+    ready_fd: int | None
+    #: Whether it said it serves (:meth:`Worker.ready`).
+    served: bool = False
+
+
 def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) -> Worker | int:
     """Fork ``count`` workers sharing the listening sockets (Tornado's pre-fork model) and supervise them.
 
@@ -169,8 +181,7 @@ def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) ->
     :data:`FAILURE_WINDOW` seconds. ``on_exit(pid)`` is called for every
     worker reaped.
     """
-    # pid -> [task id, read end of its ready pipe (or None once read), served?]
-    children: dict[int, list[Any]] = {}
+    children: dict[int, _Child] = {}  # by pid
     served_once: set[int] = set()  # task ids whose worker served at least once
     stopping = False
 
@@ -179,38 +190,38 @@ def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) ->
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            for entry in children.values():
-                if entry[1] is not None:
-                    os.close(entry[1])
+            for child in children.values():
+                if child.ready_fd is not None:
+                    os.close(child.ready_fd)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             return Worker(task_id, write_fd)
         os.close(write_fd)
-        children[pid] = [task_id, read_fd, False]
+        children[pid] = _Child(task_id, read_fd)
         return None
 
     def note_ready(pid: int, *, block: bool) -> bool:
-        entry = children[pid]
-        if entry[1] is not None:
-            os.set_blocking(entry[1], block)
+        child = children[pid]
+        if child.ready_fd is not None:
+            os.set_blocking(child.ready_fd, block)
             try:
-                entry[2] = os.read(entry[1], 1) == b"R"
+                child.served = os.read(child.ready_fd, 1) == b"R"
             except BlockingIOError:
                 return False
-            os.close(entry[1])
-            entry[1] = None
-            if entry[2]:
-                served_once.add(entry[0])
-        return bool(entry[2])
+            os.close(child.ready_fd)
+            child.ready_fd = None
+            if child.served:
+                served_once.add(child.task_id)
+        return child.served
 
-    def reap(pid: int) -> list[Any]:
+    def reap(pid: int) -> _Child:
         note_ready(pid, block=False)
-        entry = children.pop(pid)
-        if entry[1] is not None:
-            os.close(entry[1])
+        child = children.pop(pid)
+        if child.ready_fd is not None:
+            os.close(child.ready_fd)
         if on_exit is not None:
             on_exit(pid)
-        return entry
+        return child
 
     def stop_all() -> None:
         for pid in list(children):
@@ -281,7 +292,8 @@ def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) ->
         if pid == 0 or pid not in children:
             time.sleep(_POLL)
             continue
-        task_id, _, served = reap(pid)
+        child = reap(pid)
+        task_id, served = child.task_id, child.served
         if stopping:
             continue
         if os.waitstatus_to_exitcode(status) == 0:
