@@ -280,9 +280,9 @@ def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) ->
     while children or (pending and not stopping):
         now = time.monotonic()
         if not stopping:
-            for due in sorted(p for p in pending if p[0] <= now):
-                pending.remove(due)
-                worker = spawn(due[1])
+            for when, task_id in sorted(p for p in pending if p[0] <= now):
+                pending.remove((when, task_id))
+                worker = spawn(task_id)
                 if worker is not None:
                     return worker
         try:
