@@ -63,10 +63,8 @@ class MemoryHub(ConfirmationHub):
         return subscription
 
     async def last(self, channel: str) -> Message | None:
-        entry = self._records.get(channel)
-        if entry is None or entry[0] <= self.clock():
-            return None
-        return entry[1]
+        expires, message = self._records.get(channel, (0.0, None))
+        return message if expires > self.clock() else None
 
     async def consume_once(self, key: str, ttl: float) -> bool:
         now = self.clock()
@@ -81,21 +79,23 @@ class MemoryHub(ConfirmationHub):
         entry = self._sessions.get(sid)
         if entry is None:
             return None
-        if entry[0] <= self.clock():
+        expires, record = entry
+        if expires <= self.clock():
             self._forget_session(sid)
             return None
-        return entry[1]
+        return record
 
     def _forget_session(self, sid: str) -> SessionRecord | None:
         entry = self._sessions.pop(sid, None)
         if entry is None:
             return None
-        sids = self._sessions_by_sub.get(entry[1].sub)
+        _, record = entry
+        sids = self._sessions_by_sub.get(record.sub)
         if sids is not None:
             sids.discard(sid)
             if not sids:
-                del self._sessions_by_sub[entry[1].sub]
-        return entry[1]
+                del self._sessions_by_sub[record.sub]
+        return record
 
     async def start_session(self, record: SessionRecord, ttl: float) -> None:
         if len(self._sessions) > self._sessions_limit:  # amortised, as _expire
