@@ -104,6 +104,7 @@ def serve_signin(args: argparse.Namespace) -> None:
     from tornado.web import RequestHandler
 
     from tornado_signin.app import make_app, make_server
+    from tornado_signin.server import settle_collector
 
     config = signin_config(args.port, args.emulator, args.db, args.hub_url, args.token_uri)
     logging.basicConfig(level=logging.WARNING)
@@ -126,6 +127,7 @@ def serve_signin(args: argparse.Namespace) -> None:
         app.add_handlers(r".*", [(r"/bench/publish", PublishHandler, {"ctx": ctx})])
         server = make_server(app, config)
         server.add_sockets(sockets)
+        settle_collector()  # as the serve command does
         print("ready", flush=True)
         await asyncio.Event().wait()
 

@@ -4,12 +4,15 @@ A process manager may signal as soon as it reads the "listening" line. The
 child below sends itself SIGTERM from inside the announcement (the log line,
 or the printed line of the demo and the emulator), so the signal arrives at
 the earliest moment a reader could send it: before any handler installed
-after the announcement.
+after the announcement. The same child reports the garbage collector's
+settings at that moment: ``serve`` has settled it
+(:func:`~tornado_signin.server.settle_collector`) before it announces itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ import yaml
 from harness import CLIENT_ID, CLIENT_SECRET
 from procs import free_port
 from tornado_signin.crypto import generate_key
+from tornado_signin.server import GC_YOUNG_THRESHOLD
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,7 +31,7 @@ ENV = {"TORNADO_SIGNIN_COOKIE_SECRET": "c" * 40, "TORNADO_SIGNIN_KEY": generate_
 
 # Runs the CLI's main() with a tripwire on the announcement: SIGTERM to itself, once.
 _CHILD = r"""
-import logging, os, signal, sys
+import gc, logging, os, signal, sys
 
 from tornado_signin.cli import main
 
@@ -39,6 +43,7 @@ def trip(text):
     global fired
     if not fired and any(mark in text for mark in MARKS):
         fired = True
+        sys.__stderr__.write(f"collector: threshold {gc.get_threshold()[0]}, frozen {gc.get_freeze_count()}\n")
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -103,3 +108,7 @@ def test_sigterm_right_after_the_listening_line_is_a_clean_exit(tmp_path, comman
     assert "listening on" in output or "demo: open" in output, output
     assert result.returncode == 0, (result.returncode, output)
     assert "shut down in" in output, output
+    if command == "serve":
+        settled = re.search(r"collector: threshold (\d+), frozen (\d+)", output)
+        assert settled is not None, output
+        assert int(settled.group(1)) == GC_YOUNG_THRESHOLD and int(settled.group(2)) > 10_000, output
