@@ -10,6 +10,10 @@ from tornado_signin.hub import Callback, ConfirmationHub, LocalStates, Message, 
 __all__ = ["MemoryHub"]
 
 
+#: A session's record as the hub keeps it: (expires, sid, sub, started_at, user_agent, address).
+_SessionEntry = tuple[float, str, str, float, str, str]
+
+
 class _MemorySubscription(Subscription):
     def __init__(self, hub: "MemoryHub", channel: str, callback: Callback) -> None:
         self.hub, self.channel, self.callback = hub, channel, callback
@@ -29,7 +33,10 @@ class MemoryHub(ConfirmationHub):
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._records: dict[str, tuple[float, Message]] = {}
         self._consumed: dict[str, float] = {}
-        self._sessions: dict[str, tuple[float, SessionRecord]] = {}
+        # sid -> (expires, sid, sub, started_at, user_agent, address): a tuple of strings and floats,
+        # which the garbage collector stops tracking; a SessionRecord per signed-in session, kept for days,
+        # was what the collector's generations filled with under load (see server.settle_collector).
+        self._sessions: dict[str, _SessionEntry] = {}
         self._sessions_by_sub: dict[str, set[str]] = {}
         # Sizes at which the next clean-up runs: twice what survived the last
         # one, so a map full of live entries is not rescanned on every call.
@@ -75,40 +82,47 @@ class MemoryHub(ConfirmationHub):
         self._consumed[key] = now + ttl
         return True
 
-    def _live_session(self, sid: str) -> SessionRecord | None:
+    def _live_entry(self, sid: str) -> _SessionEntry | None:
         entry = self._sessions.get(sid)
         if entry is None:
             return None
-        expires, record = entry
+        expires, _, _, _, _, _ = entry
         if expires <= self.clock():
             self._forget_session(sid)
             return None
-        return record
+        return entry
 
-    def _forget_session(self, sid: str) -> SessionRecord | None:
-        entry = self._sessions.pop(sid, None)
+    def _live_session(self, sid: str) -> SessionRecord | None:
+        entry = self._live_entry(sid)
         if entry is None:
             return None
-        _, record = entry
-        sids = self._sessions_by_sub.get(record.sub)
+        _, sid, sub, started_at, user_agent, address = entry
+        return SessionRecord(sid=sid, sub=sub, started_at=started_at, user_agent=user_agent, address=address)
+
+    def _forget_session(self, sid: str) -> None:
+        entry = self._sessions.pop(sid, None)
+        if entry is None:
+            return
+        _, _, sub, _, _, _ = entry
+        sids = self._sessions_by_sub.get(sub)
         if sids is not None:
             sids.discard(sid)
             if not sids:
-                del self._sessions_by_sub[record.sub]
-        return record
+                del self._sessions_by_sub[sub]
 
     async def start_session(self, record: SessionRecord, ttl: float) -> None:
         if len(self._sessions) > self._sessions_limit:  # amortised, as _expire
             now = self.clock()
-            for sid in [sid for sid, (expires, _) in self._sessions.items() if expires <= now]:
+            for sid in [sid for sid, (expires, _, _, _, _, _) in self._sessions.items() if expires <= now]:
                 self._forget_session(sid)
             self._sessions_limit = max(1024, 2 * len(self._sessions))
         self._forget_session(record.sid)
-        self._sessions[record.sid] = (self.clock() + ttl, record)
+        self._sessions[record.sid] = (self.clock() + ttl, record.sid, record.sub, record.started_at,
+                                      record.user_agent, record.address)
         self._sessions_by_sub.setdefault(record.sub, set()).add(record.sid)
 
     async def session_active(self, sid: str) -> bool:
-        return self._live_session(sid) is not None
+        return self._live_entry(sid) is not None
 
     async def sessions_of(self, sub: str) -> list[SessionRecord]:
         live = [self._live_session(sid) for sid in list(self._sessions_by_sub.get(sub, ()))]
