@@ -777,10 +777,7 @@ class State:
         Raise OAuthError ``invalid_request`` ("Invalid Credentials") for a
         missing, unknown, expired or revoked token.
         """
-        record = self.live_access_token(access_token)
-        if record is None:
-            raise OAuthError("invalid_request", "Invalid Credentials")
-        account = self.account(record.sub)
+        record, account = self._userinfo_caller(access_token)
         info: dict = {"sub": account.sub}
         if PROFILE_SCOPE in record.scopes:
             info.update(self._userinfo_profile(account))
@@ -789,6 +786,16 @@ class State:
         if account.hosted_domain:
             info["hd"] = account.hosted_domain
         return info
+
+    def _userinfo_caller(self, access_token: str | None) -> tuple[_AccessToken, TestAccount]:
+        """Return the live ``access_token``'s record and its account, for both userinfo answers.
+
+        Raise OAuthError ``invalid_request`` ("Invalid Credentials") for a token that is not live.
+        """
+        record = self.live_access_token(access_token)
+        if record is None:
+            raise OAuthError("invalid_request", "Invalid Credentials")
+        return record, self.account(record.sub)
 
     def _userinfo_profile(self, account: TestAccount) -> dict:
         """Return the profile fields of both userinfo answers, in Google's order."""
@@ -807,10 +814,7 @@ class State:
         ``sub``), ``verified_email`` (not ``email_verified``). Raise
         OAuthError ``invalid_request`` for a token that is not live.
         """
-        record = self.live_access_token(access_token)
-        if record is None:
-            raise OAuthError("invalid_request", "Invalid Credentials")
-        account = self.account(record.sub)
+        record, account = self._userinfo_caller(access_token)
         info: dict = {"id": account.sub}
         if EMAIL_SCOPE in record.scopes:
             info.update(email=account.email, verified_email=account.email_verified)
