@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-__all__ = ["SigningKey", "KeySet", "SIGNING_METHODS", "encode_jwt", "b64url", "at_hash"]
+__all__ = ["SigningKey", "KeySet", "SIGNING_METHODS", "encode_jwt", "b64url", "b64url_decode", "at_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def at_hash(access_token: str) -> str:
     return b64url(hashlib.sha256(access_token.encode("ascii")).digest()[:16])
 
 
-def _b64decode(segment: str) -> bytes:
+def b64url_decode(segment: str) -> bytes:
+    """Return the bytes of the unpadded base64url ``segment`` (a JWT's); raise ValueError for anything else."""
     if not segment or any(c not in _B64URL for c in segment):
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
@@ -324,9 +325,9 @@ class KeySet:
         """
         try:
             header_b64, claims_b64, signature_b64 = token.split(".")
-            header = json.loads(_b64decode(header_b64))
-            claims = json.loads(_b64decode(claims_b64))
-            signature = _b64decode(signature_b64)
+            header = json.loads(b64url_decode(header_b64))
+            claims = json.loads(b64url_decode(claims_b64))
+            signature = b64url_decode(signature_b64)
         except (ValueError, RecursionError):  # RecursionError: a deeply nested JSON segment
             return None
         if not isinstance(header, dict) or not isinstance(claims, dict) or header.get("alg") != "RS256":

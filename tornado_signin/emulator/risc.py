@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .handlers import EmulatorHandler, TestOnlyHandler, _error_body
-from .keys import KeySet, SigningKey
+from .keys import KeySet, SigningKey, b64url_decode
 from .state import State
 
 __all__ = ["RiscEmulator", "RiscApiError", "RISC_HANDLERS", "RISC_ISSUER", "MANAGEMENT_AUDIENCE", "EVENT_URIS"]
@@ -85,10 +85,6 @@ class RiscApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def _identifier(token: str, alg: str) -> str:
@@ -197,10 +193,10 @@ class RiscEmulator:
         token = authorization[len("Bearer "):].strip()
         try:
             header_b64, claims_b64, signature_b64 = token.split(".")
-            header = json.loads(_b64decode(header_b64))
-            claims = json.loads(_b64decode(claims_b64))
+            header = json.loads(b64url_decode(header_b64))
+            claims = json.loads(b64url_decode(claims_b64))
             self.service_key.private_key.public_key().verify(
-                _b64decode(signature_b64), f"{header_b64}.{claims_b64}".encode("ascii"), padding.PKCS1v15(),
+                b64url_decode(signature_b64), f"{header_b64}.{claims_b64}".encode("ascii"), padding.PKCS1v15(),
                 hashes.SHA256())
         except (ValueError, UnicodeError, InvalidSignature):
             raise RiscApiError(401, "Unauthorized.") from None
