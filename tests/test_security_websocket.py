@@ -175,3 +175,27 @@ async def test_a_live_socket_answering_pings_stays_open(stack):
     assert (await client.post_code(stack.mint())).code == 200
     assert (await drain(sock))[0]["type"] == "signed_in"
     sock.close()
+
+
+@pytest.mark.parametrize("failing", ["subscribe", "last"])
+async def test_a_hub_that_cannot_follow_the_session_closes_the_socket_1013(stack, monkeypatch, failing):
+    from tornado_signin.errors import HubUnavailableError
+
+    async def unavailable(*args, **kwargs):
+        raise HubUnavailableError("hub down (test)")
+
+    client = stack.client()
+    await client.fetch("/")
+    monkeypatch.setattr(stack.ctx.hub, failing, unavailable)
+    sock = await client.socket()
+    assert await sock.read_message() is None  # closed by the server, no frame
+    assert sock.close_code == 1013
+    monkeypatch.undo()
+    # One operator line, no traceback or ERROR; the server lives and the page's reconnect works.
+    assert "hub could not follow its session" in stack.logs.text()
+    assert " ERROR " not in stack.logs.text() and "Traceback" not in stack.logs.text()
+    await healthy(stack)
+    again = await client.socket()
+    assert (await client.post_code(stack.mint("carol@example.org"))).code == 200
+    assert (await drain(again))[0]["type"] == "signed_in"
+    again.close()

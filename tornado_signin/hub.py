@@ -115,7 +115,14 @@ class ConfirmationHub(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, channel: str, callback: Callback) -> Subscription:
-        """Call ``callback(message)`` for each message later published to ``channel``."""
+        """Call ``callback(message)`` for each message published to ``channel`` after this returns, by any process.
+
+        Return once the subscription is in place (the Redis hub: once Redis has
+        confirmed it), so a publish that follows the return is delivered. May
+        raise HubUnavailableError when the hub answers but cannot set it up in
+        time (the Redis hub while Redis is unreachable returns at once instead,
+        and re-reads the channel's last record when it reconnects).
+        """
 
     @abc.abstractmethod
     async def last(self, channel: str) -> Message | None:

@@ -8,7 +8,7 @@ options of its ``store`` config section, so a misspelt option fails at startup.
 The contract, checked for every backend by :mod:`tornado_signin.testing`:
 
 * Methods are synchronous and thread-safe; the core calls them off the IOLoop
-  through :func:`tornado_signin.workers.run_blocking`, one way everywhere.
+  through :meth:`tornado_signin.workers.WorkerPool.run`, one way everywhere.
 * Records are keyed by the Google ``sub``.
 * Token fields arrive already encrypted by the core (see
   :mod:`tornado_signin.crypto`): a backend stores them as opaque strings.

@@ -23,6 +23,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..context import AppContext
+from ..errors import HubUnavailableError
 from ..hub import Subscription
 from ..logctx import accept_request_id, request_id
 from ..sessions import Session
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Close codes sent to the page.
 CLOSE_SIGNED_OUT = 4000
 CLOSE_SHUTDOWN = 1001
+#: RFC 6455's "try again later": the hub could not subscribe the socket to its session's channel.
+CLOSE_TRY_AGAIN = 1013
 
 
 class SocketPinger:
@@ -215,16 +218,34 @@ class ConfirmSocket(WebSocketHandler):
         self.ctx.sockets.add(self)
         if self.ctx.pinger is not None:
             self.ctx.pinger.watch(self, self.alive_at)
-        await self._follow(self.session.sid)
-        recorded = await self.ctx.hub.last(self.session.sid)
+        if not await self._follow(self.session.sid):
+            return
+        try:
+            recorded = await self.ctx.hub.last(self.session.sid)
+        except HubUnavailableError as exc:
+            self._unavailable(exc)
+            return
         if recorded is not None:
             self._deliver(recorded)
 
-    async def _follow(self, channel: str) -> None:
+    async def _follow(self, channel: str) -> bool:
+        """Listen on ``channel`` instead of the current one; False (the socket closed 1013) when the hub cannot."""
         if self.subscription is not None:
             self.subscription.close()
+            self.subscription = None
         self.channel = channel
-        self.subscription = await self.ctx.hub.subscribe(channel, self._deliver)
+        try:
+            self.subscription = await self.ctx.hub.subscribe(channel, self._deliver)
+        except HubUnavailableError as exc:
+            self._unavailable(exc)
+            return False
+        return True
+
+    def _unavailable(self, exc: HubUnavailableError) -> None:
+        # A socket that hears nothing would leave the page waiting for ever: close it so the page
+        # reconnects (and falls back on the POST's own answer meanwhile).
+        log.warning("confirmation socket closed: the hub could not follow its session: %s", exc)
+        self.close(CLOSE_TRY_AGAIN, "try again later")
 
     def _deliver(self, message: dict[str, Any]) -> None:
         frame = message.get("frame")
