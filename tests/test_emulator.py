@@ -835,3 +835,11 @@ def test_favicon_is_a_16x16_icon_not_a_404(emu):
     png = body[offset:]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (16, 16)
     assert dict(emu.stats) == before  # not a Google endpoint: no stats, no faults
+
+
+def test_risc_management_api_refuses_a_deeply_nested_bearer_token_with_401(emu):
+    # Google's management API answers a bearer it cannot read with 401, never a server error.
+    nested = base64.urlsafe_b64encode(b"[" * 20_000).rstrip(b"=").decode()
+    for token in (f"{nested}.e30.AA", f"e30.{nested}.AA"):
+        response = requests.get(emu.base_url + "/v1beta/stream", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert response.status_code == 401, response.text

@@ -198,7 +198,7 @@ class RiscEmulator:
             self.service_key.private_key.public_key().verify(
                 b64url_decode(signature_b64), f"{header_b64}.{claims_b64}".encode("ascii"), padding.PKCS1v15(),
                 hashes.SHA256())
-        except (ValueError, UnicodeError, InvalidSignature):
+        except (ValueError, UnicodeError, InvalidSignature, RecursionError):  # RecursionError: deeply nested JSON
             raise RiscApiError(401, "Unauthorized.") from None
         now = self.emulator.state.clock()
         iat, exp = claims.get("iat"), claims.get("exp")
