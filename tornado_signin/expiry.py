@@ -69,6 +69,8 @@ class AccessExpiry:
         self.clock = clock
         self._listeners: list[Listener] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: Notices being given: the loop keeps only a weak reference to a task, so a running one is kept here.
+        self._firing: set[asyncio.Task[None]] = set()
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(AccessExpiring)`` before every time-limited grant of a signed-in user ends.
@@ -97,7 +99,12 @@ class AccessExpiry:
         # At least a moment: the page's socket is still following the session id the sign-in rotated.
         delay = max(expires_at - self.notice - self.clock(), MIN_DELAY)
         loop = asyncio.get_running_loop()
-        self._timers[sid] = loop.call_later(delay, lambda: loop.create_task(self._fire(sid, sub, expires_at)))
+        self._timers[sid] = loop.call_later(delay, self._start_firing, sid, sub, expires_at)
+
+    def _start_firing(self, sid: str, sub: str, expires_at: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._fire(sid, sub, expires_at))
+        self._firing.add(task)
+        task.add_done_callback(self._firing.discard)
 
     def cancel(self, sid: str) -> None:
         """Drop the pending notice of session ``sid``, if any."""
