@@ -29,9 +29,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .plugins import STORES, BackendInfo, installed_backends, load
 
@@ -321,13 +321,7 @@ class TokenStore(abc.ABC):
         (the batch need not be one snapshot). A failure is that sub's item
         (StorageError, or above the backend CryptoError), never the call's.
         """
-        results: list[TokenRecord | None | Exception] = []
-        for sub in subs:
-            try:
-                results.append(self.get(sub))
-            except Exception as exc:  # that sub's outcome; the others go on
-                results.append(exc)
-        return results
+        return _each(self.get, subs)
 
     def save_many(self, records: Sequence[TokenRecord]) -> list[TokenRecord | Exception]:
         """Save each of ``records`` as ``save`` does, in order; return, for each, what its ``save`` returns or
@@ -340,13 +334,7 @@ class TokenStore(abc.ABC):
         the backend refuses, StorageError) is that record's item, and the
         others are saved.
         """
-        results: list[TokenRecord | Exception] = []
-        for record in records:
-            try:
-                results.append(self.save(record))
-            except Exception as exc:  # that record's outcome; the others go on
-                results.append(exc)
-        return results
+        return _each(self.save, records)
 
     def find_by_email(self, email: str) -> list[TokenRecord]:
         """Return every stored record whose email equals ``email`` under :func:`email_key` (order unspecified).
@@ -371,6 +359,20 @@ class TokenStore(abc.ABC):
 
     def close(self) -> None:
         """Release connections and files. The store is unusable afterwards. Idempotent."""
+
+
+R = TypeVar("R")
+
+
+def _each(call: Callable[[Any], R], items: Sequence[Any]) -> list[R | Exception]:
+    """Return ``call(item)`` for each item in order, or the exception it raised: that item's outcome, the others go on."""
+    results: list[R | Exception] = []
+    for item in items:
+        try:
+            results.append(call(item))
+        except Exception as exc:
+            results.append(exc)
+    return results
 
 
 def load_store(name: str, options: dict[str, Any] | None = None) -> TokenStore:
