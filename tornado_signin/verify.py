@@ -57,10 +57,6 @@ class IdClaims:
     picture: str | None
     hd: str | None
 
-    def public(self) -> dict[str, Any]:
-        """Return what the page may see: sub, email, name (never a token)."""
-        return {"sub": self.sub, "email": self.email, "name": self.name}
-
 
 def _b64decode(segment: str, what: str) -> bytes:
     if not _SEGMENT.match(segment):
