@@ -60,6 +60,9 @@ __all__ = ["OfflineAccess", "OfflineOutcome", "REFRESH_MARGIN"]
 
 log = logging.getLogger(__name__)
 
+#: What UnknownUserError says when no record has that sub (or, for a lookup, that verified email).
+_NO_SUCH_USER = "no stored user with that sub or verified email: give the user's sub"
+
 #: An access token is refreshed when it has less than this many seconds left.
 #: It exceeds google-auth's own threshold (225 s), so the Credentials handed
 #: out are ``valid`` in google-auth's eyes too.
@@ -137,7 +140,7 @@ class OfflineAccess:
                 return matches[0]
             if len(matches) > 1:
                 raise UnknownUserError(f"{len(matches)} users share that email: give the user's sub instead")
-        raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+        raise UnknownUserError(_NO_SUCH_USER)
 
     async def find(self, user: str) -> TokenRecord:
         """Return the record of ``user``: a sub, or an email that exactly one record holds (compared ignoring
@@ -179,7 +182,7 @@ class OfflineAccess:
                 async with self.grants.hold(record.sub):
                     current = await run(self.store.get, record.sub)
                     if current is None:
-                        raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+                        raise UnknownUserError(_NO_SUCH_USER)
                     _require_active(current)
                     result = await self._refresh(current, run)
             except GrantRevokedError:
@@ -414,7 +417,7 @@ class OfflineAccess:
         async with self.grants.hold(sub):
             record = await self.workers.run(self.store.get, sub)
             if record is None:
-                raise UnknownUserError("no stored user with that sub or verified email: give the user's sub")
+                raise UnknownUserError(_NO_SUCH_USER)
             token = record.refresh_token or record.access_token
             revoked = False
             if token:
