@@ -9,14 +9,10 @@ incremental authorization.
 
 from __future__ import annotations
 
-import logging
-
 from ..errors import ConsentRequiredError, GoogleError, StorageError, UnknownUserError
 from .base import BaseHandler
 
 __all__ = ["UserinfoHandler", "ScopeHandler"]
-
-log = logging.getLogger(__name__)
 
 
 class _SignedInHandler(BaseHandler):
@@ -38,12 +34,8 @@ class UserinfoHandler(_SignedInHandler):
         except (ConsentRequiredError, UnknownUserError):
             self.write_json({"status": "consent_required"}, 409)
             return
-        except GoogleError as exc:
-            log.warning("userinfo call failed: %s", exc)
-            raise self.fail_for(exc) from exc
-        except StorageError as exc:
-            log.error("userinfo: store failed: %s", exc)
-            raise self.fail_for(exc) from exc
+        except (GoogleError, StorageError) as exc:
+            raise self.fail_logged(exc, "userinfo") from exc
         allowed = ("sub", "email", "email_verified", "name", "given_name", "family_name", "picture", "hd", "locale")
         self.write_json({"userinfo": {k: info[k] for k in allowed if k in info}})
 

@@ -258,6 +258,15 @@ class BaseHandler(RequestHandler):
             return HTTPError(500, f"unmapped error: {type(exc).__name__}")
         return self.fail(response.status, response.reason, log_message)
 
+    def fail_logged(self, exc: GoogleError | StorageError, what: str) -> HTTPError:
+        """Log ``exc`` as ``what: google failed: …`` (WARNING: Google's trouble passes) or ``what: store
+        failed: …`` (ERROR: an operator must mend the store), and return :meth:`fail_for` ``exc``."""
+        if isinstance(exc, StorageError):
+            log.error("%s: store failed: %s", what, exc)
+        else:
+            log.warning("%s: google failed: %s", what, exc)
+        return self.fail_for(exc)
+
     def write_json(self, document: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -335,12 +335,8 @@ class DisconnectHandler(BaseHandler):
             raise self.fail(403, "not signed in")
         try:
             await self.ctx.offline.revoke_and_forget(session.sub)
-        except GoogleUnavailableError as exc:
-            log.warning("disconnect: revoke failed, user kept: %s", exc)
-            raise self.fail_for(exc) from exc
-        except StorageError as exc:
-            log.error("disconnect: store failed: %s", exc)
-            raise self.fail_for(exc) from exc
+        except (GoogleUnavailableError, StorageError) as exc:
+            raise self.fail_logged(exc, "disconnect (user kept)") from exc
         except UnknownUserError:
             log.info("disconnect: user already forgotten")
         ended = await self.end_session(session, everywhere=True)
