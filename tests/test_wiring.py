@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
 
-from harness import CLIENT_SECRET, COOKIE_SECRET
+from harness import CLIENT_SECRET, COOKIE_SECRET, make_config
 from test_cli import emulator_thread, store_bob_with_an_expired_access_token, write_config  # noqa: F401
+from tornado_signin.collector import GC_YOUNG_THRESHOLD, settled_collector
 from tornado_signin.config import load_config
 from tornado_signin.crypto import generate_key
+from tornado_signin.scripts import run_offline
 from tornado_signin.wiring import open_store
 
 SCRIPT = textwrap.dedent("""
@@ -53,3 +56,42 @@ def test_a_script_logging_at_debug_logs_no_token_or_secret(tmp_path, emulator_th
                    env["TS_KEY"]):
         assert secret and secret not in result.stderr
     assert "ya29." not in result.stderr.replace("ya29.expired", "")
+
+
+def _collector() -> tuple[tuple[int, int, int], int]:
+    return gc.get_threshold(), gc.get_freeze_count()
+
+
+def test_run_offline_settles_the_collector_for_its_run_only():
+    """A script's process: the bulk job's collector settling (frozen, young threshold raised) ends with the run."""
+    gc.unfreeze()
+    before = _collector()
+    assert before[0][0] < GC_YOUNG_THRESHOLD and before[1] == 0
+
+    async def work(offline):
+        return _collector()
+
+    (threshold, frozen) = run_offline(make_config("http://127.0.0.1:1", "http://127.0.0.1:1"), work)
+    assert threshold == (GC_YOUNG_THRESHOLD, *before[0][1:]) and frozen > 0
+    assert _collector() == before
+
+
+def test_settled_collector_blocks_share_one_settling_and_keep_what_was_set_before():
+    gc.unfreeze()
+    before = _collector()
+    with settled_collector():
+        with settled_collector(young=50):  # a second block (another thread's run) changes nothing
+            assert _collector()[0][0] == GC_YOUNG_THRESHOLD
+        assert _collector()[0][0] == GC_YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # the first is still open
+    assert _collector() == before
+    # Frozen already (serve's settle_collector) and a higher threshold: both are left as they were.
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        gc.set_threshold(2 * GC_YOUNG_THRESHOLD, *before[0][1:])
+        with settled_collector():
+            assert _collector() == ((2 * GC_YOUNG_THRESHOLD, *before[0][1:]), frozen)
+        assert _collector() == ((2 * GC_YOUNG_THRESHOLD, *before[0][1:]), frozen)
+    finally:
+        gc.set_threshold(*before[0])
+        gc.unfreeze()

@@ -10,13 +10,13 @@ that runs a server lives here:
 - :func:`stop_on_signals` — handle SIGTERM/SIGINT from before a server announces itself.
 - :func:`fork_workers` — Tornado's pre-fork model with a supervising parent.
 - :func:`warn_unreachable` — one WARNING per service that does not answer at start-up.
-- :func:`settle_collector` — the garbage collector tuned for serving, once start-up is done.
+- :func:`settle_collector` — the garbage collector tuned for serving, once start-up is done
+  (from :mod:`tornado_signin.collector`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .collector import GC_YOUNG_THRESHOLD, settle_collector
 from .errors import ConfigError, ListenError
 
 __all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "stop_on_signals", "fork_workers",
@@ -57,35 +58,6 @@ def bind(listener: str, port: int, host: str) -> list[Any]:
         else:
             reason = f"cannot be listened on: {exc.strerror or exc}"
         raise ListenError(listener, host, port, reason) from exc
-
-
-#: Net allocations of container objects between two collections of the collector's youngest
-#: generation while serving (CPython's default is 700); see :func:`settle_collector`.
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def settle_collector(young: int = GC_YOUNG_THRESHOLD) -> None:
-    """Tune CPython's cyclic garbage collector for serving; call once start-up is done (it is process-wide).
-
-    What start-up made (modules, the app, the store's engine: ~64,000 objects) is collected once and
-    then frozen out of the collector's generations (:func:`gc.freeze`), so a full collection no
-    longer rescans it; and the youngest generation is collected after ``young`` net allocations
-    instead of 700. A request's objects are freed by reference counting: what a young collection
-    found was the requests in flight, and the records a memory hub keeps (a signed-in session's
-    lives for days), whose growth set off a full collection every 2–3 s under load. Cyclic garbage
-    now waits a little longer to be freed (``young`` allocations at most).
-
-    Measured with the benchmark's ``signin`` (one server process on a core, 50 connections, this
-    2-core machine): time in the collector 77–129 → 3–6 µs per login; full collections, each
-    stopping every login in flight for 50–100 ms, 9–11 per run → 0; server CPU per login
-    1.10 / 1.07 → 0.96 / 0.97 ms (two pairs, alternated). Not hand-written: the standard
-    library's ``gc`` settings. Process-wide, so :func:`serve` calls it, not ``make_app`` (a host
-    application decides for its own process).
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, old)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .certs import CertCache
+from .collector import settled_collector
 from .config import Config
 from .context import AppContext
 from .crypto import EncryptingStore, TokenCipher
@@ -220,7 +221,9 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]], *
     For scripts and the CLI: redaction is installed first, and everything
     opened is closed again. ``create_store`` is :func:`open_store`'s
     ``create``. Raise what ``work`` raises, and ConfigError as
-    :func:`open_store`.
+    :func:`open_store`. While it runs, the process's garbage collector is
+    settled (:func:`~tornado_signin.collector.settled_collector`: the bulk job
+    spent 100-140 ms of each 10,000 users in it) and put back after.
 
     Example::
 
@@ -246,4 +249,6 @@ def run_offline(config: Config, work: Callable[[OfflineAccess], Awaitable[T]], *
             if hub is not None:
                 await hub.close()
 
-    return asyncio.run(main())
+    # A script's process, not ours: the collector is settled for the run only (see settled_collector).
+    with settled_collector():
+        return asyncio.run(main())
