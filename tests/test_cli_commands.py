@@ -118,6 +118,8 @@ class Stores:
             require_service("PostgreSQL", 5432)
             self.tables.append(table)
             return {"backend": "sql", "url": POSTGRES_URL, "table": table}
+        if kind == "file":  # below a folder that does not exist either: a mistyped path
+            return {"backend": "file", "path": str(self.tmp / "missing" / name)}
         if kind == "dynamodb":
             url = self.request.getfixturevalue("moto_server")
             return {"backend": "dynamodb", "table": table, "region": "us-east-1", "endpoint_url": url,
@@ -182,7 +184,10 @@ class Stack:
         return response.json()["user"]["sub"]
 
     def store_created(self) -> bool:
-        """Whether the store's table exists (on SQLite: whether any file of the database does)."""
+        """Whether the store's table exists (on SQLite: whether any file of the database does; for files: whether
+        the folder above the store's does)."""
+        if self.kind == "file":
+            return (self.tmp / "missing").exists()
         if self.kind == "sqlite":
             return any(p.name.startswith("tokens.sqlite3") for p in self.tmp.iterdir())
         if self.kind == "postgres":
@@ -207,6 +212,14 @@ class Stack:
 
 @pytest.fixture(params=STORES)
 def stack(request, tmp_path, stores):
+    built = Stack(tmp_path, stores, request.param)
+    yield built
+    built.close()
+
+
+@pytest.fixture(params=(*STORES, "file"))
+def any_stack(request, tmp_path, stores):
+    """A :func:`stack` on each store, the file store too (the commands' own tests need no more than one)."""
     built = Stack(tmp_path, stores, request.param)
     yield built
     built.close()
@@ -305,9 +318,10 @@ def test_users_empty_store(stack):
     assert json.loads(as_json.stdout) == [] and as_json.stderr == ""
 
 
-def test_read_only_commands_create_no_table(stack):
-    """On a store nobody created yet, the commands that read it create nothing (no table, no SQLite file) and
-    answer as for an empty store; rotate-keys, which writes, still creates the table."""
+def test_read_only_commands_create_no_table(any_stack):
+    """On a store nobody created yet, the commands that read it create nothing (no table, no SQLite file, no
+    folder) and answer as for an empty store; rotate-keys, which writes, still creates it."""
+    stack = any_stack
     assert not stack.store_created()
     result = stack.cli("users")
     assert (result.returncode, result.stdout, result.stderr) == (EXIT_OK, "", "tornado-signin: no users stored\n")
@@ -317,12 +331,13 @@ def test_read_only_commands_create_no_table(stack):
     assert not stack.store_created()
     for args in (("token", ALICE), ("token", SUBS[ALICE], "--json"), ("call", ALICE), ("revoke", SUBS[ALICE]),
                  ("sessions", ALICE)):
-        line = assert_error(stack.cli(*args), EXIT_UNKNOWN_USER, "no user is stored yet: the store has no table",
+        line = assert_error(stack.cli(*args), EXIT_UNKNOWN_USER, "no user is stored: the store has not been created yet",
                             "--create-table")
         assert line.startswith(f"tornado-signin: user '{args[1]}': "), line
     result = stack.cli("check")
     assert result.returncode == EXIT_STORE, result.stdout
-    assert "the store has no table yet, and check creates nothing: run check with --create-table" in result.stdout
+    assert "the store has not been created yet, and check creates nothing: run check with --create-table" \
+        in result.stdout
     target = stack.write("target", stack.stores.section("sqlite", "target"))
     assert_error(run("migrate", "--from", str(stack.config), "--to", str(target)), EXIT_STORE)
     assert not stack.store_created()

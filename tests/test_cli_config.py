@@ -251,7 +251,7 @@ def test_check_creates_no_table_unless_asked(tmp_path, emulator):
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
         "config: ok",
-        "store (sql): table ready (created if it was missing)",
+        "store (sql): ready (created if it was missing)",
         "store (sql): ok",
         "hub (memory): ok",
         f"google certs ({emulator.base_url}/oauth2/v3/certs): ok",
@@ -474,7 +474,7 @@ def test_check_creates_no_dynamodb_table_unless_asked(tmp_path, emulator, moto_s
     assert unique_name not in client.list_tables()["TableNames"]
     result = check(tmp_path, document, "--create-table")
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines()[1:3] == ["store (dynamodb): table ready (created if it was missing)",
+    assert result.stdout.splitlines()[1:3] == ["store (dynamodb): ready (created if it was missing)",
                                                "store (dynamodb): ok"]
     assert unique_name in client.list_tables()["TableNames"]
     client.delete_table(TableName=unique_name)

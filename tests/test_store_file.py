@@ -201,6 +201,36 @@ def test_missing_parents_are_created_0700_whatever_the_umask(tmp_path):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
+def test_create_directory_off_creates_nothing_and_reads_as_empty_until_create_schema(tmp_path):
+    path = tmp_path / "a" / "tokens"
+    store = FileTokenStore(path=str(path), create_directory=False)
+    assert not store.has_schema()
+    assert store.get("u") is None
+    assert list(store.records()) == [] and store.find_by_email("e@example.com") == []
+    with pytest.raises(StorageError):
+        store.check()
+    with pytest.raises(StorageError):
+        store.save(full_record())
+    assert not (tmp_path / "a").exists()
+    store.create_schema()
+    assert store.has_schema()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700 and stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    store.check()
+    saved = store.save(full_record())
+    assert store.get(saved.sub) == saved
+    store.close()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StorageError):
+        FileTokenStore(path=str(tmp_path / "f"), create_directory=False).has_schema()
+
+
+def test_creation_option_names_the_file_stores_create_directory():
+    from tornado_signin.plugins import STORES, creation_option
+
+    assert creation_option(STORES, "file") == "create_directory"
+    assert creation_option(STORES, "sql") == "create_table" and creation_option(STORES, "memory") is None
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
 def test_a_parent_writable_by_others_is_refused_naming_it(tmp_path, mode):
     """Whoever can write a parent can move the store away (or swap in their own): refuse to start."""

@@ -234,10 +234,11 @@ CHECK_CODE = "4/tornado-signin-check-this-code-is-invalid"
 
 
 def _has_no_table(store: Any) -> bool:
-    """Return True when ``store``'s backend says its table does not exist yet; False when it exists or it cannot tell.
+    """Return True when ``store``'s backend says it has not been created yet (its table, or the file store's
+    folder); False when it exists or it cannot tell.
 
-    Not part of the TokenStore interface: the SQL and DynamoDB stores have
-    ``has_schema()`` (which creates nothing, not even a SQLite file).
+    Not part of the TokenStore interface: the SQL, DynamoDB and file stores
+    have ``has_schema()`` (which creates nothing, not even a SQLite file).
     """
     has_schema = getattr(store.inner, "has_schema", None)
     if not callable(has_schema):
@@ -266,24 +267,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print("config: ok")
     name = f"store ({config.store.backend})"
-    # Not part of the TokenStore interface: the backends with a table (sql, dynamodb) have it.
+    # Not part of the TokenStore interface: the backends that create something (sql, dynamodb, file) have it.
     create_schema: Any = getattr(store.inner, "create_schema", None)
     creatable = callable(create_schema)
     try:
         if args.create_table:
             if creatable:
                 create_schema()
-                print(f"{name}: table ready (created if it was missing)")
+                print(f"{name}: ready (created if it was missing)")
             else:
-                print(f"{name}: no table to create")
+                print(f"{name}: nothing to create")
         store.check()
         print(f"{name}: ok")
     except SigninError as exc:
         hint = ""
         if creatable and not args.create_table:
-            hint = (" (the store has no table yet, and check creates nothing: run check with --create-table "
-                    "to create it)" if _has_no_table(store) else
-                    " (check creates no table: if it is missing, run check with --create-table)")
+            hint = (" (the store has not been created yet, and check creates nothing: run check with "
+                    "--create-table to create it)" if _has_no_table(store) else
+                    " (check creates nothing: if the store's table or folder is missing, run check with "
+                    "--create-table)")
         print(f"{name}: FAILED: {_CLASS_BEFORE_REASON.sub('', reason(exc))}{hint}")
         return EXIT_STORE
     finally:
@@ -375,21 +377,24 @@ async def _check_hub_and_google(config: Any, reason: Any, redact_url: Any) -> in
 def _with_offline(config: Any, work: Any) -> Any:
     """Return ``run_offline(config, work)`` on a store that creates nothing (these commands act on stored users).
 
-    A store without its table holds no user: raise UnknownUserError saying so.
+    A store not created yet (no table, no folder) holds no user: raise UnknownUserError saying so.
     """
+    from .plugins import STORES, creation_option
     from .wiring import open_store, run_offline
 
     try:
         return run_offline(config, work, create_store=False)
-    except StorageError:
+    except (StorageError, UnknownUserError):
+        # A store without its table fails; an uncreated file store reads as empty.
         store = open_store(config, create=False)
         try:
             missing = _has_no_table(store)
         finally:
             store.close()
         if missing:
-            raise UnknownUserError("no user is stored yet: the store has no table (tornado-signin check "
-                                   "--create-table creates it; so does the server, with create_table on)") from None
+            option = creation_option(STORES, config.store.backend) or "create_table"
+            raise UnknownUserError("no user is stored: the store has not been created yet (tornado-signin "
+                                   f"check --create-table creates it; so does the server, with {option} on)") from None
         raise
 
 
@@ -446,7 +451,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         except StorageError:
             if not _has_no_table(store):
                 raise
-            records = []  # no table yet: no user
+            records = []  # not created yet: no user
     finally:
         store.close()
     if args.json:
@@ -621,8 +626,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         # Copying a store onto itself rewrites every record under --to's keys, which --from may not hold.
         return _fail(f"--from {args.source} and --to {args.target} name the same {source_config.store.backend} store: "
                      "migrate copies between two stores (to re-encrypt one in place, use rotate-keys)", EXIT_CONFIG)
-    source = open_store(source_config, create=False)  # read only: its table must exist
+    source = open_store(source_config, create=False)  # read only: its table (or folder) must exist
     try:
+        if _has_no_table(source):  # a file store not created yet reads as empty: say so rather than copy nothing
+            return _fail(f"--from {args.source}: the store has not been created yet: nothing to migrate", EXIT_STORE)
         target = open_store(target_config)
         try:
             report = migrate(source, target, progress=_migrate_progress)
@@ -706,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check config, store, hub and Google endpoints (exit status says which failed)")
     _config_option(p)
     p.add_argument("--create-table", action="store_true",
-                   help="create the store's table (and SQLite file) if missing (check changes nothing without it)")
+                   help="create the store (its table and SQLite file, or its folder) if missing "
+                        "(check changes nothing without it)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("users", help="list stored users")

@@ -35,7 +35,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["PluginGroup", "STORES", "HUBS", "GROUPS", "BackendInfo", "entry_points", "installed_backends", "load",
-           "option_names"]
+           "option_names", "creation_option"]
 
 #: The distribution whose extras provide the built-in backends' dependencies.
 DISTRIBUTION = "tornado-signin"
@@ -120,6 +120,20 @@ def option_names(group: PluginGroup, name: str) -> list[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
     return [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def creation_option(group: PluginGroup, name: str) -> str | None:
+    """Return the option that lets the plugin ``name`` of ``group`` create its storage, or None when it has none.
+
+    A plugin names it in its ``creation_option`` attribute (the file store:
+    ``create_directory``); ``create_table`` when it names none (the SQL and
+    DynamoDB stores). It counts only when the plugin takes that option.
+    """
+    names = option_names(group, name)
+    if names is None:
+        return None
+    option = getattr(entry_points(group)[name].load(), "creation_option", "create_table")
+    return option if option in names else None
 
 
 def _check_options(factory: Any, group: PluginGroup, name: str, options: Mapping[str, Any]) -> None:

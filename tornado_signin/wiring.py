@@ -40,7 +40,7 @@ from .expiry import AccessExpiry
 from .live_sessions import SessionRegistry
 from .metrics import Metrics
 from .offline import OfflineAccess
-from .plugins import STORES, option_names
+from .plugins import STORES, creation_option
 from .ratelimit import RequestLimits, SocketQuota
 from .redact import install_redaction
 from .risc import RiscReceiver, SecurityEventVerifier
@@ -73,11 +73,13 @@ def _cipher(config: Config) -> TokenCipher:
 def open_store(config: Config, *, create: bool = True) -> EncryptingStore:
     """Load the configured backend and wrap it with encryption at rest; install redaction first.
 
-    ``create`` False: the backend's ``create_table`` option (where it has
-    one) is off, so this store creates nothing, no table and no SQLite
-    file: what the commands that only read use (a missing table is then the
-    backend's error). Raise ConfigError naming the key for an unknown
-    backend, a bad option or a bad key.
+    ``create`` False: the backend's creation option (where it has one,
+    :func:`~tornado_signin.plugins.creation_option`: ``create_table``, the
+    file store's ``create_directory``) is off, so this store creates
+    nothing, no table, no SQLite file, no folder: what the commands that
+    only read use (a missing table is then the backend's error; a missing
+    folder, an empty file store). Raise ConfigError naming the key for an
+    unknown backend, a bad option or a bad key.
 
     Example::
 
@@ -89,8 +91,9 @@ def open_store(config: Config, *, create: bool = True) -> EncryptingStore:
     """
     install_config_redaction(config)
     options = dict(config.store.options)
-    if not create and "create_table" in (option_names(STORES, config.store.backend) or ()):
-        options["create_table"] = False
+    option = None if create else creation_option(STORES, config.store.backend)
+    if option is not None:
+        options[option] = False
     return EncryptingStore(load_store(config.store.backend, options), _cipher(config))
 
 

@@ -5,8 +5,12 @@ Config (``store:`` section)::
     store:
       backend: file
       path: /var/lib/tornado-signin/tokens   # a directory; created 0700 if missing
+      create_directory: true                # optional
 
-Missing parent folders are created 0700. A path with an existing parent that
+Missing parent folders are created 0700. With ``create_directory`` false
+(what the commands that only read the store pass) nothing is created: a
+missing directory reads as an empty store (``has_schema()`` is False) until
+``create_schema()`` creates it, and writes fail. A path with an existing parent that
 another user owns, or may write (unless it is sticky, like ``/tmp``), is
 refused at start-up: that user could move the store away or swap in another.
 
@@ -145,8 +149,12 @@ def _unsafe_parents(path: str) -> str | None:
 class FileTokenStore(TokenStore):
     """A token store in the directory ``path``."""
 
-    def __init__(self, *, path: str) -> None:
-        """Create ``path`` (mode 0700, and its missing parents, 0700 too) if missing.
+    #: The option that creates the directory (:func:`tornado_signin.plugins.creation_option`).
+    creation_option = "create_directory"
+
+    def __init__(self, *, path: str, create_directory: bool = True) -> None:
+        """Create ``path`` (mode 0700, and its missing parents, 0700 too) if missing, unless ``create_directory``
+        is false (then nothing is created: see :meth:`create_schema`).
 
         Raise ConfigError naming ``store.path`` and the folder when a parent
         folder lets another user move the store away (see
@@ -158,12 +166,13 @@ class FileTokenStore(TokenStore):
         self.path = os.path.abspath(os.fspath(path))
         self._locks = os.path.join(self.path, ".locks")
         self._closed = False
+        self._create_directory = create_directory
         with self._translate("check the parent folders"):
             problem = _unsafe_parents(self.path)
         if problem:
             raise ConfigError("store.path", problem)
-        with self._translate("create the directory"):
-            self._prepare()
+        if create_directory:
+            self.create_schema()
 
     def __repr__(self) -> str:
         return f"<FileTokenStore {self.path}>"
@@ -192,6 +201,27 @@ class FileTokenStore(TokenStore):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.path)
         if mode & 0o077:
             log.warning("token store directory %s is accessible to other users (mode %o)", self.path, mode & 0o777)
+
+    def create_schema(self) -> None:
+        """Create the directory (0700, and its missing parents, 0700 too) if missing (idempotent).
+
+        Raise StorageError when it cannot be created or is not a directory.
+        """
+        with self._translate("create the directory"):
+            self._prepare()
+
+    def has_schema(self) -> bool:
+        """Return whether the directory exists, creating nothing. Raise StorageError when ``path`` is not one."""
+        with self._translate("look for the directory"):
+            if not os.path.lexists(self.path):
+                return False
+            if not os.path.isdir(self.path):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.path)
+            return True
+
+    def _not_created(self) -> bool:
+        """Return whether the directory is missing in a store that may not create it (it reads as empty)."""
+        return not self._create_directory and not os.path.lexists(self.path)
 
     # -- the boundary ----------------------------------------------------
 
@@ -308,6 +338,8 @@ class FileTokenStore(TokenStore):
         return True
 
     def records(self) -> Iterator[TokenRecord]:
+        if self._not_created():
+            return
         with self._translate("list records"):
             with os.scandir(self.path) as entries:
                 names = sorted(entry.name for entry in entries if _RECORD_FILE.match(entry.name))
@@ -320,6 +352,8 @@ class FileTokenStore(TokenStore):
     def check(self) -> None:
         """Raise StorageError unless the directory is readable and writable."""
         with self._translate("use the directory"):
+            if not os.path.isdir(self.path):
+                raise FileNotFoundError(errno.ENOENT, "no such directory", self.path)
             if not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "directory not readable and writable", self.path)
             with self._locked("00"):
