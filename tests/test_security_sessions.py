@@ -225,3 +225,17 @@ async def test_session_cookie_is_read_among_other_cookies_and_forgeries_start_af
     for forged in (value[:-2] + ("00" if not value.endswith("00") else "11"), "", "x" * 40):
         response = await page.fetch("/state", headers={"Cookie": f"{name}={forged}"}, cookies=False)
         assert response.code == 200 and name in cookies_of(response), forged
+
+
+def test_session_ids_never_start_with_a_dash_so_the_cli_can_take_them(monkeypatch):
+    import secrets
+
+    from tornado_signin.sessions import new_session_id
+
+    drawn = iter(["-" + "a" * 21, "-" + "b" * 21, "c" * 22])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert new_session_id() == "c" * 22
+    monkeypatch.undo()
+    ids = {new_session_id() for _ in range(2000)}
+    assert len(ids) == 2000 and not any(sid.startswith("-") for sid in ids)
+    assert all(len(sid) == 22 for sid in ids)

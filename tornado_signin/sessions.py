@@ -40,8 +40,15 @@ def session_cookie_name(secure: bool) -> str:
 
 
 def new_session_id() -> str:
-    """Return a fresh random session id (128 bits, url-safe)."""
-    return secrets.token_urlsafe(16)
+    """Return a fresh random session id (128 random bits, url-safe) that does not start with ``-``.
+
+    The CLI prints session ids for ``tornado-signin sessions USER --end ID``; one starting with
+    ``-`` (1 in 64 of token_urlsafe's) would be read there as an option.
+    """
+    while True:
+        sid = secrets.token_urlsafe(16)
+        if not sid.startswith("-"):
+            return sid
 
 
 @dataclass(frozen=True)
