@@ -136,6 +136,8 @@ async def test_closing_the_iterator_early_cancels_the_users_in_progress(stack):
             break
     assert offline._refreshing == {}  # cancelled, not waited for
     assert time.monotonic() - began < 2
+    # Nor is a batch of the job's store calls left pending on the loop (it was destroyed pending with it).
+    assert [t for t in asyncio.all_tasks() if "_Batcher" in getattr(t.get_coro(), "__qualname__", "")] == []
 
 
 async def test_concurrency_below_one_is_refused(stack):

@@ -331,8 +331,9 @@ class OfflineAccess:
         wanted = checked_scopes(required_scopes)
         store = self.store
         # At most half of the pool's threads, so a job run inside a server leaves the rest to its sign-ins.
-        run = _Batcher(self.workers, max(1, self.workers.threads // 2),
-                       batched={store.get: store.get_many, store.save: store.save_many}).run
+        batcher = _Batcher(self.workers, max(1, self.workers.threads // 2),
+                           batched={store.get: store.get_many, store.save: store.save_many})
+        run = batcher.run
 
         gate = asyncio.Semaphore(concurrency)
         done: asyncio.Queue[OfflineOutcome | BaseException] = asyncio.Queue()
@@ -365,6 +366,7 @@ class OfflineAccess:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            await batcher.close()
 
     async def _bulk_source(self, users: Iterable[str] | None,
                            run: Runner) -> AsyncIterator[tuple[str, TokenRecord | None]]:
@@ -501,6 +503,17 @@ class _Batcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.batches.discard(task)
         self._flush()  # the calls that waited for a slot
+
+    async def close(self) -> None:
+        """Drop the calls not yet handed to a worker (their callers were cancelled) and wait for the batches
+        running: a store call in a worker thread cannot be stopped, so the job returns once it is done, and no
+        batch is left pending on the loop."""
+        self.slots = 0  # nothing more starts
+        for _, _, _, future in self.pending:
+            future.cancel()
+        self.pending.clear()
+        while self.batches:
+            await asyncio.gather(*self.batches, return_exceptions=True)
 
     async def _run(self, calls: list[_Call]) -> None:
         try:
