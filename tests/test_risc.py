@@ -292,6 +292,7 @@ async def test_receiver_is_off_unless_enabled(io_loop):
 
 async def test_emulator_retries_until_the_receiver_accepts(stack):
     _, sub = await signed_in(stack)
+    await stack.ctx.store_health.stop()  # its probe started with the sign-in: stopped here, ctx.close() no longer knows it
     stack.ctx.store_health = None
     original = stack.ctx.risc.save
     calls = []
