@@ -288,3 +288,25 @@ def test_json_log_lines_carry_the_request_id():
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "rid-12345678" and line["message"] == "user x" and line["level"] == "INFO"
     assert line["logger"] == "tornado_signin.handlers" and line["time"].endswith("Z")
+
+
+async def test_the_store_probe_never_starts_again_once_stopped():
+    # A request still served during shutdown calls ready(), which starts the probe: after stop() it must
+    # not, or the probe outlives the application, pending on a loop about to close.
+    from tornado_signin.health import StoreHealth
+    from tornado_signin.workers import WorkerPool
+
+    workers = WorkerPool(1, 4)
+    health = StoreHealth(MemoryTokenStore(), workers, interval=0.05)
+    try:
+        assert await health.ready()
+        running = health._task
+        assert running is not None and not running.done()
+        await health.stop()
+        assert running.done()
+        assert await health.ready() and health._task is None
+        health.start()
+        assert health._task is None
+    finally:
+        await health.stop()
+        workers.shutdown()

@@ -51,6 +51,7 @@ class StoreHealth:
         #: Marked down by a failed call but not yet confirmed by a probe.
         self.unconfirmed = False
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._probing: asyncio.Future[bool] | None = None
 
     def report(self, ok: bool, problem: str = "", *, probed: bool = False) -> None:
@@ -98,8 +99,10 @@ class StoreHealth:
         return self.up
 
     def start(self) -> None:
-        """Start the background probe on the running loop (idempotent)."""
-        if self._task is None and self.interval > 0:
+        """Start the background probe on the running loop (idempotent; never again once stopped)."""
+        # A request still served after stop() (a late RISC push, a login during shutdown) calls ready(),
+        # which starts the probe: it would then outlive the application, pending on a closed loop.
+        if self._task is None and self.interval > 0 and not self._stopped:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -113,7 +116,8 @@ class StoreHealth:
                 log.debug("store probe skipped", exc_info=True)
 
     async def stop(self) -> None:
-        """Stop the background probe."""
+        """Stop the background probe for good."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
