@@ -316,16 +316,11 @@ class SQLTokenStore(TokenStore):
                 failed.update(chunk)
                 continue
             found.update((record.sub, record) for record in records)
-        results: list[TokenRecord | None | Exception] = []
-        for sub in subs:
-            if sub in failed:
-                try:
-                    results.append(self.get(sub))
-                except Exception as exc:  # that sub's outcome
-                    results.append(exc)
-            else:
-                results.append(found.get(sub) if isinstance(sub, str) else None)
-        return results
+        # The base class's loop: each failed sub's own get outcome.
+        retry = list(failed)
+        retried = dict(zip(retry, super().get_many(retry), strict=True))
+        return [retried[sub] if sub in retried else found.get(sub) if isinstance(sub, str) else None
+                for sub in subs]
 
     def save_many(self, records: Sequence[TokenRecord]) -> list[TokenRecord | Exception]:
         """As :meth:`TokenStore.save_many`: the upserts of :data:`_BATCH_SIZE` records in one transaction (one
@@ -363,12 +358,9 @@ class SQLTokenStore(TokenStore):
                     rows = self._run(functools.partial(merge_all, batch), write=True)
                     for (index, _), row in zip(batch, rows, strict=True):
                         results[index] = record_from_row(row)
-            except Exception:  # rolled back: each record gets its own save's outcome
-                for index, _ in batch:
-                    try:
-                        results[index] = self.save(records[index])
-                    except Exception as exc:  # that record's outcome
-                        results[index] = exc
+            except Exception:  # rolled back: each record gets its own save's outcome (the base class's loop)
+                indexes = [index for index, _ in batch]
+                results.update(zip(indexes, super().save_many([records[index] for index in indexes]), strict=True))
         return [results[index] for index in range(len(records))]
 
     def delete(self, sub: str) -> bool:
