@@ -242,3 +242,18 @@ async def test_the_jobs_reads_and_saves_go_through_the_stores_batch_forms(stack)
         stored = ctx.store.get(sub)
         assert stored.access_token == outcomes[sub].credentials.token != before[sub].access_token
         assert stored.refresh_token == before[sub].refresh_token
+
+
+async def test_a_disconnect_during_the_jobs_late_refresh_is_not_undone(stack):
+    # The refresh answers are late; one user disconnects meanwhile. The disconnect waits for that user's
+    # grant lease, and the late answer, saved through the batch forms, must not bring the record back.
+    subs = seed(stack, 4)
+    gone = subs[1]
+    stack.emulator.faults.add("token.refresh_token", "delay", count=-1, seconds=0.5)
+    job = asyncio.ensure_future(collect(stack.ctx.offline, concurrency=4))
+    await asyncio.sleep(0.2)  # every refresh is in flight at Google
+    await stack.ctx.offline.revoke_and_forget(gone)
+    outcomes = await job
+    assert stack.store.get(gone) is None  # forgotten, and it stays so
+    assert all(outcomes[sub].error is None and outcomes[sub].refreshed for sub in subs if sub != gone)
+    assert all(stack.store.get(sub).access_token == outcomes[sub].credentials.token for sub in subs if sub != gone)
