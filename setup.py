@@ -25,7 +25,9 @@ TEST = [
     "setuptools<81",
     "moto[dynamodb,server]>=5.0",
     "playwright>=1.40",
-    # The benchmark's peers, run by its CI smoke (tests/test_bench_smoke.py).
+    # The benchmark's peers, run by its CI smoke (tests/test_bench_smoke.py); pycurl: Tornado's curl
+    # client, the benchmark's ceilings.
+    "pycurl>=7.45",
     "flask>=3",
     "gunicorn>=21",
     # 1.4: Flow generates a PKCE verifier by default (tests/test_google_clients.py relies on it).
@@ -74,7 +76,8 @@ setup(
         "requests-oauthlib>=1.3",
         "cryptography>=41",
         "pyyaml>=6",
-        "pycurl>=7.45",
+        # The HTTP/1.1 parser of the calls to Google (tornado_signin.http_client).
+        "httptools>=0.6",
         # /metrics: the text format, and the sum over the workers of `serve --processes N` (multiprocess mode).
         "prometheus_client>=0.17",
         # The demo's default store is SQL on SQLite.

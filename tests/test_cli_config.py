@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -343,22 +345,36 @@ def test_check_says_the_tls_certificate_is_not_trusted(tmp_path):
         "TLS: the certificate of 127.0.0.1 is not trusted (self-signed, or an unknown CA)")
 
 
-@pytest.mark.parametrize("errno, url, reason", [
-    (6, "https://oauth2.googleapis.com/token", "DNS lookup failed for oauth2.googleapis.com"),
-    (7, "https://oauth2.googleapis.com/token", "connection refused by oauth2.googleapis.com:443"),
-    (28, "https://oauth2.googleapis.com/token", "timed out"),
-    (35, "https://oauth2.googleapis.com/token", "TLS handshake with oauth2.googleapis.com:443 failed"),
-    (60, "https://oauth2.googleapis.com/token", "TLS: the certificate of oauth2.googleapis.com is not trusted"),
-    (52, "http://127.0.0.1:81/t", "127.0.0.1:81 closed the connection without a reply"),
-    (99, "http://127.0.0.1:81/t", "curl error 99: odd"),
-])
-def test_curl_errors_are_named(errno, url, reason):
-    """The mapping itself, by libcurl error number (DNS cannot be failed here without a resolver)."""
-    from tornado.curl_httpclient import CurlError
+def _verify_error(code: int) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code = code
+    return error
 
+
+@pytest.mark.parametrize("error, url, reason", [
+    (socket.gaierror(-2, "Name or service not known"), "https://oauth2.googleapis.com/token",
+     "DNS lookup failed for oauth2.googleapis.com"),
+    (ConnectionRefusedError(111, "Connection refused"), "https://oauth2.googleapis.com/token",
+     "connection refused by oauth2.googleapis.com:443"),
+    (TimeoutError("POST https://oauth2.googleapis.com/token: timed out"), "https://oauth2.googleapis.com/token",
+     "timed out"),
+    (ssl.SSLError(1, "wrong version number"), "https://oauth2.googleapis.com/token",
+     "TLS handshake with oauth2.googleapis.com:443 failed"),
+    (_verify_error(18), "https://oauth2.googleapis.com/token",
+     "TLS: the certificate of oauth2.googleapis.com is not trusted"),
+    (_verify_error(62), "https://oauth2.googleapis.com/token",
+     "TLS: the certificate of oauth2.googleapis.com is not valid for that name"),
+    (ConnectionResetError("127.0.0.1:81 closed the connection without a reply"), "http://127.0.0.1:81/t",
+     "127.0.0.1:81 closed the connection without a reply"),
+    (ConnectionResetError(104, "Connection reset by peer"), "http://127.0.0.1:81/t",
+     "connection to 127.0.0.1:81 broken"),
+    (OSError(101, "Network is unreachable"), "http://127.0.0.1:81/t", "network is unreachable"),
+])
+def test_transport_failures_are_named(error, url, reason):
+    """The mapping itself, by the token client's exceptions (DNS cannot be failed here without a resolver)."""
     from tornado_signin.google import transport_reason
 
-    assert transport_reason(CurlError(errno, "odd"), url).startswith(reason)
+    assert transport_reason(error, url).startswith(reason)
 
 
 def test_check_store_down_names_the_reason_without_the_password(tmp_path, emulator):

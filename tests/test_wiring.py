@@ -46,7 +46,7 @@ def test_a_script_logging_at_debug_logs_no_token_or_secret(tmp_path, emulator_th
                             env={**os.environ, **env, "OAUTHLIB_INSECURE_TRANSPORT": "1"}, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr[-3000:]
     assert emulator.stats["token.refresh_token"] == 3
-    # The refresh POSTs were logged (curl's and requests-oauthlib's debug output) ...
+    # The refresh POSTs were logged (the token client's and requests-oauthlib's debug output) ...
     assert "/token" in result.stderr and "grant_type=refresh_token" in result.stderr
     # ... without the secrets in them.
     store = open_store(config)

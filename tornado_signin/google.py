@@ -1,10 +1,10 @@
 """Outbound calls to Google's OAuth endpoints, without blocking the IOLoop.
 
 :class:`GoogleClient` talks to the token, revoke, userinfo and certs
-endpoints of a :class:`~tornado_signin.config.GoogleEndpoints` with Tornado's
-curl-based client (keep-alive; measured 1.6x the default client's throughput)
-when pycurl is installed, and Tornado's simple client otherwise. Every call has
-a deadline. Replies are checked for shape and mapped to the exception tree of
+endpoints of a :class:`~tornado_signin.config.GoogleEndpoints` through
+:class:`~tornado_signin.http_client.KeepAliveClient` (keep-alive HTTP/1.1 on
+asyncio; see that module for why it is not Tornado's curl client). Every call
+has a deadline. Replies are checked for shape and mapped to the exception tree of
 :mod:`tornado_signin.errors`; a remote body never reaches a log line or a
 client, because an error reply may echo the code or a token.
 
@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from typing import Any, Literal, overload
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import GoogleConfig
+from .http_client import KeepAliveClient, Reply, ReplyTooLarge
 from .errors import (
     ClientConfigError,
     GoogleOAuthError,
@@ -36,7 +36,7 @@ from .errors import (
     InvalidGrantError,
 )
 
-__all__ = ["GoogleClient", "TokenResponse", "make_http_client", "SCOPE_ALIASES", "normalize_scopes", "expand_scope", "transport_reason"]
+__all__ = ["GoogleClient", "TokenResponse", "SCOPE_ALIASES", "normalize_scopes", "expand_scope", "transport_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -101,41 +101,12 @@ def normalize_scopes(scopes: "str | list[str] | tuple[str, ...] | None") -> froz
     return frozenset(expand_scope(s) for s in items if s)
 
 
-def make_http_client(max_clients: int = 64) -> AsyncHTTPClient:
-    """Return a private async HTTP client: curl with keep-alive if pycurl is installed."""
-    try:
-        from tornado.curl_httpclient import CurlAsyncHTTPClient
-    except ImportError:  # pycurl missing: correct, but about 0.6x the throughput
-        log.warning("pycurl is not installed; using Tornado's simple HTTP client (slower)")
-        return AsyncHTTPClient(force_instance=True, max_clients=max_clients)
-    return CurlAsyncHTTPClient(force_instance=True, max_clients=max_clients)
-
-
-#: libcurl's error numbers (CURLE_*, stable across versions) in an operator's words.
-_CURL_REASONS = {
-    1: "protocol not supported",
-    3: "malformed URL",
-    5: "DNS lookup of the proxy failed",
-    6: "DNS lookup failed for {host}",
-    7: "connection refused by {host}:{port} (nothing listening there, or a firewall)",
-    28: "timed out",
-    35: "TLS handshake with {host}:{port} failed",
-    47: "too many redirects",
-    51: "TLS: the certificate of {host} is not valid for that name",
-    52: "{host}:{port} closed the connection without a reply",
-    55: "connection to {host}:{port} broken while sending",
-    56: "connection to {host}:{port} broken while receiving",
-    58: "TLS: problem with the local client certificate",
-    60: "TLS: the certificate of {host} is not trusted (self-signed, or an unknown CA)",
-    77: "TLS: cannot read the CA certificates",
-}
-
-
 def transport_reason(error: BaseException | None, url: str) -> str:
     """Return in a few words why no HTTP reply came from ``url`` (DNS, refused, TLS, timeout …).
 
-    Understands curl's errors (by libcurl error number) and the simple
-    client's (socket and ssl exceptions); anything else is named by its message.
+    Understands the failures :class:`~tornado_signin.http_client.KeepAliveClient`
+    raises (socket, DNS and ssl exceptions, its own messages); anything else
+    is named by its message.
     """
     parts = urlsplit(url)
     host = parts.hostname or "?"
@@ -145,23 +116,22 @@ def transport_reason(error: BaseException | None, url: str) -> str:
         port = 0
     if error is None:
         return "no reply"
-    errno = getattr(error, "errno", None)
-    if type(error).__name__ == "CurlError" and isinstance(errno, int):
-        template = _CURL_REASONS.get(errno)
-        if template:
-            return template.format(host=host, port=port)
-        return f"curl error {errno}: {getattr(error, 'message', '') or error}"
     if isinstance(error, ConnectionRefusedError):
-        return _CURL_REASONS[7].format(host=host, port=port)
+        return f"connection refused by {host}:{port} (nothing listening there, or a firewall)"
     if isinstance(error, socket.gaierror):
-        return _CURL_REASONS[6].format(host=host, port=port)
+        return f"DNS lookup failed for {host}"
     if isinstance(error, ssl.SSLCertVerificationError):
-        return _CURL_REASONS[60].format(host=host, port=port)
+        if error.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return f"TLS: the certificate of {host} is not valid for that name"
+        return f"TLS: the certificate of {host} is not trusted (self-signed, or an unknown CA)"
     if isinstance(error, ssl.SSLError):
-        return _CURL_REASONS[35].format(host=host, port=port)
-    # The simple client's deadline is an HTTPClientError 599 ("Timeout during request").
-    if isinstance(error, TimeoutError) or (isinstance(error, HTTPClientError) and "timeout" in str(error).lower()):
+        return f"TLS handshake with {host}:{port} failed"
+    if isinstance(error, TimeoutError):
         return "timed out"
+    if isinstance(error, (ConnectionResetError, BrokenPipeError)) and not error.strerror and str(error):
+        return str(error)  # the client's own words: "… closed the connection without a reply"
+    if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+        return f"connection to {host}:{port} broken"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return str(error) or type(error).__name__
@@ -194,7 +164,7 @@ class TokenResponse:
         return self.received_at + self.refresh_token_expires_in
 
 
-def _parse_json_object(response: HTTPResponse) -> dict[str, Any]:
+def _parse_json_object(response: Reply) -> dict[str, Any]:
     body = response.body or b""
     if len(body) > MAX_REPLY_BYTES:
         raise GoogleProtocolError(f"reply of {len(body)} bytes exceeds {MAX_REPLY_BYTES}")
@@ -262,10 +232,10 @@ def parse_token_response(document: dict[str, Any], received_at: float) -> TokenR
 class GoogleClient:
     """Async client of the configured Google endpoints. One instance serves the whole process."""
 
-    def __init__(self, google: GoogleConfig, http: AsyncHTTPClient | None = None) -> None:
+    def __init__(self, google: GoogleConfig, http: KeepAliveClient | None = None) -> None:
         self.google = google
         self.endpoints = google.endpoints
-        self.http = http or make_http_client()
+        self.http = http or KeepAliveClient(max_connections=64, max_body=MAX_REPLY_BYTES)
         # The token requests' fixed fields, form-encoded once (urlencode, as per call before): each call
         # only quotes its own code or token. urlencode of the five fields of an exchange cost 10.4 us,
         # the prefix and one quote_plus 3.1 us (measured on this machine).
@@ -275,25 +245,20 @@ class GoogleClient:
         self._refresh_form = f"grant_type=refresh_token&{client}&refresh_token="
 
     async def _fetch(self, url: str, *, method: str = "GET", body: str | None = None,
-                     headers: dict[str, str] | None = None) -> HTTPResponse:
-        request = HTTPRequest(
-            url,
-            method=method,
-            body=body,
-            headers={"Accept": "application/json", **(headers or {})},
-            connect_timeout=min(5.0, self.google.request_timeout),
-            request_timeout=self.google.request_timeout,
-            follow_redirects=False,
-            decompress_response=True,
-        )
+                     headers: dict[str, str] | None = None) -> Reply:
         try:
-            return await self.http.fetch(request, raise_error=False)
-        except (OSError, HTTPClientError) as exc:
+            return await self.http.request(
+                method, url, body=None if body is None else body.encode(),
+                headers={"Accept": "application/json", **(headers or {})},
+                connect_timeout=min(5.0, self.google.request_timeout),
+                request_timeout=self.google.request_timeout,
+            )
+        except ReplyTooLarge as exc:
+            raise GoogleProtocolError(f"{method} {url}: {exc}") from exc
+        except OSError as exc:
             raise GoogleUnavailableError(f"{method} {url}: {transport_reason(exc, url)}") from exc
 
-    def _raise_for_error(self, response: HTTPResponse, what: str) -> None:
-        if response.code == 599:
-            raise GoogleUnavailableError(f"{what}: {transport_reason(response.error, response.effective_url)}")
+    def _raise_for_error(self, response: Reply, what: str) -> None:
         if response.code >= 500 or response.code == 429:
             raise GoogleUnavailableError(f"{what}: HTTP {response.code}")
         if response.code >= 400:
@@ -368,7 +333,7 @@ class GoogleClient:
         self._raise_for_error(response, "userinfo")
         return _parse_json_object(response)
 
-    async def fetch_json(self, url: str) -> tuple[dict[str, Any], HTTPResponse]:
+    async def fetch_json(self, url: str) -> tuple[dict[str, Any], Reply]:
         """GET a JSON object (certs documents); return it with the response for its headers."""
         response = await self._fetch(url)
         self._raise_for_error(response, f"GET {url}")

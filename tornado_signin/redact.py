@@ -1,8 +1,8 @@
 """Keep codes, tokens and secrets out of every log line, whoever logs them.
 
-Tornado's curl client logs request bodies (the code and the client secret)
-and headers (``Authorization``) at DEBUG; requests-oauthlib and oauthlib log
-tokens at DEBUG. A handler-level filter would miss handlers added by others
+Libraries log what they send: Tornado's curl client (which host apps and
+tests may use) logs request bodies and headers at DEBUG; requests-oauthlib and
+oauthlib log tokens at DEBUG. A handler-level filter would miss handlers added by others
 (pytest's caplog, an embedding app's), so :func:`install_redaction` wraps the
 process's log-record factory: every record is redacted when it is created.
 """

@@ -4,8 +4,8 @@ Every entry point that builds services comes through here, so none can miss
 what each of them needs. Above all, each builder installs log redaction
 (:mod:`tornado_signin.redact`) with the config's secrets before anything is
 opened: a script that turns on ``logging.basicConfig(level=logging.DEBUG)``
-would otherwise log the refresh POST (curl's debug output: the refresh token
-and the client secret).
+would otherwise log tokens through the libraries it uses (requests-oauthlib's
+and oauthlib's debug output: the refresh token and the client secret).
 
 - :func:`open_store` — the configured token store, encrypted at rest
   (``create=False``: one that creates nothing, for the commands that read).
