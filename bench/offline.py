@@ -27,7 +27,9 @@ MODE:
   through ``save_many`` (the store's merge), in batches of ``--concurrency``
   users (the most the job gathers in one batch), for the first ``--limit``
   users (default 2,000). The same one ``get`` and one ``save`` per user are
-  reported beside it (``get_one_ms``, ``save_one_ms``) for comparison.
+  reported beside it (``get_one_ms``, ``save_one_ms``) for comparison, and
+  the CPU of the product's refresh call alone (``post_ms``: ``GoogleClient.refresh``
+  for the same users, ``--concurrency`` in flight, nothing else).
 * ``google_auth``: what a user writes by hand: google-auth's
   ``Credentials.refresh()`` (its requests transport, one keep-alive session
   per thread) in a pool of ``--threads`` threads, each result written back
@@ -296,7 +298,33 @@ def run_store(users: list[dict[str, str]], args: argparse.Namespace) -> dict[str
         store.close()
     per_user = 1000 / len(users)
     return {"get_ms": per_user * (cpu1 - cpu0), "save_ms": per_user * (cpu2 - cpu1), "batch": size,
-            "get_one_ms": per_user * (cpu3 - cpu2), "save_one_ms": per_user * (cpu4 - cpu3), "users": len(users)}
+            "get_one_ms": per_user * (cpu3 - cpu2), "save_one_ms": per_user * (cpu4 - cpu3), "users": len(users),
+            "post_ms": _product_post_ms(users, args)}
+
+
+def _product_post_ms(users: list[dict[str, str]], args: argparse.Namespace) -> float:
+    """CPU (ms) per refresh of the product's refresh call alone: ``GoogleClient.refresh`` (its token client,
+    the reply parsed and checked) for ``users``, ``--concurrency`` in flight, nothing else."""
+    from tornado_signin.wiring import open_google
+
+    config = offline_config(args.db, args.token_uri)
+
+    async def main() -> float:
+        google = open_google(config)
+        todo = iter(users)
+
+        async def worker() -> None:
+            for user in todo:
+                await google.refresh(user["refresh_token"])
+
+        await google.refresh(users[0]["refresh_token"])  # the connection opened
+        cpu0 = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(max(1, args.concurrency))))
+        cpu = time.process_time() - cpu0
+        google.close()
+        return 1000 * cpu / len(users)
+
+    return asyncio.run(main())
 
 
 def main(argv: list[str] | None = None) -> int:
