@@ -1,0 +1,709 @@
+"""KeepAliveClient (tornado_signin/http_client.py) held to its module docstring's contract.
+
+Every server here is a real asyncio server on 127.0.0.1, written to misbehave on purpose, and it counts
+what it saw from its side of the socket: connections accepted, requests read (with their bytes), and
+connections the client closed. So "one connection", "sent exactly once more" and "not reused afterwards"
+are checked where they happen, not in the client's internals. The last tests drive GoogleClient through
+the same failures (its ``_fetch`` maps them to the product's errors).
+
+Every test runs with DEBUG logging captured and fails on any record at ERROR or above (asyncio's
+"Exception in callback", "Task was destroyed but it is pending", a protocol callback that raised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import gzip
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tornado_signin.config import GoogleConfig, GoogleEndpoints
+from tornado_signin.errors import GoogleProtocolError, GoogleUnavailableError
+from tornado_signin.google import GoogleClient, transport_reason
+from tornado_signin.http_client import KeepAliveClient, MalformedReply, ReplyTooLarge
+
+pytestmark = pytest.mark.gen_test(timeout=10)
+
+#: What a timing assertion allows beyond its deadline (a loaded 2-core machine).
+SLACK = 0.4
+
+
+# -- the servers ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request as the server read it."""
+
+    connection: int  # which connection, in accept order (0 is the first)
+    index: int  # its place on that connection (0: the connection's first request)
+    head: bytes
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.head.split(b" ", 2)[1].decode()
+
+
+CLOSE = "close"  # a responder's return value: close the connection after this request
+Responder = Callable[[Seen, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[object]]
+
+
+class Server:
+    """An HTTP/1.1 server on 127.0.0.1 whose answer to each request is ``respond(seen, reader, writer)``."""
+
+    def __init__(self, respond: Responder, *, tls: ssl.SSLContext | None = None) -> None:
+        self.respond = respond
+        self.tls = tls
+        self.connections = 0
+        self.requests: list[Seen] = []
+        self.client_closes = 0  # connections on which the server read the client's end (EOF or reset)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    def url(self, path: str = "/t", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        number, self.connections = self.connections, self.connections + 1
+        try:
+            for index in range(1000):
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.client_closes += 1
+                    return
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                seen = Seen(number, index, head, await reader.readexactly(length))
+                self.requests.append(seen)
+                if await self.respond(seen, reader, writer) == CLOSE:
+                    return
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.client_closes += 1
+        except asyncio.CancelledError:
+            pass  # stopped by __aexit__: end normally, or asyncio's stream protocol logs the cancelled task
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+def answer(body: bytes = b"ok", status: str = "200 OK", headers: tuple[str, ...] = (),
+           version: str = "HTTP/1.1") -> bytes:
+    """A reply with a Content-Length (unless ``headers`` frame it otherwise)."""
+    lines = [f"{version} {status}", *headers]
+    if not any(h.lower().startswith(("content-length:", "transfer-encoding:")) for h in headers):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def ok(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(answer(seen.path.encode()))
+
+
+async def silent(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request, never answer; the client's close is counted (client_closes)."""
+    await reader.read()
+
+
+def sends(data: bytes, then: str | None = None) -> Responder:
+    """A responder that writes ``data`` (then closes if ``then`` is CLOSE)."""
+
+    async def respond(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        writer.write(data)
+        await writer.drain()
+        return then
+
+    return respond
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.005)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(caplog):
+    """Capture everything at DEBUG; fail on any record at ERROR or above, asyncio's included.
+
+    Set up before pytest-tornado's io_loop and torn down after it: a task left pending is reported
+    ("Task was destroyed but it is pending") when the closed loop's tasks are collected here.
+    """
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    gc.collect()
+    records = [r for phase in ("setup", "call", "teardown") for r in caplog.get_records(phase)]
+    bad = [r for r in records if r.levelno >= logging.ERROR
+           or "Task was destroyed" in r.getMessage() or "Exception in callback" in r.getMessage()]
+    assert not bad, [f"{r.name}: {r.getMessage()}" for r in bad]
+
+
+@pytest.fixture
+def make_client(io_loop):
+    """KeepAliveClient(**options); every one made is closed after the test, on its still open loop."""
+    clients: list[KeepAliveClient] = []
+
+    def make(**options) -> KeepAliveClient:
+        clients.append(KeepAliveClient(**options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+    io_loop.run_sync(lambda: asyncio.sleep(0.01))  # the transports' connection_lost callbacks run
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Self-signed certificates (cert, key): for 127.0.0.1 and localhost, and for other names only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = tmp_path_factory.mktemp("certs")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    made = {}
+    for label, dns, ips in (("loopback", ["localhost"], ["127.0.0.1"]),
+                            ("other", ["other.example"], ["127.0.0.2"])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])])
+        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .sign(key, hashes.SHA256()))
+        cert_path, key_path = folder / f"{label}-cert.pem", folder / f"{label}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        made[label] = (cert_path, key_path)
+    return made
+
+
+def server_tls(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+    return context
+
+
+# -- keep-alive and the connection limit -----------------------------------------------------------------
+
+
+async def test_sequential_requests_reuse_one_connection(make_client):
+    client = make_client()
+    async with Server(ok) as server:
+        for n in range(5):
+            reply = await client.request("GET", server.url(f"/n{n}"))
+            assert (reply.code, reply.body, reply.url) == (200, f"/n{n}".encode(), server.url(f"/n{n}"))
+    assert server.connections == 1
+    assert [(s.connection, s.index) for s in server.requests] == [(0, i) for i in range(5)]
+
+
+async def test_concurrent_requests_open_at_most_max_connections_and_the_rest_wait(make_client):
+    async def slow(seen, reader, writer):
+        await asyncio.sleep(0.05)
+        writer.write(answer(seen.path.encode()))
+
+    client = make_client(max_connections=2)
+    async with Server(slow) as server:
+        replies = await asyncio.gather(*(client.request("GET", server.url(f"/r{i}")) for i in range(7)))
+    assert [r.body for r in replies] == [f"/r{i}".encode() for i in range(7)]
+    assert server.connections == 2
+    assert len(server.requests) == 7
+
+
+async def test_request_timeout_covers_waiting_for_a_slot(make_client):
+    gate = asyncio.Event()
+
+    async def held(seen, reader, writer):
+        await gate.wait()
+        writer.write(answer())
+
+    client = make_client(max_connections=1)
+    loop = asyncio.get_running_loop()
+    async with Server(held) as server:
+        first = asyncio.ensure_future(client.request("GET", server.url(), request_timeout=5))
+        await until(lambda: len(server.requests) == 1)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request("GET", server.url("/second"), request_timeout=0.2)
+        assert 0.15 <= loop.time() - started <= 0.2 + SLACK
+        assert len(server.requests) == 1, "the waiting request was never sent"
+        gate.set()
+        assert (await first).code == 200
+    assert server.connections == 1
+
+
+# -- framing -------------------------------------------------------------------------------------------
+
+
+async def test_content_length_body_read_in_pieces(make_client):
+    body = bytes(range(256)) * 400  # ~100 KB: several reads
+
+    async def trickle(seen, reader, writer):
+        data = answer(body, headers=("X-Kind: bytes",))
+        head = data[:-len(body)]
+        for i in range(len(head)):  # the head byte by byte: headers split across reads
+            writer.write(head[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        writer.write(body)
+
+    client = make_client()
+    async with Server(trickle) as server:
+        for _ in range(2):
+            reply = await client.request("GET", server.url())
+            assert (reply.code, reply.body, reply.headers["X-Kind"]) == (200, body, "bytes")
+    assert server.connections == 1
+
+
+async def test_chunked_body_and_the_connection_is_kept(make_client):
+    async def chunked(seen, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\nX-Trailer: t\r\n\r\n"):
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(piece)
+
+    client = make_client()
+    async with Server(chunked) as server:
+        for _ in range(2):
+            assert (await client.request("GET", server.url())).body == b"hello world"
+    assert server.connections == 1
+
+
+async def test_body_delimited_by_connection_close(make_client):
+    async def until_close(seen, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b"part two")
+        return CLOSE
+
+    client = make_client()
+    async with Server(until_close) as server:
+        assert (await client.request("GET", server.url())).body == b"part one, part two"
+        assert (await client.request("GET", server.url())).body == b"part one, part two"
+    assert server.connections == 2
+
+
+async def test_connection_close_reply_is_not_reused(make_client):
+    # The server sends "Connection: close" but leaves the socket open: the client must close it.
+    client = make_client()
+    async with Server(sends(answer(headers=("Connection: close",)))) as server:
+        assert (await client.request("GET", server.url())).body == b"ok"
+        await until(lambda: server.client_closes == 1)
+        assert (await client.request("GET", server.url())).body == b"ok"
+    assert server.connections == 2
+
+
+async def test_100_continue_before_the_real_reply(make_client):
+    async def interim(seen, reader, writer):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(answer(b"real", status="201 Created", headers=("X-Real: yes",)))
+
+    client = make_client()
+    async with Server(interim) as server:
+        for _ in range(2):
+            reply = await client.request("POST", server.url(), body=b"x")
+            assert (reply.code, reply.body, reply.headers.get("X-Real")) == (201, b"real", "yes")
+    assert server.connections == 1
+
+
+async def test_http10_replies(make_client):
+    replies = iter([answer(b"with length", version="HTTP/1.0"), b"HTTP/1.0 200 OK\r\n\r\nuntil close"])
+
+    async def http10(seen, reader, writer):
+        data = next(replies)
+        writer.write(data)
+        # The first leaves the socket open: HTTP/1.0 without "keep-alive" is not reused all the same.
+        return None if b"Content-Length" in data else CLOSE
+
+    client = make_client()
+    async with Server(http10) as server:
+        assert (await client.request("GET", server.url())).body == b"with length"
+        assert (await client.request("GET", server.url())).body == b"until close"
+        await until(lambda: server.client_closes == 1)
+    assert server.connections == 2
+
+
+# -- content encoding and size limits --------------------------------------------------------------------
+
+
+async def test_gzip_reply_is_decoded(make_client):
+    plain = b'{"access_token": "x"}' * 200
+    client = make_client()
+    async with Server(sends(answer(gzip.compress(plain), headers=("Content-Encoding: gzip",)))) as server:
+        for _ in range(2):
+            assert (await client.request("GET", server.url())).body == plain
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("body", [
+    b"\x1f\x8b\x08\x00" + b"not deflate at all" * 4,
+], ids=["garbage"])
+async def test_corrupt_gzip_is_a_malformed_reply(make_client, body):
+    client = make_client()
+    async with Server(sends(answer(body, headers=("Content-Encoding: gzip",)))) as server:
+        with pytest.raises(MalformedReply, match="corrupt gzip"):
+            await client.request("GET", server.url())
+        await until(lambda: server.client_closes == 1)
+
+
+async def test_unsupported_content_encoding_is_a_malformed_reply(make_client):
+    client = make_client()
+    async with Server(sends(answer(b"\x0b\x02\x80ok\x03", headers=("Content-Encoding: br",)))) as server:
+        with pytest.raises(MalformedReply, match="unsupported content encoding") as caught:
+            await client.request("GET", server.url())
+        assert not isinstance(caught.value, ReplyTooLarge)
+        await until(lambda: server.client_closes == 1)
+
+
+async def test_a_body_over_max_body_is_too_large_and_the_connection_is_dropped(make_client):
+    bodies = iter([b"x" * 1000, b"x" * 1001, b"after"])
+
+    async def sized(seen, reader, writer):
+        writer.write(answer(next(bodies)))
+
+    client = make_client(max_body=1000)
+    async with Server(sized) as server:
+        assert len((await client.request("GET", server.url())).body) == 1000  # the limit itself is fine
+        with pytest.raises(ReplyTooLarge):
+            await client.request("GET", server.url())
+        await until(lambda: server.client_closes == 1)
+        assert (await client.request("GET", server.url())).body == b"after"
+    assert [s.connection for s in server.requests] == [0, 0, 1]
+
+
+async def test_a_gzip_bomb_is_too_large_and_the_connection_is_dropped(make_client):
+    bomb = gzip.compress(b"\0" * 10_000_000)  # ~10 KB on the wire
+    assert len(bomb) < 64 * 1024
+    bodies = iter([answer(bomb, headers=("Content-Encoding: gzip",)), answer(b"after")])
+
+    async def respond(seen, reader, writer):
+        writer.write(next(bodies))
+
+    client = make_client(max_body=64 * 1024)
+    async with Server(respond) as server:
+        with pytest.raises(ReplyTooLarge):
+            await client.request("GET", server.url())
+        await until(lambda: server.client_closes == 1)
+        assert (await client.request("GET", server.url())).body == b"after"
+    assert [s.connection for s in server.requests] == [0, 1]
+
+
+# -- bytes that are not a reply to the request --------------------------------------------------------
+
+
+async def test_garbage_instead_of_http_is_a_malformed_reply(make_client):
+    client = make_client()
+    async with Server(sends(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n\r\n")) as server:
+        with pytest.raises(MalformedReply, match="malformed HTTP reply"):
+            await client.request("GET", server.url())
+        await until(lambda: server.client_closes == 1)
+    assert len(server.requests) == 1
+
+
+async def test_unsolicited_bytes_drop_the_idle_connection(make_client):
+    wrote = asyncio.Event()
+
+    async def chatty(seen, reader, writer):
+        writer.write(answer())
+        if seen.connection == 0:
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(answer(b"nobody asked"))  # on the idle connection
+            wrote.set()
+
+    client = make_client()
+    async with Server(chatty) as server:
+        assert (await client.request("GET", server.url())).body == b"ok"
+        await wrote.wait()
+        await until(lambda: server.client_closes == 1)  # the client dropped it on receipt
+        assert (await client.request("GET", server.url())).body == b"ok"
+    assert [s.connection for s in server.requests] == [0, 1]
+
+
+# -- connections the server closes ------------------------------------------------------------------
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced(make_client):
+    client = make_client()
+    async with Server(sends(answer(), CLOSE)) as server:  # no "Connection: close": it just hangs up
+        assert (await client.request("GET", server.url())).body == b"ok"
+        await asyncio.sleep(0.05)
+        assert (await client.request("GET", server.url())).body == b"ok"
+    assert [s.connection for s in server.requests] == [0, 1]
+
+
+async def test_a_reused_connection_closed_without_reply_is_sent_once_more(make_client):
+    async def hang_up_on_reuse(seen, reader, writer):
+        if seen.index > 0:
+            return CLOSE  # read the request, then closed as if it had been idle too long
+        writer.write(answer(seen.body))
+
+    client = make_client()
+    async with Server(hang_up_on_reuse) as server:
+        assert (await client.request("POST", server.url(), body=b"first")).body == b"first"
+        assert (await client.request("POST", server.url(), body=b"second")).body == b"second"
+    assert [(s.connection, s.index, s.body) for s in server.requests] == [
+        (0, 0, b"first"), (0, 1, b"second"), (1, 0, b"second")]
+
+
+async def test_a_new_connection_closed_without_reply_is_not_retried(make_client):
+    client = make_client()
+    async with Server(sends(b"", CLOSE)) as server:
+        with pytest.raises(ConnectionResetError, match="closed the connection without a reply"):
+            await client.request("POST", server.url(), body=b"code=once")
+    assert len(server.requests) == 1
+    assert server.connections == 1
+
+
+# -- connect failures and deadlines ----------------------------------------------------------------
+
+
+async def test_connect_refused(make_client):
+    with pytest.raises(ConnectionRefusedError):
+        await make_client().request("GET", f"http://127.0.0.1:{free_port()}/t")
+
+
+async def test_a_server_that_never_answers_times_out_and_the_connection_is_closed(make_client):
+    client = make_client()
+    loop = asyncio.get_running_loop()
+    async with Server(silent) as server:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request("GET", server.url(), request_timeout=0.3)
+        assert 0.25 <= loop.time() - started <= 0.3 + SLACK
+        await until(lambda: server.client_closes == 1, timeout=1.0)
+
+
+async def test_connect_timeout_bounds_a_tls_handshake_that_never_completes(make_client):
+    client = make_client()
+    loop = asyncio.get_running_loop()
+    async with Server(silent) as server:  # plain TCP: never answers the ClientHello
+        url = server.url().replace("http://", "https://")
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request("GET", url, connect_timeout=0.2, request_timeout=5)
+        assert 0.15 <= loop.time() - started <= 0.2 + SLACK
+        await until(lambda: server.client_closes == 1, timeout=1.0)
+    assert server.requests == []
+
+
+async def test_connect_timeout_bounds_a_connect_to_a_full_backlog(make_client):
+    client = make_client()
+    loop = asyncio.get_running_loop()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepted: once the queue is full, SYNs are dropped
+        address = listener.getsockname()
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                fillers.append(filler)
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await client.request("GET", f"http://127.0.0.1:{address[1]}/t", connect_timeout=0.2,
+                                     request_timeout=5)
+            assert 0.15 <= loop.time() - started <= 0.2 + SLACK
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+async def test_tls_self_signed_is_not_trusted(make_client, certs):
+    async with Server(ok, tls=server_tls(certs["loopback"])) as server:
+        with pytest.raises(ssl.SSLCertVerificationError) as caught:
+            await make_client().request("GET", server.url())
+    assert transport_reason(caught.value, server.url()).startswith(
+        "TLS: the certificate of 127.0.0.1 is not trusted")
+    assert server.requests == []
+
+
+async def test_tls_with_a_context_that_trusts_the_cert_works_and_keeps_alive(make_client, certs):
+    client = make_client(ssl_context=ssl.create_default_context(cafile=str(certs["loopback"][0])))
+    async with Server(ok, tls=server_tls(certs["loopback"])) as server:
+        for host in ("127.0.0.1", "localhost"):
+            for _ in range(3):
+                assert (await client.request("GET", server.url("/tls", host=host))).body == b"/tls"
+    assert server.connections == 2  # one per origin
+
+
+@pytest.mark.parametrize("host", ["localhost"])
+async def test_tls_a_cert_for_another_name(make_client, certs, host):
+    client = make_client(ssl_context=ssl.create_default_context(cafile=str(certs["other"][0])))
+    async with Server(ok, tls=server_tls(certs["other"])) as server:
+        with pytest.raises(ssl.SSLCertVerificationError) as caught:
+            await client.request("GET", server.url(host=host))
+    assert transport_reason(caught.value, server.url(host=host)) == (
+        f"TLS: the certificate of {host} is not valid for that name")
+
+
+# -- headers ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Note": "a\r\nInjected: yes"}, {"X-Note": "a\nInjected: yes"}, {"X-Note": "a\rInjected: yes"},
+    {"X-Note\r\nInjected": "yes"},
+])
+async def test_a_header_holding_a_line_break_is_refused_before_anything_is_sent(make_client, headers):
+    client = make_client()
+    async with Server(ok) as server:
+        with pytest.raises(ValueError, match="line break"):
+            await client.request("GET", server.url(), headers=headers)
+        await asyncio.sleep(0.05)
+        assert server.connections == 0
+        assert (await client.request("GET", server.url(), headers={"X-Note": "fine"})).code == 200
+    assert len(server.requests) == 1
+    assert b"Injected" not in server.requests[0].head and b"X-Note: fine\r\n" in server.requests[0].head
+
+
+async def test_reply_headers_are_case_insensitive_and_keep_repeats(make_client):
+    reply_bytes = answer(headers=("Set-Cookie: a=1", "set-cookie: b=2", "X-Mixed-Case: v", "Cache-Control: max-age=9"))
+    async with Server(sends(reply_bytes)) as server:
+        reply = await make_client().request("GET", server.url())
+    assert reply.headers.get_list("Set-Cookie") == ["a=1", "b=2"]
+    assert reply.headers["x-mixed-case"] == reply.headers["X-MIXED-CASE"] == "v"
+    assert reply.headers["cache-control"] == "max-age=9"
+
+
+async def test_request_headers_and_body_are_sent_as_given(make_client):
+    async with Server(ok) as server:
+        await make_client().request("POST", server.url("/token?x=1"), body=b"a=b&c=d",
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    head = server.requests[0].head
+    assert head.startswith(b"POST /token?x=1 HTTP/1.1\r\n")
+    assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in head
+    assert b"\r\nContent-Type: application/x-www-form-urlencoded\r\n" in head
+    assert b"\r\nContent-Length: 7\r\n" in head and server.requests[0].body == b"a=b&c=d"
+
+
+# -- close, cancellation, idle_timeout -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("idle_timeout, connections", [(0.1, 2), (5.0, 1)])
+async def test_a_connection_idle_longer_than_idle_timeout_is_not_reused(make_client, idle_timeout, connections):
+    client = make_client(idle_timeout=idle_timeout)
+    async with Server(ok) as server:
+        await client.request("GET", server.url())
+        await asyncio.sleep(0.2)
+        await client.request("GET", server.url())
+        await until(lambda: server.client_closes == connections - 1)  # the stale one, closed by the client
+    assert server.connections == connections
+
+
+# -- logging ----------------------------------------------------------------------------------------
+
+
+async def test_the_debug_line_names_method_origin_path_status_and_size_only(make_client, no_error_logs):
+    reply_bytes = answer(b"RESPONSE-SECRET", headers=("X-Echo: HEADER-SECRET",))
+    async with Server(sends(reply_bytes)) as server:
+        await make_client().request("POST", server.url("/token?q=QUERY-SECRET"), body=b"code=BODY-SECRET",
+                                    headers={"Authorization": "Bearer TOKEN-SECRET"})
+    lines = [r.getMessage() for r in no_error_logs.records if r.name == "tornado_signin.http_client"]
+    assert lines == [f"POST http://127.0.0.1:{server.port}/token -> 200 (15 bytes)"]
+    everything = "\n".join(r.getMessage() for r in no_error_logs.records)
+    for secret in ("RESPONSE", "HEADER", "QUERY", "BODY", "TOKEN"):
+        assert f"{secret}-SECRET" not in everything
+
+
+# -- GoogleClient through these failures --------------------------------------------------------------
+
+
+def google_at(base_url: str) -> GoogleClient:
+    return GoogleClient(GoogleConfig("id.apps.googleusercontent.com", "client-secret",
+                                     endpoints=GoogleEndpoints.for_base_url(base_url), request_timeout=0.5))
+
+
+@pytest.mark.parametrize("respond, error, reason", [
+    (sends(b"", CLOSE), GoogleUnavailableError, "closed the connection without a reply"),
+    (sends(b"garbage\r\n\r\n"), GoogleUnavailableError, "malformed HTTP reply"),
+    (sends(answer(b"x", headers=("Content-Encoding: br",))), GoogleUnavailableError, "unsupported content encoding"),
+    (silent, GoogleUnavailableError, "timed out"),
+    (sends(answer(b"{" + b" " * (1024 * 1024))), GoogleProtocolError, "reply of more than 1048576 bytes"),
+    (sends(answer(gzip.compress(b" " * (3 * 1024 * 1024)), headers=("Content-Encoding: gzip",))),
+     GoogleProtocolError, "reply of more than 1048576 bytes"),
+], ids=["closed", "garbage", "br", "silent", "too-large", "gzip-bomb"])
+async def test_google_client_maps_transport_failures(respond, error, reason):
+    async with Server(respond) as server:
+        google = google_at(server.url(""))
+        try:
+            with pytest.raises(error) as caught:
+                await google.exchange_code("4/SECRET-CODE")
+        finally:
+            google.close()
+    assert type(caught.value) is error
+    assert reason in str(caught.value) and "SECRET-CODE" not in str(caught.value)
+    assert len(server.requests) == 1, "a code exchange is never sent twice"
+
+
+async def test_google_client_connect_refused_is_unavailable():
+    google = google_at(f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(GoogleUnavailableError, match="connection refused by 127.0.0.1"):
+            await google.refresh("1//SECRET-REFRESH")
+    finally:
+        google.close()
+
+
+async def test_google_client_untrusted_tls_is_unavailable(certs):
+    async with Server(ok, tls=server_tls(certs["loopback"])) as server:
+        google = google_at(server.url(""))
+        try:
+            with pytest.raises(GoogleUnavailableError, match="is not trusted"):
+                await google.exchange_code("4/SECRET-CODE")
+        finally:
+            google.close()
