@@ -356,6 +356,31 @@ async def test_100_continue_before_the_real_reply(make_client):
     assert server.connections == 1
 
 
+async def test_a_close_after_an_interim_reply_fails_at_once(make_client):
+    client = make_client()
+    loop = asyncio.get_running_loop()
+    async with Server(sends(b"HTTP/1.1 100 Continue\r\n\r\n", CLOSE)) as server:
+        started = loop.time()
+        with pytest.raises(ConnectionResetError):
+            await client.request("POST", server.url(), body=b"x", request_timeout=3)
+        assert loop.time() - started < 1.0, "waited for the deadline instead of failing on the close"
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/pl",  # headers cut off
+    b"HTTP/1.1 2",  # status line cut off
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345",  # body shorter than its length
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",  # chunked, cut off
+], ids=["headers", "status", "content-length", "chunked"])
+async def test_a_reply_cut_off_by_the_close_is_an_error_not_a_reply(make_client, data):
+    client = make_client()
+    async with Server(sends(data, CLOSE)) as server:
+        with pytest.raises(ConnectionResetError, match="before the end of its reply"):
+            await client.request("GET", server.url(), request_timeout=3)
+    assert len(server.requests) == 1, "not retried: part of a reply came"
+
+
 async def test_http10_replies(make_client):
     replies = iter([answer(b"with length", version="HTTP/1.0"), b"HTTP/1.0 200 OK\r\n\r\nuntil close"])
 
@@ -670,13 +695,14 @@ def google_at(base_url: str) -> GoogleClient:
 
 @pytest.mark.parametrize("respond, error, reason", [
     (sends(b"", CLOSE), GoogleUnavailableError, "closed the connection without a reply"),
+    (sends(b"HTTP/1.1 200 OK\r\nContent-Le", CLOSE), GoogleUnavailableError, "before the end of its reply"),
     (sends(b"garbage\r\n\r\n"), GoogleUnavailableError, "malformed HTTP reply"),
     (sends(answer(b"x", headers=("Content-Encoding: br",))), GoogleUnavailableError, "unsupported content encoding"),
     (silent, GoogleUnavailableError, "timed out"),
     (sends(answer(b"{" + b" " * (1024 * 1024))), GoogleProtocolError, "reply of more than 1048576 bytes"),
     (sends(answer(gzip.compress(b" " * (3 * 1024 * 1024)), headers=("Content-Encoding: gzip",))),
      GoogleProtocolError, "reply of more than 1048576 bytes"),
-], ids=["closed", "garbage", "br", "silent", "too-large", "gzip-bomb"])
+], ids=["closed", "cut-off", "garbage", "br", "silent", "too-large", "gzip-bomb"])
 async def test_google_client_maps_transport_failures(respond, error, reason):
     async with Server(respond) as server:
         google = google_at(server.url(""))

@@ -28,6 +28,7 @@ Contract of :class:`KeepAliveClient`:
   ``request_timeout`` bounds the whole request, waiting included.
 * Failures raise: ``TimeoutError``; the ``OSError`` of the socket, DNS
   (``socket.gaierror``) or TLS (``ssl.SSLError``) failure;
+  ``ConnectionResetError`` for a connection closed before its reply's end;
   :class:`ReplyTooLarge` for a body over ``max_body`` bytes (also after gzip);
   :class:`MalformedReply` for a reply that is not HTTP/1.x, an unsupported
   content encoding, or bytes the server sent unasked.
@@ -109,6 +110,7 @@ class _Connection(asyncio.Protocol):
         self.size = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.received = False
+        self.complete_head = False  # the status line and headers were all read
         self.framed = False  # Content-Length or chunked: the body does not end with the connection
         self.gzip = False
         self.failure: OSError | None = None
@@ -130,14 +132,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)
-        if self.reply is not None and self.received and not self.framed and self.failure is None:
+        if self.reply is not None and self.complete_head and not self.framed and self.failure is None:
             self.on_message_complete()  # a body delimited by the end of the connection (HTTP/1.0 style)
             return
         if self.reused and not self.received and self.reply is not None:
             self._fail(_StaleConnection())
             return
+        # A reply cut off (in its head, its framed body, or after an interim 100) is no reply.
         self._fail(exc if isinstance(exc, OSError) else ConnectionResetError(
-            f"{self.pool.name} closed the connection without a reply"))
+            f"{self.pool.name} closed the connection "
+            f"{'before the end of its reply' if self.received else 'without a reply'}"))
 
     # httptools callbacks
 
@@ -153,6 +157,9 @@ class _Connection(asyncio.Protocol):
             elif encoding not in (b"", b"identity"):
                 self.failure = MalformedReply(f"{self.pool.name} sent an unsupported content encoding")
                 raise self.failure
+
+    def on_headers_complete(self) -> None:
+        self.complete_head = True
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
