@@ -495,6 +495,19 @@ async def test_unsolicited_bytes_drop_the_idle_connection(make_client):
     assert [s.connection for s in server.requests] == [0, 1]
 
 
+async def test_a_second_reply_in_the_same_read_drops_the_connection(make_client):
+    async def twice(seen, reader, writer):
+        writer.write(answer(b"one") + (answer(b"two") if seen.connection == 0 else b""))
+
+    client = make_client()
+    async with Server(twice) as server:
+        assert (await client.request("GET", server.url())).body == b"one"
+        await until(lambda: server.client_closes == 1)
+        replies = await asyncio.gather(*(client.request("GET", server.url()) for _ in range(3)))
+        assert [r.body for r in replies] == [b"one"] * 3
+    assert 0 not in [s.connection for s in server.requests[1:]], "the connection that sent unasked was reused"
+
+
 # -- connections the server closes ------------------------------------------------------------------
 
 

@@ -145,6 +145,11 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.reply is None:  # a reply after the one asked for, in the same read as it
+            self.failure = MalformedReply(f"{self.pool.name} sent bytes no request asked for")
+            raise self.failure
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         lowered = name.lower()
