@@ -412,7 +412,9 @@ async def test_gzip_reply_is_decoded(make_client):
 
 @pytest.mark.parametrize("body", [
     b"\x1f\x8b\x08\x00" + b"not deflate at all" * 4,
-], ids=["garbage"])
+    gzip.compress(b"A" * 5000)[:-8],  # the CRC and size trailer missing
+    gzip.compress(b"A" * 5000)[:20],  # most of the stream missing
+], ids=["garbage", "no-trailer", "truncated"])
 async def test_corrupt_gzip_is_a_malformed_reply(make_client, body):
     client = make_client()
     async with Server(sends(answer(body, headers=("Content-Encoding: gzip",)))) as server:

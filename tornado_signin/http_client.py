@@ -208,6 +208,9 @@ class _Connection(asyncio.Protocol):
         if len(plain) > limit:
             self._fail(ReplyTooLarge(f"reply of more than {limit} bytes"))
             return None
+        if not inflater.eof:  # a truncated stream inflates without an error, short
+            self._fail(MalformedReply(f"{self.pool.name} sent a corrupt gzip body"))
+            return None
         return plain
 
     def send(self, data: bytes, reply: asyncio.Future[Reply], url: str) -> None:
