@@ -536,6 +536,23 @@ async def test_a_reused_connection_closed_without_reply_is_sent_once_more(make_c
         (0, 0, b"first"), (0, 1, b"second"), (1, 0, b"second")]
 
 
+async def test_the_resend_goes_on_a_new_connection_not_another_idle_one(make_client):
+    async def hang_up_on_reuse(seen, reader, writer):
+        if seen.index > 0:
+            return CLOSE
+        await asyncio.sleep(0.05)  # the first two overlap: two connections
+        writer.write(answer(seen.body))
+
+    client = make_client(max_connections=2)
+    async with Server(hang_up_on_reuse) as server:
+        await asyncio.gather(*(client.request("POST", server.url(), body=b"warm") for _ in range(2)))
+        assert server.connections == 2
+        assert (await client.request("POST", server.url(), body=b"again")).body == b"again"
+    again = [(s.connection, s.index) for s in server.requests if s.body == b"again"]
+    assert len(again) == 2, "sent exactly once more"
+    assert again[1] == (2, 0), "the resend went on a new connection"
+
+
 async def test_a_new_connection_closed_without_reply_is_not_retried(make_client):
     client = make_client()
     async with Server(sends(b"", CLOSE)) as server:

@@ -247,12 +247,16 @@ class _Origin:
         self.members: set[_Connection] = set()
 
     async def connection(self, loop: asyncio.AbstractEventLoop, deadline: float,
-                         connect_timeout: float) -> _Connection:
-        """Return an idle connection (fresh enough) or a new one, waiting for a free slot until ``deadline``."""
+                         connect_timeout: float, fresh: bool = False) -> _Connection:
+        """Return an idle connection (fresh enough) or a new one, waiting for a free slot until ``deadline``.
+
+        ``fresh``: a new connection only (the resend of a request a reused one lost); an idle
+        connection is closed if that frees the slot it needs.
+        """
         stale_before = loop.time() - self.client.idle_timeout
-        while self.idle:
+        while self.idle and (not fresh or self.open >= self.client.max_connections):
             connection = self.idle.pop()
-            if connection.idle_since >= stale_before and connection.transport is not None \
+            if not fresh and connection.idle_since >= stale_before and connection.transport is not None \
                     and not connection.transport.is_closing():
                 connection.reused = True
                 return connection
@@ -267,8 +271,10 @@ class _Origin:
                     self.waiters.remove(waiter)
             if self.idle:
                 connection = self.idle.pop()
-                connection.reused = True
-                return connection
+                if not fresh:
+                    connection.reused = True
+                    return connection
+                connection.close()
         return await self.connect(loop, min(connect_timeout, max(0.0, deadline - loop.time())))
 
     async def connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Connection:
@@ -364,8 +370,8 @@ class KeepAliveClient:
             origin = self._origins[target.origin] = _Origin(self, target.origin)
         timer = None
         try:
-            for _ in range(2):
-                connection = await origin.connection(loop, deadline, connect_timeout)
+            for fresh in (False, True):
+                connection = await origin.connection(loop, deadline, connect_timeout, fresh)
                 reply: asyncio.Future[Reply] = loop.create_future()
                 if timer is not None:
                     timer.cancel()
