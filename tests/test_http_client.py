@@ -691,6 +691,28 @@ async def test_request_headers_and_body_are_sent_as_given(make_client):
 # -- close, cancellation, idle_timeout -------------------------------------------------------------------
 
 
+async def test_close_fails_requests_in_flight_and_closes_idle_connections(make_client):
+    client = make_client(max_connections=1)
+    loop = asyncio.get_running_loop()
+    async with Server(ok) as idle, Server(silent) as held, Server(silent) as no_handshake:
+        assert (await client.request("GET", idle.url())).code == 200  # now idle
+        sent = asyncio.ensure_future(client.request("GET", held.url(), request_timeout=5))
+        await until(lambda: len(held.requests) == 1)
+        waiting = asyncio.ensure_future(client.request("GET", held.url(), request_timeout=5))  # for a slot
+        connecting = asyncio.ensure_future(client.request(  # a TLS handshake that never ends
+            "GET", no_handshake.url().replace("http://", "https://"), connect_timeout=5, request_timeout=5))
+        await until(lambda: no_handshake.connections == 1)
+        await asyncio.sleep(0.02)
+        started = loop.time()
+        client.close()
+        for future in (sent, waiting, connecting):
+            with pytest.raises(ConnectionAbortedError):
+                await future
+        assert loop.time() - started < 1.0
+        await until(lambda: idle.client_closes == 1 and held.client_closes == 1 and no_handshake.client_closes == 1)
+        assert len(held.requests) == 1, "the waiting request was never sent"
+
+
 @pytest.mark.parametrize("idle_timeout, connections", [(0.1, 2), (5.0, 1)])
 async def test_a_connection_idle_longer_than_idle_timeout_is_not_reused(make_client, idle_timeout, connections):
     client = make_client(idle_timeout=idle_timeout)

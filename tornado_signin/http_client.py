@@ -245,6 +245,8 @@ class _Origin:
         self.open = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.members: set[_Connection] = set()
+        self.connecting: set[asyncio.Future[Any]] = set()
+        self.closed = False  # by KeepAliveClient.close: what still waits here fails
 
     async def connection(self, loop: asyncio.AbstractEventLoop, deadline: float,
                          connect_timeout: float, fresh: bool = False) -> _Connection:
@@ -278,17 +280,27 @@ class _Origin:
         return await self.connect(loop, min(connect_timeout, max(0.0, deadline - loop.time())))
 
     async def connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Connection:
+        if self.closed:  # a closed origin has no idle connection: every request of it comes here
+            raise ConnectionAbortedError("the HTTP client was closed")
         self.open += 1
         connection = _Connection(self)
         self.members.add(connection)
+        tls = self.client.ssl_context if self.scheme == "https" else None
+        attempt = asyncio.ensure_future(loop.create_connection(
+            lambda: connection, self.host, self.port, ssl=tls, server_hostname=self.host if tls else None))
+        self.connecting.add(attempt)  # close() cancels it
         try:
-            tls = self.client.ssl_context if self.scheme == "https" else None
-            await asyncio.wait_for(loop.create_connection(
-                lambda: connection, self.host, self.port, ssl=tls, server_hostname=self.host if tls else None),
-                timeout)
+            await asyncio.wait_for(attempt, timeout)
         except BaseException:
-            self.forget(connection)
+            connection.close()  # its transport too, if it connected as the wait ended
+            if self.closed:
+                raise ConnectionAbortedError("the HTTP client was closed") from None
             raise
+        finally:
+            self.connecting.discard(attempt)
+        if self.closed:  # connected as the client was being closed
+            connection.close()
+            raise ConnectionAbortedError("the HTTP client was closed")
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -314,6 +326,13 @@ class _Origin:
                 return
 
     def close(self) -> None:
+        self.closed = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionAbortedError("the HTTP client was closed"))
+        for attempt in self.connecting:
+            attempt.cancel()
         for connection in list(self.members):
             connection._fail(ConnectionAbortedError("the HTTP client was closed"))
 
@@ -393,7 +412,8 @@ class KeepAliveClient:
                 timer.cancel()
 
     def close(self) -> None:
-        """Close every connection; requests in flight fail with ConnectionAbortedError."""
+        """Close every connection; requests in flight (sent, connecting, or waiting for a connection) fail
+        with ConnectionAbortedError."""
         for origin in self._origins.values():
             origin.close()
         self._origins.clear()
