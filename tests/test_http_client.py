@@ -713,6 +713,24 @@ async def test_close_fails_requests_in_flight_and_closes_idle_connections(make_c
         assert len(held.requests) == 1, "the waiting request was never sent"
 
 
+async def test_a_cancelled_request_frees_its_connection_slot(make_client):
+    async def hang_on_slow(seen, reader, writer):
+        if seen.path == "/slow":
+            return await silent(seen, reader, writer)
+        writer.write(answer())
+
+    client = make_client(max_connections=1)
+    async with Server(hang_on_slow) as server:
+        task = asyncio.ensure_future(client.request("GET", server.url("/slow"), request_timeout=5))
+        await until(lambda: len(server.requests) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: server.client_closes == 1)  # no deadline guards it any more: closed
+        assert (await client.request("GET", server.url("/fast"), request_timeout=1)).code == 200
+    assert server.connections == 2
+
+
 @pytest.mark.parametrize("idle_timeout, connections", [(0.1, 2), (5.0, 1)])
 async def test_a_connection_idle_longer_than_idle_timeout_is_not_reused(make_client, idle_timeout, connections):
     client = make_client(idle_timeout=idle_timeout)

@@ -23,7 +23,7 @@ Contract of :class:`KeepAliveClient`:
   byte of a reply arrived is sent once more on a new connection (what libcurl
   does: the server closed an idle connection as the request was sent). No
   other failure is retried: a code exchange that may have reached Google is
-  never sent twice.
+  never sent twice. A cancelled request closes its connection.
 * ``connect_timeout`` bounds DNS, TCP and TLS of a new connection;
   ``request_timeout`` bounds the whole request, waiting included.
 * Failures raise: ``TimeoutError``; the ``OSError`` of the socket, DNS
@@ -400,6 +400,12 @@ class KeepAliveClient:
                     result = await reply
                 except _StaleConnection:
                     continue
+                except asyncio.CancelledError:
+                    # No deadline guards this connection any more: a server that never answers would
+                    # hold its slot for good. Close it.
+                    if connection.reply is reply:
+                        connection._fail(ConnectionAbortedError("the request was cancelled"))
+                    raise
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s://%s%s -> %d (%d bytes)", method, target.origin[0], origin.name,
                               target.path.decode("ascii").split("?")[0], result.code, len(result.body))
