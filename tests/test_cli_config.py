@@ -364,6 +364,7 @@ def _verify_error(code: int) -> ssl.SSLCertVerificationError:
      "TLS: the certificate of oauth2.googleapis.com is not trusted"),
     (_verify_error(62), "https://oauth2.googleapis.com/token",
      "TLS: the certificate of oauth2.googleapis.com is not valid for that name"),
+    (_verify_error(64), "https://127.0.0.1:8443/token", "TLS: the certificate of 127.0.0.1 is not valid for that name"),
     (ConnectionResetError("127.0.0.1:81 closed the connection without a reply"), "http://127.0.0.1:81/t",
      "127.0.0.1:81 closed the connection without a reply"),
     (ConnectionResetError(104, "Connection reset by peer"), "http://127.0.0.1:81/t",

@@ -639,7 +639,7 @@ async def test_tls_with_a_context_that_trusts_the_cert_works_and_keeps_alive(mak
     assert server.connections == 2  # one per origin
 
 
-@pytest.mark.parametrize("host", ["localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_tls_a_cert_for_another_name(make_client, certs, host):
     client = make_client(ssl_context=ssl.create_default_context(cafile=str(certs["other"][0])))
     async with Server(ok, tls=server_tls(certs["other"])) as server:

@@ -121,7 +121,7 @@ def transport_reason(error: BaseException | None, url: str) -> str:
     if isinstance(error, socket.gaierror):
         return f"DNS lookup failed for {host}"
     if isinstance(error, ssl.SSLCertVerificationError):
-        if error.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        if error.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
             return f"TLS: the certificate of {host} is not valid for that name"
         return f"TLS: the certificate of {host} is not trusted (self-signed, or an unknown CA)"
     if isinstance(error, ssl.SSLError):
