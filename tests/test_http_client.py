@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -551,6 +552,30 @@ async def test_the_resend_goes_on_a_new_connection_not_another_idle_one(make_cli
     again = [(s.connection, s.index) for s in server.requests if s.body == b"again"]
     assert len(again) == 2, "sent exactly once more"
     assert again[1] == (2, 0), "the resend went on a new connection"
+
+
+async def reset(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    """Read the request, then reset the connection (RST: SO_LINGER 0) instead of answering."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    return CLOSE
+
+
+async def test_a_reset_is_resent_on_a_reused_connection_only(make_client):
+    async def reset_on_reuse(seen, reader, writer):
+        if seen.index > 0 or seen.path == "/reset":
+            return await reset(seen, reader, writer)
+        writer.write(answer(seen.body))
+
+    client = make_client()
+    async with Server(reset_on_reuse) as server:
+        assert (await client.request("POST", server.url(), body=b"first")).body == b"first"
+        assert (await client.request("POST", server.url(), body=b"second")).body == b"second"
+        assert [(s.connection, s.body) for s in server.requests] == [(0, b"first"), (0, b"second"), (1, b"second")]
+        with pytest.raises(ConnectionResetError) as caught:  # on a new connection: not resent
+            await make_client().request("POST", server.url("/reset"), body=b"code=once")
+    assert [s.body for s in server.requests].count(b"code=once") == 1
+    assert transport_reason(caught.value, server.url()) == f"connection to 127.0.0.1:{server.port} broken"
 
 
 async def test_a_new_connection_closed_without_reply_is_not_retried(make_client):
