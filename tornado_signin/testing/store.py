@@ -488,6 +488,31 @@ class TokenStoreContract:
         assert answers[-1] == store.get("m2") and answers[2] == final
         assert store.save_many([]) == []
 
+    def test_save_many_of_distinct_subs_merges_each_with_its_stored_record(self, store: TokenStore) -> None:
+        # Distinct subs may go to the database together (the sql store's one execution): each record
+        # is still merged with its own stored row, as its save would merge it.
+        store.save(full_record(sub="d1", refresh_token="rt-d1-stored", refresh_token_issued_at=1_800_000_000.0,
+                               access_token="at-d1-stored", access_token_issued_at=1_800_000_000.0))
+        store.save(full_record(sub="d2", refresh_token="rt-d2-stored", refresh_token_issued_at=1_700_000_000.0,
+                               access_token="at-d2-stored", access_token_issued_at=1_700_000_000.0))
+        incoming = [
+            TokenRecord(sub="d1", refresh_token="rt-d1-older", refresh_token_issued_at=1_750_000_000.0,
+                        access_token="at-d1-older", access_token_issued_at=1_750_000_000.0),
+            TokenRecord(sub="d2", refresh_token="rt-d2-newer", refresh_token_issued_at=1_750_000_000.0,
+                        access_token="at-d2-newer", access_token_issued_at=1_750_000_000.0, email=None),
+            full_record(sub="d3", email="d3@example.com"),
+        ]
+        model = {record.sub: store.get(record.sub) for record in incoming}
+        answers = store.save_many(incoming)
+        for record, answer in zip(incoming, answers, strict=True):
+            assert isinstance(answer, TokenRecord), f"save_many failed for {record.sub!r}: {answer!r}"
+            _same_fields(answer, merge_records(model[record.sub], record, now=answer.updated_at))
+            assert answer == store.get(record.sub)
+        first, second = _stored(store, "d1"), _stored(store, "d2")
+        assert (first.refresh_token, first.access_token) == ("rt-d1-stored", "at-d1-stored")  # the older lost
+        assert (second.refresh_token, second.access_token) == ("rt-d2-newer", "at-d2-newer")  # the newer won
+        assert second.email == full_record().email  # an absent email keeps the stored one
+
     def test_save_many_a_refused_record_is_its_own_outcome(self, store: TokenStore) -> None:
         incoming = [full_record(sub="ok-1"), *(TokenRecord(sub=sub, email="x@example.com") for sub in INVALID_SUBS),
                     full_record(sub="ok-2", email="ok2@example.com")]

@@ -24,7 +24,7 @@ from tornado_signin.store import TokenRecord, TokenStore
 from .._common import check_sub, is_valid_sub
 from . import sqlite
 from .errors import is_transient, translate
-from .merge import build_upsert
+from .merge import build_upsert, build_upsert_many
 from .schema import MYSQL_DIALECTS, SUPPORTED_DIALECTS, define_table, incoming_row, record_from_row
 
 __all__ = ["SQLTokenStore", "DEFAULT_TABLE"]
@@ -144,6 +144,9 @@ class SQLTokenStore(TokenStore):
         returning = backend not in MYSQL_DIALECTS and bool(getattr(self._engine.dialect, "insert_returning", False))
         # save()'s statements, built once; SQLAlchemy caches their compiled form.
         self._upsert = build_upsert(self._table, backend, returning=returning)
+        #: save_many's statement for a batch of distinct subs, where the database returns rows in order.
+        self._upsert_many = build_upsert_many(self._table, backend) if returning and getattr(
+            self._engine.dialect, "insert_executemany_returning_sort_by_parameter_order", False) else None
         #: One record by sub, built once: building the statement per get (and its cache key) cost more CPU
         #: than SQLite's work (SQLite: 106 -> 47 us per get, measured on the engine alone).
         self._select_one = select(self._table).where(self._table.c.sub == bindparam("sub"))
@@ -324,7 +327,9 @@ class SQLTokenStore(TokenStore):
 
     def save_many(self, records: Sequence[TokenRecord]) -> list[TokenRecord | Exception]:
         """As :meth:`TokenStore.save_many`: the upserts of :data:`_BATCH_SIZE` records in one transaction (one
-        write-queue turn, one commit), each record's upsert as ``save`` runs it, in order.
+        write-queue turn, one commit), each record merged as ``save`` merges it, in order: in one execution
+        where the database returns rows in order and the batch's subs are distinct (``build_upsert_many``),
+        else one upsert per record.
 
         When a batch's transaction fails, it is rolled back and its records are
         saved one by one, so each gets the outcome its own ``save`` has. A sub
@@ -340,9 +345,11 @@ class SQLTokenStore(TokenStore):
                 results[index] = exc
             else:
                 todo.append((index, incoming_row(record, now)))
-        upsert, read_back = self._upsert, self._read_back
+        upsert, upsert_many, read_back = self._upsert, self._upsert_many, self._read_back
 
         def merge_all(batch: list[tuple[int, dict[str, Any]]], conn: Connection) -> list[Any]:
+            if upsert_many is not None and len(batch) > 1 and len({values["sub"] for _, values in batch}) == len(batch):
+                return list(conn.execute(upsert_many, [values for _, values in batch]).all())
             if read_back is None:  # RETURNING
                 return [conn.execute(upsert, values).one() for _, values in batch]
             rows = []
