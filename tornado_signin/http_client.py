@@ -24,34 +24,60 @@ Contract of :class:`KeepAliveClient`:
   does: the server closed an idle connection as the request was sent). No
   other failure is retried: a code exchange that may have reached Google is
   never sent twice. A cancelled request closes its connection.
-* ``connect_timeout`` bounds DNS, TCP and TLS of a new connection;
+* ``connect_timeout`` bounds DNS, TCP and TLS of a new connection (through
+  a proxy: the connection to the proxy, its CONNECT exchange and TLS);
   ``request_timeout`` bounds the whole request, waiting included.
 * Failures raise: ``TimeoutError``; the ``OSError`` of the socket, DNS
   (``socket.gaierror``) or TLS (``ssl.SSLError``) failure;
   ``ConnectionResetError`` for a connection closed before its reply's end;
   :class:`ReplyTooLarge` for a body over ``max_body`` bytes (also after gzip);
   :class:`MalformedReply` for a reply that is not HTTP/1.x, an unsupported
-  content encoding, or bytes the server sent unasked.
-* No proxy is used (Tornado's clients used none either); bodies are never
-  logged, and a DEBUG line names only the method, the URL's origin and path,
-  the status and the body's size.
+  content encoding, or bytes the server sent unasked; :class:`ProxyError`
+  for a proxy that cannot be reached, refuses the CONNECT (its message names
+  the proxy, the target and the status, e.g. "proxy 10.0.0.1:3128 refused
+  CONNECT to oauth2.googleapis.com:443: HTTP 407") or answers it with bytes
+  that are not a reply head of at most 16 KiB.
+* A proxy is taken from the environment as libcurl (Tornado's curl client)
+  takes it: for an https URL ``https_proxy``, ``HTTPS_PROXY``, then
+  ``all_proxy``, ``ALL_PROXY``; for an http URL ``http_proxy`` (lowercase
+  only: ``HTTP_PROXY`` may come from a CGI request's ``Proxy:`` header,
+  "httpoxy"), then ``all_proxy``, ``ALL_PROXY``; the first that is set and not
+  empty. ``no_proxy`` (else ``NO_PROXY``) bypasses it: comma-separated host
+  names, domain suffixes (``.example.com`` or ``example.com`` matches
+  ``a.example.com``), IP addresses, or ``*``. The variables are read once per
+  origin, by its first request, never per request. Only ``http://host[:port]``
+  proxies (no scheme: http; no port: 1080, as libcurl) are supported; another
+  scheme (``socks5://``, ``https://``) is a ``ValueError`` naming the variable.
+  An https URL goes through a ``CONNECT host:port`` tunnel, TLS to the target
+  inside it, kept alive as a direct connection; an http URL is sent to the
+  proxy in absolute form (``POST http://host/path``), kept alive to the proxy.
+  ``user:password@`` in the proxy URL (percent-decoded) is sent to the proxy
+  as ``Proxy-Authorization: Basic``, and appears in no log line or error.
+* Bodies are never logged, and a DEBUG line names only the method, the URL's
+  origin and path, the status, the body's size and the proxy's host and port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import logging
+import os
+import re
+import socket
 import ssl
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+# Undocumented, so not in typeshed, but in urllib.request since Python 2 (urllib's own no_proxy matcher).
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import httptools
 from tornado.httputil import HTTPHeaders
 
-__all__ = ["KeepAliveClient", "Reply", "MalformedReply", "ReplyTooLarge"]
+__all__ = ["KeepAliveClient", "Reply", "MalformedReply", "ReplyTooLarge", "ProxyError"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +88,13 @@ class MalformedReply(OSError):
 
 class ReplyTooLarge(MalformedReply):
     """The reply's body exceeds the client's ``max_body``."""
+
+
+class ProxyError(OSError):
+    """The proxy could not be reached, refused the CONNECT, or did not answer it as HTTP.
+
+    Its message names the proxy by host and port only, never its credentials.
+    """
 
 
 @dataclass
@@ -90,6 +123,111 @@ class _Target:
     origin: tuple[str, str, int]
     path: bytes
     head: bytes  # "Host: …\r\n"
+    absolute: bytes  # "http://host[:port]/path…": the request target sent to an http proxy
+
+
+# -- proxies ------------------------------------------------------------------------------------------
+
+#: The variables naming the proxy of a scheme's URLs, in libcurl's order. No uppercase HTTP_PROXY: in a
+#: CGI process it holds the request's "Proxy:" header (httpoxy, CVE-2016-5385); libcurl and requests skip it.
+_PROXY_VARIABLES = {
+    "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
+    "http": ("http_proxy", "all_proxy", "ALL_PROXY"),
+}
+_PROXY_DEFAULT_PORT = 1080  # libcurl's, for a proxy URL without a port
+_MAX_CONNECT_HEAD = 16 * 1024
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [^\r\n]*)?")
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    host: str
+    port: int
+    authorization: bytes  # b"Proxy-Authorization: Basic …\r\n", or b""
+
+    @property
+    def name(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _proxy_for(scheme: str, host: str) -> _Proxy | None:
+    """The proxy libcurl would use for ``scheme://host`` by the environment, or None (direct).
+
+    Raise ValueError, naming the variable (never its value: it may hold a password), for a proxy URL
+    this client cannot use.
+
+    Not urllib.request.getproxies_environment(): unlike libcurl it takes HTTP_PROXY (outside CGI), and a
+    set but empty lowercase variable hides the uppercase one (libcurl skips an empty variable).
+    """
+    for variable in _PROXY_VARIABLES[scheme]:
+        value = os.environ.get(variable)
+        if value:
+            break
+    else:
+        return None
+    # proxy_bypass_environment matches no_proxy as libcurl does for host names (exact, or a domain
+    # suffix on a dot boundary, a leading dot ignored, case-insensitive) and "*". Where they differ:
+    # libcurl also splits on spaces, matches IP addresses as addresses (and CIDR ranges, 10.0.0.0/8)
+    # where this matches them as text (an entry "0.0.1" matches 127.0.0.1). Google's endpoints are names.
+    no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+    if no_proxy and proxy_bypass_environment(host, {"no": no_proxy}):
+        return None
+    return _parse_proxy(variable, value)
+
+
+def _parse_proxy(variable: str, value: str) -> _Proxy:
+    if "://" not in value:
+        value = "http://" + value  # libcurl's default proxy scheme
+    parts = urlsplit(value.strip())
+    if parts.scheme != "http":
+        raise ValueError(f"{variable}: proxy scheme {parts.scheme!r} is not supported; "
+                         "only an http://host:port proxy is")
+    try:
+        port = parts.port or _PROXY_DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"{variable}: the proxy URL's port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"{variable}: the proxy URL names no host")
+    authorization = b""
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+        authorization = b"Proxy-Authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
+    return _Proxy(parts.hostname, port, authorization)
+
+
+class _Tunnel(asyncio.Protocol):
+    """A connection to a proxy until the head of its reply to CONNECT (bounded) is read.
+
+    ``head``'s result: the bytes read, the head's end (its blank line) and whatever came after it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, proxy: str) -> None:
+        self.proxy = proxy
+        self.buffer = b""
+        self.head: asyncio.Future[bytes] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            return  # not reached: reading is paused at the head's end, until TLS takes the transport over
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_CONNECT_HEAD:
+                self.head.set_exception(ProxyError(
+                    f"proxy {self.proxy} sent a reply to CONNECT over {_MAX_CONNECT_HEAD} bytes"))
+            return
+        assert self.transport is not None
+        self.transport.pause_reading()  # start_tls resumes it, with its own protocol in place
+        self.head.set_result(self.buffer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(ProxyError(f"proxy {self.proxy} closed the connection before its reply "
+                                               "to CONNECT had ended"))
 
 
 class _Connection(asyncio.Protocol):
@@ -247,6 +385,20 @@ class _Origin:
         self.members: set[_Connection] = set()
         self.connecting: set[asyncio.Future[Any]] = set()
         self.closed = False  # by KeepAliveClient.close: what still waits here fails
+        self.proxy = _proxy_for(self.scheme, self.host)
+        #: Not None for an http origin reached through a proxy: its requests go in absolute form, with
+        #: these bytes (the proxy's Proxy-Authorization, or b"") in their head.
+        self.forward: bytes | None = None
+        self.via = ""  # the debug line's " via proxy host:port"
+        self.tunnel_request = b""  # an https origin through a proxy: its CONNECT request
+        if self.proxy is not None:
+            self.via = f" via proxy {self.proxy.name}"
+            if self.scheme == "http":
+                self.forward = self.proxy.authorization
+            else:
+                authority = (f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}")
+                self.tunnel_request = (f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
+                                       + self.proxy.authorization + b"\r\n")
 
     async def connection(self, loop: asyncio.AbstractEventLoop, deadline: float,
                          connect_timeout: float, fresh: bool = False) -> _Connection:
@@ -286,8 +438,11 @@ class _Origin:
         connection = _Connection(self)
         self.members.add(connection)
         tls = self.client.ssl_context if self.scheme == "https" else None
-        attempt = asyncio.ensure_future(loop.create_connection(
-            lambda: connection, self.host, self.port, ssl=tls, server_hostname=self.host if tls else None))
+        if self.proxy is None:
+            attempt: asyncio.Future[Any] = asyncio.ensure_future(loop.create_connection(
+                lambda: connection, self.host, self.port, ssl=tls, server_hostname=self.host if tls else None))
+        else:
+            attempt = asyncio.ensure_future(self._through_proxy(loop, self.proxy, connection, tls))
         self.connecting.add(attempt)  # close() cancels it
         try:
             await asyncio.wait_for(attempt, timeout)
@@ -302,6 +457,48 @@ class _Origin:
             connection.close()
             raise ConnectionAbortedError("the HTTP client was closed")
         return connection
+
+    async def _through_proxy(self, loop: asyncio.AbstractEventLoop, proxy: _Proxy, connection: _Connection,
+                             tls: ssl.SSLContext | None) -> None:
+        """Connect ``connection`` through ``proxy``: to the proxy itself (http), or a CONNECT tunnel with TLS
+        to this origin inside it (https)."""
+        protocol: asyncio.Protocol = connection if tls is None else _Tunnel(loop, proxy.name)
+        try:
+            transport, _ = await loop.create_connection(lambda: protocol, proxy.host, proxy.port)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            # Named as the proxy's failure: "connection refused by oauth2.googleapis.com:443" would send
+            # the operator after Google.
+            if isinstance(exc, ConnectionRefusedError):
+                reason = "connection refused"
+            elif isinstance(exc, socket.gaierror):
+                reason = "DNS lookup failed"
+            else:
+                reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+            raise ProxyError(f"cannot connect to proxy {proxy.name} ({reason})") from exc
+        if tls is None:
+            return  # connection_made set the connection's transport
+        assert isinstance(protocol, _Tunnel)
+        try:
+            transport.write(self.tunnel_request)
+            head = await protocol.head
+            status = _STATUS_LINE.fullmatch(head.split(b"\r\n", 1)[0])
+            if status is None:
+                raise ProxyError(f"proxy {proxy.name} sent a malformed reply to CONNECT")
+            if not status[1].startswith(b"2"):
+                raise ProxyError(f"proxy {proxy.name} refused CONNECT to {self.name}: "
+                                 f"HTTP {status[1].decode('ascii')}")
+            if head.find(b"\r\n\r\n") + 4 != len(head):
+                # The target speaks only after the ClientHello; a refusal's body is never read.
+                raise ProxyError(f"proxy {proxy.name} sent bytes after its reply to CONNECT")
+            secure = await loop.start_tls(transport, connection, tls, server_hostname=self.host)
+        except BaseException:
+            transport.close()
+            raise
+        if secure is None:  # the transport closed as TLS began
+            raise ConnectionResetError(f"proxy {proxy.name} closed the tunnel to {self.name}")
+        connection.transport = secure
 
     def release(self, connection: _Connection) -> None:
         """Put a connection that finished its reply back, or hand it to the next waiter."""
@@ -359,8 +556,10 @@ class KeepAliveClient:
             default = port == (443 if parts.scheme == "https" else 80)
             host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            authority = host if default else f"{host}:{port}"
             target = _Target((parts.scheme, parts.hostname, port), path.encode("ascii"),
-                             f"Host: {host if default else f'{host}:{port}'}\r\n".encode("ascii"))
+                             f"Host: {authority}\r\n".encode("ascii"),
+                             f"{parts.scheme}://{authority}{path}".encode("ascii"))
             if len(self._targets) >= 256:  # a few endpoints are called; never grow without bound
                 self._targets.clear()
             self._targets[url] = target
@@ -371,7 +570,13 @@ class KeepAliveClient:
                       request_timeout: float = 10.0) -> Reply:
         """Send ``method url`` with ``body`` and ``headers``; return the Reply (see the module's contract)."""
         target = self._target(url)
-        lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\n", target.head]
+        origin = self._origins.get(target.origin)
+        if origin is None:  # reads the proxy variables, once for this origin
+            origin = self._origins[target.origin] = _Origin(self, target.origin)
+        if origin.forward is None:
+            lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\n", target.head]
+        else:  # http through a proxy: the absolute form, and the proxy's credentials if any
+            lines = [method.encode("ascii"), b" ", target.absolute, b" HTTP/1.1\r\n", target.head, origin.forward]
         for name, value in (headers or {}).items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError(f"header {name!r} holds a line break")
@@ -384,9 +589,6 @@ class KeepAliveClient:
         data = b"".join(lines)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request_timeout
-        origin = self._origins.get(target.origin)
-        if origin is None:
-            origin = self._origins[target.origin] = _Origin(self, target.origin)
         timer = None
         try:
             for fresh in (False, True):
@@ -407,8 +609,9 @@ class KeepAliveClient:
                         connection._fail(ConnectionAbortedError("the request was cancelled"))
                     raise
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s %s://%s%s -> %d (%d bytes)", method, target.origin[0], origin.name,
-                              target.path.decode("ascii").split("?")[0], result.code, len(result.body))
+                    log.debug("%s %s://%s%s -> %d (%d bytes)%s", method, target.origin[0], origin.name,
+                              target.path.decode("ascii").split("?")[0], result.code, len(result.body),
+                              origin.via)
                 return result
             raise ConnectionResetError(f"{origin.name} closed the connection without a reply")
         except asyncio.TimeoutError as exc:  # asyncio.wait_for's, on Python 3.10
