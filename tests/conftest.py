@@ -21,6 +21,26 @@ MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+#: The variables that send KeepAliveClient (and libcurl, requests, pip …) through a proxy.
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "no_proxy", "NO_PROXY")
+# Also gone from this process's environment before any test module is imported: several copy os.environ
+# at import (``ENV = {**os.environ, …}``) for the servers and CLIs they start, and a developer's proxy
+# would carry their loopback traffic (to the emulator) to it.
+for _name in PROXY_VARIABLES:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch) -> None:
+    """No proxy variable for any test unless it sets one itself (monkeypatch.setenv, undone after it).
+
+    A test that sets one with os.environ directly would leak it into the next tests: this removes it.
+    """
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
