@@ -13,6 +13,7 @@ Every test runs with DEBUG logging captured and fails on any record at ERROR or 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import gc
 import gzip
@@ -24,13 +25,14 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tornado_signin.config import GoogleConfig, GoogleEndpoints
 from tornado_signin.errors import GoogleProtocolError, GoogleUnavailableError
 from tornado_signin.google import GoogleClient, transport_reason
-from tornado_signin.http_client import KeepAliveClient, MalformedReply, ReplyTooLarge
+from tornado_signin.http_client import KeepAliveClient, MalformedReply, ProxyError, ReplyTooLarge
 
 pytestmark = pytest.mark.gen_test(timeout=10)
 
@@ -782,6 +784,313 @@ async def test_the_debug_line_names_method_origin_path_status_and_size_only(make
         assert f"{secret}-SECRET" not in everything
 
 
+# -- proxies from the environment ------------------------------------------------------------------------
+
+
+CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+class Proxy:
+    """A forward proxy on 127.0.0.1 that counts what it saw from the client.
+
+    A CONNECT gets ``connect_reply`` (None: never answered); after a 2xx the bytes are piped both ways to
+    the target named. An absolute-form request (``GET http://host:port/path``) opens a connection to its
+    host (once per client connection, kept for the next requests) and is passed on in origin form
+    (``GET /path``), as a real proxy does; replies are piped back.
+    """
+
+    def __init__(self, connect_reply: bytes | None = CONNECTED) -> None:
+        self.connect_reply = connect_reply
+        self.connections = 0
+        self.heads: list[bytes] = []  # every request head read from a client: CONNECTs and forwarded ones
+        self.client_closes = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> Proxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = f"127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        upstream: asyncio.StreamWriter | None = None
+        pipes: list[asyncio.Task] = []
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.client_closes += 1
+                    return
+                self.heads.append(head)
+                method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
+                if method == b"CONNECT":
+                    if self.connect_reply is None:
+                        await reader.read()
+                        self.client_closes += 1
+                        return
+                    writer.write(self.connect_reply)
+                    await writer.drain()
+                    if not self.connect_reply.split(b" ", 2)[1].startswith(b"2"):
+                        return
+                    host, _, port = target.decode().rpartition(":")
+                    up_reader, upstream = await asyncio.open_connection(host, int(port))
+                    await asyncio.gather(pipe(reader, upstream), pipe(up_reader, writer))
+                    return
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                parts = urlsplit(target.decode())
+                assert parts.scheme == "http" and parts.hostname and parts.port, target
+                if upstream is None:
+                    up_reader, upstream = await asyncio.open_connection(parts.hostname, parts.port)
+                    pipes.append(asyncio.ensure_future(pipe(up_reader, writer)))
+                path = parts.path + (f"?{parts.query}" if parts.query else "")
+                upstream.write(head.replace(target, path.encode(), 1) + body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.client_closes += 1
+        except asyncio.CancelledError:
+            pass  # stopped by __aexit__
+        finally:
+            for piping in pipes:
+                piping.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            if upstream is not None:
+                upstream.close()
+            self._tasks.discard(task)
+            writer.close()
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until its end, then close ``writer``."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def trusting(certs) -> ssl.SSLContext:
+    """A client context that trusts the loopback certificate (127.0.0.1 and localhost)."""
+    return ssl.create_default_context(cafile=str(certs["loopback"][0]))
+
+
+@pytest.mark.parametrize("variable", ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])
+async def test_https_through_a_proxy_is_one_connect_tunnel_kept_alive(make_client, certs, monkeypatch, variable):
+    client = make_client(ssl_context=trusting(certs))
+    async with Proxy() as proxy, Server(ok, tls=server_tls(certs["loopback"])) as server:
+        monkeypatch.setenv(variable, proxy.url)
+        for path in ("/a", "/b"):
+            reply = await client.request("POST", server.url(path), body=b"x")
+            assert (reply.code, reply.body) == (200, path.encode())
+    authority = f"127.0.0.1:{server.port}"
+    assert proxy.heads == [f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()]
+    assert proxy.connections == 1 and server.connections == 1
+    assert [(s.connection, s.index, s.path) for s in server.requests] == [(0, 0, "/a"), (0, 1, "/b")]
+
+
+async def test_https_proxy_wins_over_all_proxy_and_http_proxy_is_not_for_https(make_client, certs, monkeypatch):
+    client = make_client(ssl_context=trusting(certs))
+    async with Proxy() as proxy, Proxy() as other, Server(ok, tls=server_tls(certs["loopback"])) as server:
+        monkeypatch.setenv("http_proxy", other.url)
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1")  # never read: https_proxy comes first
+        assert (await client.request("GET", server.url())).code == 200
+    assert (proxy.connections, other.connections) == (1, 0)
+
+
+async def test_http_through_a_proxy_goes_in_absolute_form_kept_alive(make_client, monkeypatch):
+    client = make_client()
+    async with Proxy() as proxy, Server(ok) as server:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        for path in ("/token?x=1", "/revoke"):
+            reply = await client.request("POST", server.url(path), body=b"a=b")
+            assert (reply.code, reply.body) == (200, path.encode())
+    assert [head.split(b"\r\n")[:2] for head in proxy.heads] == [
+        [f"POST {server.url(path)} HTTP/1.1".encode(), f"Host: 127.0.0.1:{server.port}".encode()]
+        for path in ("/token?x=1", "/revoke")]
+    assert proxy.connections == 1 and server.connections == 1
+    assert [s.body for s in server.requests] == [b"a=b", b"a=b"]
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy"])
+async def test_http_urls_ignore_uppercase_http_proxy_and_https_proxy(make_client, monkeypatch, variable):
+    async with Proxy() as proxy, Server(ok) as server:
+        monkeypatch.setenv(variable, proxy.url)
+        assert (await make_client().request("GET", server.url())).body == b"/t"
+    assert proxy.connections == 0 and server.connections == 1
+
+
+@pytest.mark.parametrize("variable, value, bypassed", [
+    ("no_proxy", "localhost", True),
+    ("NO_PROXY", "localhost", True),
+    ("no_proxy", "*", True),
+    ("no_proxy", "example.com, .LOCALHOST", True),  # spaces, a leading dot, any case
+    ("no_proxy", "calhost,127.0.0.1", False),  # a suffix counts only on a dot boundary; the URL names localhost
+    ("no_proxy", "", False),
+])
+async def test_no_proxy_bypasses_the_proxy(make_client, monkeypatch, variable, value, bypassed):
+    async with Proxy() as proxy, Server(ok) as server:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv(variable, value)
+        assert (await make_client().request("GET", server.url(host="localhost"))).body == b"/t"
+    assert server.connections == 1
+    assert (proxy.connections, len(proxy.heads)) == ((0, 0) if bypassed else (1, 1))
+
+
+async def test_the_environment_is_read_once_per_origin_not_per_request(make_client, monkeypatch):
+    client = make_client()
+    async with Proxy() as proxy, Server(ok) as server, Server(ok) as later:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        assert (await client.request("GET", server.url())).code == 200
+        monkeypatch.setenv("http_proxy", "socks5://127.0.0.1:1")
+        assert (await client.request("GET", server.url())).code == 200  # this origin kept its proxy
+        with pytest.raises(ValueError, match="http_proxy"):  # a new origin reads the variables anew
+            await client.request("GET", later.url())
+    assert len(proxy.heads) == 2 and later.connections == 0
+
+
+SECRETS = ("us@er", "p:ss", "us%40er", "p%3Ass", base64.b64encode(b"us@er:p:ss").decode())
+
+
+async def test_proxy_credentials_go_to_the_proxy_only_and_into_no_log_or_error(
+        make_client, certs, monkeypatch, no_error_logs):
+    client = make_client(ssl_context=trusting(certs))
+    basic = f"Proxy-Authorization: Basic {base64.b64encode(b'us@er:p:ss').decode()}\r\n".encode()
+    async with Proxy() as proxy, Proxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n") as refusing, \
+            Server(ok, tls=server_tls(certs["loopback"])) as tls_server, Server(ok) as plain:
+        monkeypatch.setenv("https_proxy", f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("http_proxy", f"us%40er:p%3Ass@127.0.0.1:{proxy.port}")  # no scheme: http
+        assert (await client.request("GET", tls_server.url())).code == 200
+        assert (await client.request("GET", plain.url())).code == 200
+        monkeypatch.setenv("https_proxy", f"http://us%40er:p%3Ass@127.0.0.1:{refusing.port}")
+        with pytest.raises(ProxyError) as refused:
+            await client.request("GET", tls_server.url(host="localhost"))  # a new origin: the new variable
+        monkeypatch.setenv("all_proxy", "socks5://us%40er:p%3Ass@127.0.0.1:1080")
+        monkeypatch.delenv("https_proxy")
+        with pytest.raises(ValueError) as unsupported:
+            await make_client().request("GET", tls_server.url())
+    assert [basic in head for head in proxy.heads] == [True, True]  # the CONNECT, the absolute-form GET
+    assert basic in refusing.heads[0]
+    assert all(b"Proxy-Authorization" not in s.head for s in tls_server.requests), "not inside the tunnel"
+    everything = "\n".join([r.getMessage() for r in no_error_logs.records] + [str(refused.value),
+                                                                              str(unsupported.value)])
+    assert "via proxy 127.0.0.1:" in everything  # the debug lines name the proxy, by host and port
+    for secret in SECRETS:
+        assert secret not in everything
+
+
+async def test_a_refused_connect_names_the_proxy_target_and_status(make_client, certs, monkeypatch):
+    refusal = (b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\n"
+               b"Content-Length: 6\r\n\r\ndenied")
+    async with Proxy(refusal) as proxy, Server(ok, tls=server_tls(certs["loopback"])) as server:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        with pytest.raises(ProxyError) as caught:
+            await make_client(ssl_context=trusting(certs)).request("GET", server.url())
+    message = f"proxy {proxy.name} refused CONNECT to 127.0.0.1:{server.port}: HTTP 407"
+    assert str(caught.value) == message and isinstance(caught.value, OSError)
+    assert transport_reason(caught.value, server.url()) == message
+    assert server.connections == 0
+
+
+@pytest.mark.parametrize("reply, then, error", [
+    (b"SSH-2.0-OpenSSH_9.2p1\r\n\r\n", None, "sent a malformed reply to CONNECT"),
+    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 17000, None, "sent a reply to CONNECT over 16384 bytes"),
+    (CONNECTED + b"\x16\x03\x01", None, "sent bytes after its reply to CONNECT"),
+    (b"HTTP/1.1 200 OK\r\n", CLOSE, "closed the connection before its reply to CONNECT had ended"),
+], ids=["not-http", "too-large", "bytes-after", "cut-off"])
+async def test_a_reply_to_connect_that_is_not_a_head_is_a_proxy_error(make_client, monkeypatch, reply, then, error):
+    ended = asyncio.Event()
+
+    async def answer_connect(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)  # in one write: on loopback, one read of the client's
+            await writer.drain()
+            if then != CLOSE:
+                assert await reader.read() == b""  # left open: the client ends it
+        finally:
+            writer.close()
+            ended.set()
+
+    server = await asyncio.start_server(answer_connect, "127.0.0.1", 0)
+    async with server:
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        with pytest.raises(ProxyError, match=error):
+            await make_client().request("GET", "https://127.0.0.1:9/t", request_timeout=3)
+        await asyncio.wait_for(ended.wait(), 2)
+
+
+async def test_a_proxy_that_never_answers_connect_times_out_within_connect_timeout(make_client, monkeypatch):
+    loop = asyncio.get_running_loop()
+    async with Proxy(connect_reply=None) as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await make_client().request("GET", "https://127.0.0.1:9/t", connect_timeout=0.2, request_timeout=5)
+        assert 0.15 <= loop.time() - started <= 0.2 + SLACK
+        await until(lambda: proxy.client_closes == 1, timeout=1.0)
+    assert len(proxy.heads) == 1
+
+
+async def test_connect_timeout_covers_the_tls_handshake_inside_the_tunnel(make_client, monkeypatch):
+    loop = asyncio.get_running_loop()
+    async with Proxy() as proxy, Server(silent) as server:  # plain TCP behind the tunnel: no ServerHello
+        monkeypatch.setenv("https_proxy", proxy.url)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await make_client().request("GET", f"https://127.0.0.1:{server.port}/t", connect_timeout=0.3,
+                                        request_timeout=5)
+        assert 0.25 <= loop.time() - started <= 0.3 + SLACK
+        await until(lambda: server.client_closes == 1, timeout=1.0)
+    assert server.requests == []
+
+
+async def test_an_unreachable_proxy_is_named_not_the_target(make_client, monkeypatch):
+    port, url = free_port(), "https://oauth2.example.invalid/token"  # never looked up: the proxy would
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    with pytest.raises(ProxyError) as caught:
+        await make_client().request("GET", url)
+    assert str(caught.value) == f"cannot connect to proxy 127.0.0.1:{port} (connection refused)"
+    assert transport_reason(caught.value, url) == str(caught.value)
+
+
+@pytest.mark.parametrize("variable, value, url, error", [
+    ("https_proxy", "socks5://127.0.0.1:1080", "https://127.0.0.1:9/t",
+     "https_proxy: proxy scheme 'socks5' is not supported; only an http://host:port proxy is"),
+    ("ALL_PROXY", "https://user:secret@127.0.0.1:3128", "http://127.0.0.1:9/t",
+     "ALL_PROXY: proxy scheme 'https' is not supported"),
+    ("http_proxy", "http://127.0.0.1:31280000", "http://127.0.0.1:9/t", "http_proxy: the proxy URL's port"),
+    ("http_proxy", "http://user:secret@:3128", "http://127.0.0.1:9/t", "http_proxy: the proxy URL names no host"),
+], ids=["socks5", "https", "port", "no-host"])
+async def test_a_proxy_url_this_client_cannot_use_is_a_clear_error(make_client, monkeypatch, variable, value, url,
+                                                                    error):
+    monkeypatch.setenv(variable, value)
+    client = make_client()
+    for _ in range(2):  # not remembered: each request says it again
+        with pytest.raises(ValueError) as caught:
+            await client.request("GET", url)
+        assert str(caught.value).startswith(error) and "secret" not in str(caught.value)
+
+
 # -- GoogleClient through these failures --------------------------------------------------------------
 
 
@@ -830,3 +1139,17 @@ async def test_google_client_untrusted_tls_is_unavailable(certs):
                 await google.exchange_code("4/SECRET-CODE")
         finally:
             google.close()
+
+
+async def test_google_client_through_a_proxy_that_refuses_is_unavailable_naming_the_proxy(monkeypatch):
+    async with Proxy(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n") as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        google = google_at("https://oauth2.example.invalid")  # never looked up: the proxy would
+        try:
+            with pytest.raises(GoogleUnavailableError) as caught:
+                await google.exchange_code("4/SECRET-CODE")
+        finally:
+            google.close()
+    assert str(caught.value) == (f"POST https://oauth2.example.invalid/token: proxy {proxy.name} refused CONNECT "
+                                 "to oauth2.example.invalid:443: HTTP 403")
+    assert len(proxy.heads) == 1
