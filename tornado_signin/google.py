@@ -27,7 +27,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 
 from .config import GoogleConfig
-from .http_client import KeepAliveClient, Reply, ReplyTooLarge
+from .http_client import KeepAliveClient, ProxyConfigError, Reply, ReplyTooLarge
 from .errors import (
     ClientConfigError,
     GoogleOAuthError,
@@ -257,6 +257,8 @@ class GoogleClient:
             raise GoogleProtocolError(f"{method} {url}: {exc}") from exc
         except OSError as exc:
             raise GoogleUnavailableError(f"{method} {url}: {transport_reason(exc, url)}") from exc
+        except ProxyConfigError as exc:  # the deployment's proxy variable: Google is out of reach until it is fixed
+            raise GoogleUnavailableError(f"{method} {url}: {exc}") from exc
 
     def _raise_for_error(self, response: Reply, what: str) -> None:
         if response.code >= 500 or response.code == 429:

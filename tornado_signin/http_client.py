@@ -47,7 +47,8 @@ Contract of :class:`KeepAliveClient`:
   ``a.example.com``), IP addresses, or ``*``. The variables are read once per
   origin, by its first request, never per request. Only ``http://host[:port]``
   proxies (no scheme: http; no port: 1080, as libcurl) are supported; another
-  scheme (``socks5://``, ``https://``) is a ``ValueError`` naming the variable.
+  scheme (``socks5://``, ``https://``) is a :class:`ProxyConfigError` (a
+  ``ValueError``) naming the variable.
   An https URL goes through a ``CONNECT host:port`` tunnel, TLS to the target
   inside it, kept alive as a direct connection; an http URL is sent to the
   proxy in absolute form (``POST http://host/path``), kept alive to the proxy.
@@ -77,7 +78,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 import httptools
 from tornado.httputil import HTTPHeaders
 
-__all__ = ["KeepAliveClient", "Reply", "MalformedReply", "ReplyTooLarge", "ProxyError"]
+__all__ = ["KeepAliveClient", "Reply", "MalformedReply", "ReplyTooLarge", "ProxyError", "ProxyConfigError"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ class ProxyError(OSError):
 
     Its message names the proxy by host and port only, never its credentials.
     """
+
+
+class ProxyConfigError(ValueError):
+    """A proxy variable holds a URL this client cannot use; the message names the variable, not its value."""
 
 
 @dataclass
@@ -153,7 +158,7 @@ class _Proxy:
 def _proxy_for(scheme: str, host: str) -> _Proxy | None:
     """The proxy libcurl would use for ``scheme://host`` by the environment, or None (direct).
 
-    Raise ValueError, naming the variable (never its value: it may hold a password), for a proxy URL
+    Raise ProxyConfigError, naming the variable (never its value: it may hold a password), for a proxy URL
     this client cannot use.
 
     Not urllib.request.getproxies_environment(): unlike libcurl it takes HTTP_PROXY (outside CGI), and a
@@ -180,14 +185,14 @@ def _parse_proxy(variable: str, value: str) -> _Proxy:
         value = "http://" + value  # libcurl's default proxy scheme
     parts = urlsplit(value.strip())
     if parts.scheme != "http":
-        raise ValueError(f"{variable}: proxy scheme {parts.scheme!r} is not supported; "
+        raise ProxyConfigError(f"{variable}: proxy scheme {parts.scheme!r} is not supported; "
                          "only an http://host:port proxy is")
     try:
         port = parts.port or _PROXY_DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"{variable}: the proxy URL's port is not a number from 0 to 65535") from None
+        raise ProxyConfigError(f"{variable}: the proxy URL's port is not a number from 0 to 65535") from None
     if not parts.hostname:
-        raise ValueError(f"{variable}: the proxy URL names no host")
+        raise ProxyConfigError(f"{variable}: the proxy URL names no host")
     authorization = b""
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
