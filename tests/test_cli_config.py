@@ -308,6 +308,30 @@ def test_check_says_connection_refused(tmp_path):
     assert "CurlError" not in result.stdout
 
 
+def test_check_names_an_unusable_proxy_variable_not_its_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("all_proxy", "socks5://ops:PROXY-SECRET@127.0.0.1:1080")
+    result = check(tmp_path, dev_document(tmp_path, "http://127.0.0.1:9"), "--create-table")
+    assert result.returncode == 6
+    assert result.stdout.splitlines()[-1] == (
+        "google certs (http://127.0.0.1:9/oauth2/v3/certs): FAILED: GET http://127.0.0.1:9/oauth2/v3/certs: "
+        "all_proxy: proxy scheme 'socks5' is not supported; only an http://host:port proxy is")
+    assert "PROXY-SECRET" not in result.stdout + result.stderr
+
+
+def test_check_names_an_unreachable_proxy_not_google(tmp_path, monkeypatch):
+    from tornado.testing import bind_unused_port
+
+    sock, port = bind_unused_port()
+    sock.close()  # nothing listens there now
+    monkeypatch.setenv("http_proxy", f"http://ops:PROXY-SECRET@127.0.0.1:{port}")
+    result = check(tmp_path, dev_document(tmp_path, "http://127.0.0.1:9"), "--create-table")
+    assert result.returncode == 6
+    assert result.stdout.splitlines()[-1] == (
+        "google certs (http://127.0.0.1:9/oauth2/v3/certs): FAILED: GET http://127.0.0.1:9/oauth2/v3/certs: "
+        f"cannot connect to proxy 127.0.0.1:{port} (connection refused)")
+    assert "PROXY-SECRET" not in result.stdout + result.stderr
+
+
 def test_check_says_timed_out(tmp_path):
     from tornado.testing import bind_unused_port
 

@@ -1153,3 +1153,29 @@ async def test_google_client_through_a_proxy_that_refuses_is_unavailable_naming_
     assert str(caught.value) == (f"POST https://oauth2.example.invalid/token: proxy {proxy.name} refused CONNECT "
                                  "to oauth2.example.invalid:443: HTTP 403")
     assert len(proxy.heads) == 1
+
+
+async def test_google_client_reaches_the_emulator_through_an_http_proxy(monkeypatch):
+    from harness import CLIENT_ID, CLIENT_SECRET
+    from tornado_signin.emulator import EmulatorClient, EmulatorThread
+    from tornado_signin.errors import InvalidGrantError
+
+    thread = EmulatorThread(clients=[EmulatorClient(CLIENT_ID, CLIENT_SECRET, ("http://127.0.0.1:8080",))])
+    emulator = await asyncio.get_running_loop().run_in_executor(None, thread.start)
+    try:
+        async with Proxy() as proxy:
+            monkeypatch.setenv("http_proxy", proxy.url)
+            endpoints = GoogleEndpoints.for_base_url(emulator.base_url)
+            google = GoogleClient(GoogleConfig(CLIENT_ID, CLIENT_SECRET, endpoints=endpoints))
+            try:
+                certs, _ = await google.fetch_json(endpoints.verification_certs_uri)
+                with pytest.raises(InvalidGrantError):  # the emulator's own OAuth error, through the proxy
+                    await google.exchange_code("4/not-a-code")
+            finally:
+                google.close()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, thread.stop)
+    assert certs.get("keys")
+    assert [head.split(b" ", 2)[:2] for head in proxy.heads] == [
+        [b"GET", endpoints.verification_certs_uri.encode()], [b"POST", endpoints.token_uri.encode()]]
+    assert proxy.connections == 1
