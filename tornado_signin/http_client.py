@@ -171,9 +171,10 @@ def _proxy_for(scheme: str, host: str) -> _Proxy | None:
     else:
         return None
     # proxy_bypass_environment matches no_proxy as libcurl does for host names (exact, or a domain
-    # suffix on a dot boundary, a leading dot ignored, case-insensitive) and "*". Where they differ:
-    # libcurl also splits on spaces, matches IP addresses as addresses (and CIDR ranges, 10.0.0.0/8)
-    # where this matches them as text (an entry "0.0.1" matches 127.0.0.1). Google's endpoints are names.
+    # suffix on a dot boundary, a leading dot ignored, case-insensitive, spaces around commas) and "*".
+    # Where they differ: libcurl matches an IP address as an address (and CIDR ranges such as 10.0.0.0/8,
+    # since 7.86) where this matches it as text (an entry "0.0.1" matches 127.0.0.1, 10.0.0.0/8 nothing).
+    # Google's endpoints are names.
     no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
     if no_proxy and proxy_bypass_environment(host, {"no": no_proxy}):
         return None
@@ -186,7 +187,7 @@ def _parse_proxy(variable: str, value: str) -> _Proxy:
     parts = urlsplit(value.strip())
     if parts.scheme != "http":
         raise ProxyConfigError(f"{variable}: proxy scheme {parts.scheme!r} is not supported; "
-                         "only an http://host:port proxy is")
+                               "only an http://host:port proxy is")
     try:
         port = parts.port or _PROXY_DEFAULT_PORT
     except ValueError:
