@@ -281,6 +281,45 @@ async def test_request_timeout_covers_waiting_for_a_slot(make_client):
     assert server.connections == 1
 
 
+async def test_a_waiter_cancelled_after_it_was_handed_the_slot_passes_it_on(make_client):
+    """One slot, two waiters: the first is woken (handed the freed slot) and cancelled before it runs; the
+    second gets the slot at once, not at its deadline."""
+    gate = asyncio.Event()
+
+    async def held(seen, reader, writer):
+        if seen.path == "/held":
+            await gate.wait()
+        writer.write(answer())
+
+    client = make_client(max_connections=1)
+    loop = asyncio.get_running_loop()
+    async with Server(held) as server:
+        holder = asyncio.ensure_future(client.request("GET", server.url("/held"), request_timeout=5))
+        await until(lambda: len(server.requests) == 1)
+        first = asyncio.ensure_future(client.request("GET", server.url("/first"), request_timeout=5))
+        second = asyncio.ensure_future(client.request("GET", server.url("/second"), request_timeout=5))
+        await asyncio.sleep(0.05)  # both wait for the slot
+        (origin,) = client._origins.values()
+        assert len(origin.waiters) == 2
+        woken, wake = origin.waiters[0], origin._wake
+
+        def wake_then_cancel() -> None:
+            wake()  # the held reply freed the slot and handed it to the first waiter ...
+            if woken.done():
+                first.cancel()  # ... which is cancelled in the same step, before it runs
+                origin._wake = wake
+
+        origin._wake = wake_then_cancel
+        started = loop.time()
+        gate.set()
+        assert (await holder).code == 200
+        assert (await second).code == 200
+        assert loop.time() - started < 1.0, "the second waiter waited for its deadline"
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    assert [r.path for r in server.requests] == ["/held", "/second"]
+
+
 # -- framing -------------------------------------------------------------------------------------------
 
 

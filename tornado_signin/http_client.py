@@ -424,9 +424,17 @@ class _Origin:
         while self.open >= self.client.max_connections:
             waiter = loop.create_future()
             self.waiters.append(waiter)
+            # A deadline of its own rather than asyncio.wait_for: a waiter woken (handed the free slot) and
+            # cancelled before it ran must pass the wake-up on, which wait_for hides on 3.11 and loses on 3.12.
+            timer = loop.call_at(deadline, _expire, waiter)
             try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake()  # woken, then cancelled: the slot goes to the next waiter
+                raise
             finally:
+                timer.cancel()
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
             if self.idle:
@@ -538,6 +546,11 @@ class _Origin:
             attempt.cancel()
         for connection in list(self.members):
             connection._fail(ConnectionAbortedError("the HTTP client was closed"))
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("timed out waiting for a free connection"))
 
 
 class KeepAliveClient:
