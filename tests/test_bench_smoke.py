@@ -65,6 +65,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert medians["ratio_to_ceiling"] > 0, scenario
 
 
+def test_bench_token_client_compares_the_clients() -> None:
+    """``python -m bench.token_client`` runs each client against its loopback server and reports each one."""
+    run = subprocess.run([sys.executable, "-m", "bench.token_client", "--requests", "300", "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    medians = {line.split()[1]: float(line.split()[2]) for line in run.stdout.splitlines()
+               if line.startswith("median ")}
+    assert {"curl", "product"} <= set(medians), run.stdout
+    assert all(value > 0 for value in medians.values()), run.stdout
+
+
 def test_bench_token_endpoint_refuses_what_google_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmark's bare token endpoint enforces PKCE and serves refreshes as the emulator's own /token does."""
     from urllib.parse import urlencode

@@ -3,11 +3,11 @@
 Hand-written on asyncio's transports (TLS by the standard library's ``ssl``:
 the system's CA certificates, hostname checks, SNI) and httptools' parser
 (llhttp, Node.js's HTTP parser, in C), because a measurement earns it: one
-token POST on a kept-alive connection costs 0.042 ms of this process's CPU,
-against 0.30-0.35 ms through Tornado's curl client and 0.16-0.19 ms through
-aiohttp (10,000 POSTs, 64 in flight, the same loopback server; bench/README.md,
-"The token client"). Tornado's curl client was a third of the offline bulk
-refresh's CPU and ~17 % of a login's.
+token POST on a kept-alive connection costs 0.048-0.067 ms of this process's
+CPU, against 0.30-0.33 ms through Tornado's curl client and ~0.18 ms through
+aiohttp (``python -m bench.token_client``: 10,000 POSTs, 64 in flight, the same
+loopback server; bench/README.md, "The token client"). Tornado's curl client
+was a third of the offline bulk refresh's CPU and ~17 % of a login's.
 
 Contract of :class:`KeepAliveClient`:
 
