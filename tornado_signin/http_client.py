@@ -134,7 +134,7 @@ class _Target:
 # -- proxies ------------------------------------------------------------------------------------------
 
 #: The variables naming the proxy of a scheme's URLs, in libcurl's order. No uppercase HTTP_PROXY: in a
-#: CGI process it holds the request's "Proxy:" header (httpoxy, CVE-2016-5385); libcurl and requests skip it.
+#: CGI process it holds the request's "Proxy:" header (httpoxy, CVE-2016-5385); libcurl skips it.
 _PROXY_VARIABLES = {
     "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
     "http": ("http_proxy", "all_proxy", "ALL_PROXY"),
