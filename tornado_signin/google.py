@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any, Literal, overload
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-
 from .config import GoogleConfig
 from .http_client import KeepAliveClient, ProxyConfigError, Reply, ReplyTooLarge
 from .errors import (
