@@ -26,7 +26,7 @@ import requests
 import yaml
 
 from procs import free_port, wait_port
-from tornado_signin.demo import DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR
+from tornado_signin.demo import DEMO_CLIENT_ID, DEMO_CONFIG_FILE, DEMO_EMULATOR_DIR, DEMO_STORE_FILE
 
 BIN = str(Path(sys.executable).parent)
 ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
@@ -161,6 +161,17 @@ def test_printed_cli_line_works_and_survives_restarts(demo_folder):
     assert {u["email"] for u in stored} == {"alice@example.com", "bob@gmail.com"}
     lost = run(f"tornado-signin call --config {shlex.quote(str(config_path))} alice@example.com")
     assert lost.returncode != 0 and "Traceback" not in lost.stderr
+
+
+def test_check_passes_against_a_demo_that_just_started(demo_folder):
+    """The demo starts its services as `serve` does: its store exists (table created) before any sign-in, so
+    the operator's first `check` against it passes without --create-table."""
+    folder, start = demo_folder
+    demo = start()
+    result = run(demo.cli_line.replace(" users ", " check ", 1))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "store (sql): ok" in result.stdout and "FAILED" not in result.stdout
+    assert (folder / DEMO_STORE_FILE).exists()
 
 
 def test_commands_take_config_from_the_environment(tmp_path):

@@ -9,6 +9,7 @@ that runs a server lives here:
 - :func:`serve_forever` — run until SIGTERM/SIGINT, then drain.
 - :func:`stop_on_signals` — handle SIGTERM/SIGINT from before a server announces itself.
 - :func:`fork_workers` — Tornado's pre-fork model with a supervising parent.
+- :func:`start_services` — a serving process's start-up checks and probes (``serve`` and the demo).
 - :func:`warn_unreachable` — one WARNING per service that does not answer at start-up.
 - :func:`settle_collector` — the garbage collector tuned for serving, once start-up is done
   (from :mod:`tornado_signin.collector`).
@@ -30,7 +31,7 @@ from .collector import GC_YOUNG_THRESHOLD, settle_collector
 from .errors import ConfigError, ListenError
 
 __all__ = ["serve", "serve_demo", "serve_emulator", "serve_forever", "stop_on_signals", "fork_workers",
-           "warn_unreachable", "settle_collector", "GC_YOUNG_THRESHOLD"]
+           "start_services", "warn_unreachable", "settle_collector", "GC_YOUNG_THRESHOLD"]
 
 log = logging.getLogger("tornado_signin")
 
@@ -322,6 +323,15 @@ def fork_workers(count: int, *, on_exit: Callable[[int], None] | None = None) ->
 STARTUP_CHECK_TIMEOUT = 5.0
 
 
+async def start_services(context: Any) -> None:
+    """What a serving process does once its app listens, the demo's as ``serve``'s: settle the collector,
+    check the store (creating its table where the config lets it) and the hub once (:func:`warn_unreachable`),
+    start the store's health probe."""
+    settle_collector()
+    await warn_unreachable(context)
+    context.store_health.start()
+
+
 async def warn_unreachable(context: Any, limit: float = STARTUP_CHECK_TIMEOUT) -> None:
     """Check the store and the hub of ``context`` once; log one WARNING line for each that does not answer.
 
@@ -397,9 +407,7 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> int:
         server = make_server(app, config)
         server.add_sockets(sockets)
         context = app.settings["signin"]
-        settle_collector()
-        await warn_unreachable(context)
-        context.store_health.start()
+        await start_services(context)
         gauges = PeriodicCallback(context.metrics.refresh_gauges, GAUGE_REFRESH_SECONDS * 1000)
         if context.metrics.multiprocess_dir:
             gauges.start()
@@ -480,6 +488,7 @@ def serve_demo(*, host: str, port: int, emulator_port: int, client_library: str 
         app = (build_app or make_app)(config)
         server = make_server(app, config)
         server.add_sockets(app_sockets)
+        await start_services(app.settings["signin"])
         on_listening(f"http://{host}:{port}/", emulator_url, path)
         await serve_forever([server, emulator_server], [app.settings["signin"]], stop=stop)
         emulator.close()
