@@ -324,10 +324,10 @@ STARTUP_CHECK_TIMEOUT = 5.0
 
 
 async def start_services(context: Any) -> None:
-    """What a serving process does once its app listens, the demo's as ``serve``'s: settle the collector,
-    check the store (creating its table where the config lets it) and the hub once (:func:`warn_unreachable`),
-    start the store's health probe."""
-    settle_collector()
+    """What a server does once its app listens, the demo's as ``serve``'s: check the store (creating its
+    table where the config lets it) and the hub once (:func:`warn_unreachable`), start the store's health
+    probe. (``serve`` also settles the collector, which is process-wide: the demo can run in a caller's
+    process, as tests run it.)"""
     await warn_unreachable(context)
     context.store_health.start()
 
@@ -407,6 +407,7 @@ def serve(config: Any, *, host: str, port: int, processes: int) -> int:
         server = make_server(app, config)
         server.add_sockets(sockets)
         context = app.settings["signin"]
+        settle_collector()  # process-wide: here, not in start_services (the demo may run inside a caller's process)
         await start_services(context)
         gauges = PeriodicCallback(context.metrics.refresh_gauges, GAUGE_REFRESH_SECONDS * 1000)
         if context.metrics.multiprocess_dir:
