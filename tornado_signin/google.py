@@ -228,6 +228,11 @@ def parse_token_response(document: dict[str, Any], received_at: float) -> TokenR
     )
 
 
+#: The headers of every call (the token endpoint's POSTs add the form's type), built once, not per call.
+_JSON_HEADERS = {"Accept": "application/json"}
+_FORM_HEADERS = {**_JSON_HEADERS, "Content-Type": "application/x-www-form-urlencoded"}
+
+
 class GoogleClient:
     """Async client of the configured Google endpoints. One instance serves the whole process."""
 
@@ -248,7 +253,7 @@ class GoogleClient:
         try:
             return await self.http.request(
                 method, url, body=None if body is None else body.encode(),
-                headers={"Accept": "application/json", **(headers or {})},
+                headers=headers or _JSON_HEADERS,
                 connect_timeout=min(5.0, self.google.request_timeout),
                 request_timeout=self.google.request_timeout,
             )
@@ -283,7 +288,7 @@ class GoogleClient:
             self.endpoints.token_uri,
             method="POST",
             body=body,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            headers=_FORM_HEADERS,
         )
         self._raise_for_error(response, what)
         return parse_token_response(_parse_json_object(response), time.time())
@@ -314,7 +319,7 @@ class GoogleClient:
             self.endpoints.revoke_uri,
             method="POST",
             body=urlencode({"token": token}),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            headers=_FORM_HEADERS,
         )
         if response.code == 200:
             return True
@@ -328,7 +333,8 @@ class GoogleClient:
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """Return the userinfo document for ``access_token`` (an example Google API call)."""
-        response = await self._fetch(self.endpoints.userinfo_uri, headers={"Authorization": f"Bearer {access_token}"})
+        response = await self._fetch(self.endpoints.userinfo_uri, headers={
+            **_JSON_HEADERS, "Authorization": f"Bearer {access_token}"})
         if response.code == 401:
             raise InvalidGrantError("invalid_token", 401)
         self._raise_for_error(response, "userinfo")

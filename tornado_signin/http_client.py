@@ -343,16 +343,15 @@ class _Connection(asyncio.Protocol):
 
     def _gunzip(self, body: bytes) -> bytes | None:
         limit = self.pool.client.max_body
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
             plain = inflater.decompress(body, limit + 1)
         except zlib.error:
-            self._fail(MalformedReply(f"{self.pool.name} sent a corrupt gzip body"))
-            return None
-        if len(plain) > limit:
+            plain = None
+        if plain is not None and len(plain) > limit:
             self._fail(ReplyTooLarge(f"reply of more than {limit} bytes"))
             return None
-        if not inflater.eof:  # a truncated stream inflates without an error, short
+        if plain is None or not inflater.eof:  # corrupt, or truncated (which inflates without an error, short)
             self._fail(MalformedReply(f"{self.pool.name} sent a corrupt gzip body"))
             return None
         return plain
